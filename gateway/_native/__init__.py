@@ -1,0 +1,1 @@
+"""Compiled accelerators built from native/*.pyx (see setup.py)."""

@@ -1,0 +1,119 @@
+"""Admin routes: API keys, runtime sender tiers, config reload; and the unauthenticated probes
+/healthz, /readyz and /metrics.
+
+Admin actions change state only through the writer and the composition root's apply methods;
+a new API key is shown once, in the response, and never stored or logged in clear.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.api.errors import ApiError, from_decode_error
+from gateway.config import ConfigError, Name
+from gateway.http.auth import ROLES, mint_key
+from gateway.http.server import Request, Response
+from gateway.store import ops
+from gateway.store import records as R
+from gateway.store.ops import rfc3339
+
+
+class NewKey(Struct, forbid_unknown_fields=True):
+    workspace: Name
+    role: str
+    label: Annotated[str, Meta(max_length=200)] = ""
+
+
+class SenderPatch(Struct, forbid_unknown_fields=True):
+    tier: str | None = None
+    rate_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    burst: Annotated[int, Meta(ge=1)] | None = None
+    reset: bool = False
+
+
+def _decode(body: bytes, typ):
+    try:
+        return msgspec.json.decode(body or b"{}", type=typ)
+    except msgspec.DecodeError as exc:
+        raise from_decode_error(exc) from None
+
+
+class AdminApi:
+    def __init__(self, gw) -> None:
+        self.gw = gw
+
+    async def create_key(self, request: Request, principal, params) -> Response:
+        req = _decode(request.body, NewKey)
+        if req.role not in ROLES:
+            raise ApiError(422, "invalid_field", f"$.role: expected one of {', '.join(ROLES)}",
+                           {"path": "$.role"})
+        now = self.gw.clock_ms()
+        key_id, key, record = mint_key(req.workspace, req.role, now, req.label)
+        await self.gw.writer.write(ops.put_api_key, (key_id, record))
+        self.gw.auth.remember(key_id, record)
+        return Response.json(201, {
+            "id": key_id, "key": key, "workspace": req.workspace, "role": req.role,
+            "label": req.label, "created_at": rfc3339(now),
+        })
+
+    async def list_senders(self, request: Request, principal, params) -> Response:
+        return Response.json(200, {"senders": [self.gw.sender_view(s.number) for s in self.gw.config.senders]})
+
+    async def patch_sender(self, request: Request, principal, params) -> Response:
+        number = params[0]
+        if self.gw.sender_workspace(number) is None:
+            raise ApiError(404, "sender_not_found", f"no sender {number} in the config")
+        patch = _decode(request.body, SenderPatch)
+        override = None
+        if not patch.reset:
+            override = self._override(number, patch)
+        await self.gw.writer.write(ops.put_sender_override, (number, override))
+        self.gw.apply_sender(number)
+        return Response.json(200, self.gw.sender_view(number))
+
+    def _override(self, number: str, patch: SenderPatch) -> R.SenderOverride:
+        cfg = self.gw.config
+        if patch.tier is None and patch.rate_per_minute is None and patch.burst is None:
+            raise ApiError(422, "empty_patch", "give tier, rate_per_minute and/or burst, or reset")
+        rate, burst = self.gw.sender_rate(number)
+        if patch.tier is not None:
+            tier = cfg.tiers.get(patch.tier)
+            if tier is None:
+                raise ApiError(422, "unknown_tier", f"no tier {patch.tier!r}",
+                               {"tiers": sorted(cfg.tiers)})
+            rate, burst = tier.rate_per_minute, tier.burst
+        if patch.rate_per_minute is not None:
+            rate = patch.rate_per_minute
+            if patch.tier is None:
+                burst = min(burst, rate)  # a lower rate alone must not keep a larger burst
+        if patch.burst is not None:
+            burst = patch.burst
+        return R.SenderOverride(rate, burst, patch.tier, self.gw.clock_ms())
+
+    async def reload(self, request: Request, principal, params) -> Response:
+        try:
+            changes = self.gw.reload()
+        except ConfigError as exc:
+            raise ApiError(422, "config_invalid", "the new config was refused; the old one stays",
+                           {"file": exc.source, "problems": exc.problems}) from None
+        return Response.json(200, {"status": "reloaded", "changes": changes})
+
+
+class ProbesApi:
+    def __init__(self, gw) -> None:
+        self.gw = gw
+
+    async def healthz(self, request: Request, principal, params) -> Response:
+        return Response.json(200, {"status": "ok"})
+
+    async def readyz(self, request: Request, principal, params) -> Response:
+        problems = self.gw.readiness_problems()
+        if problems:
+            return Response.json(503, {"status": "not_ready", "problems": problems})
+        return Response.json(200, {"status": "ready"})
+
+    async def metrics(self, request: Request, principal, params) -> Response:
+        return Response(200, self.gw.metrics.registry.render(),
+                        content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,195 @@
+"""POST /v1/messages, POST /v1/messages/batch and GET /v1/messages/{id}.
+
+Validation is done by msgspec Structs plus the checks that need the workspace's config; a 202
+is answered only after the message is committed, and an Idempotency-Key makes a retry return
+the first answer without sending anything twice.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Literal
+
+import msgspec
+import orjson
+from msgspec import Meta, Struct
+
+from gateway.api.errors import ApiError, from_decode_error
+from gateway.http.server import Request, Response
+from gateway.ids import is_id
+from gateway.schedule.scheduler import QueuedMessage
+from gateway.store import ops
+from gateway.store import records as R
+from gateway.store.ops import rfc3339
+from gateway.store.writer import StorageError, StorageFull
+
+E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
+
+
+class TextContent(Struct, forbid_unknown_fields=True):
+    body: Annotated[str, Meta(min_length=1)]
+
+
+class SendRequest(Struct, forbid_unknown_fields=True, rename={"sender": "from"}):
+    to: E164
+    text: TextContent
+    type: Literal["text"] = "text"
+    sender: str | None = None
+    priority: Literal["urgent", "normal", "bulk"] = "normal"
+    client_ref: Annotated[str, Meta(max_length=256)] | None = None
+
+
+class BatchRequest(Struct, forbid_unknown_fields=True):
+    messages: Annotated[list[msgspec.Raw], Meta(min_length=1)]
+
+
+_send_decoder = msgspec.json.Decoder(SendRequest)
+_batch_decoder = msgspec.json.Decoder(BatchRequest)
+_IDEM_MAX = 255
+
+
+class Prepared:
+    """A validated message, ready to be written."""
+
+    __slots__ = ("item", "queued")
+
+    def __init__(self, item: ops.AcceptItem, queued: QueuedMessage) -> None:
+        self.item, self.queued = item, queued
+
+
+class MessagesApi:
+    def __init__(self, gw) -> None:
+        self.gw = gw
+
+    # -- core (no I/O) --------------------------------------------------------------------
+
+    def prepare(self, req: SendRequest, workspace: str, now_ms: int) -> Prepared:
+        cfg = self.gw.config
+        sender = req.sender
+        if sender is None:
+            ws = cfg.workspace(workspace)
+            sender = ws.default_sender if ws is not None else None
+            if sender is None:
+                raise ApiError(422, "sender_required",
+                               "'from' is required: this workspace has no default sender")
+        owner = self.gw.sender_workspace(sender)
+        if owner != workspace:
+            raise ApiError(422, "unknown_sender", f"{sender} is not a sender of this workspace",
+                           {"from": sender})
+        if len(req.text.body) > cfg.server.max_body_chars:
+            raise ApiError(422, "body_too_long",
+                           f"text.body has {len(req.text.body)} characters; the limit is "
+                           f"{cfg.server.max_body_chars}",
+                           {"path": "$.text.body", "limit": cfg.server.max_body_chars})
+        priority = R.PRIORITY_BY_NAME[req.priority]
+        msg_id = self.gw.ids.new()
+        record = R.MessageRecord(workspace, sender, req.to, priority, req.client_ref, "accepted",
+                                 [("accepted", now_ms)])
+        payload = ops.encode(R.TextPayload(req.text.body))
+        pending = R.PendingRecord(sender, req.to, priority, payload)
+        item = ops.AcceptItem(msg_id, ops.encode(record), ops.encode(pending))
+        return Prepared(item, QueuedMessage(msg_id, sender, req.to, priority))
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    async def send(self, request: Request, principal, params) -> Response:
+        try:
+            req = _send_decoder.decode(request.body)
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+        self.gw.check_capacity(1)
+        prepared = self.prepare(req, principal.workspace, self.gw.clock_ms())
+        body = orjson.dumps({"id": prepared.item.id, "status": "accepted"})
+        return await self._commit(request, principal, [prepared], 202, body)
+
+    async def send_batch(self, request: Request, principal, params) -> Response:
+        try:
+            batch = _batch_decoder.decode(request.body)
+        except msgspec.DecodeError as exc:
+            raise from_decode_error(exc) from None
+        limit = self.gw.config.server.max_batch_messages
+        if len(batch.messages) > limit:
+            raise ApiError(422, "batch_too_large",
+                           f"{len(batch.messages)} messages; a batch holds at most {limit}",
+                           {"limit": limit})
+        self.gw.check_capacity(len(batch.messages))
+        now_ms = self.gw.clock_ms()
+        results: list[dict] = []
+        prepared: list[Prepared] = []
+        for index, raw in enumerate(batch.messages):
+            try:
+                p = self.prepare(_send_decoder.decode(raw), principal.workspace, now_ms)
+            except msgspec.DecodeError as exc:
+                err = from_decode_error(exc, f"$.messages[{index}]")
+                results.append({"index": index, "error": _error_body(err)})
+                continue
+            except ApiError as err:
+                results.append({"index": index, "error": _error_body(err)})
+                continue
+            prepared.append(p)
+            results.append({"index": index, "id": p.item.id, "status": "accepted"})
+        body = orjson.dumps({
+            "accepted": len(prepared),
+            "rejected": len(results) - len(prepared),
+            "results": results,
+        })
+        return await self._commit(request, principal, prepared, 202, body)
+
+    async def _commit(self, request: Request, principal, prepared: list[Prepared], status: int,
+                      body: bytes) -> Response:
+        idem = request.headers.get("idempotency-key")
+        idem_key = idem_record = None
+        fingerprint = b""
+        if idem is not None:
+            if not 0 < len(idem) <= _IDEM_MAX or not idem.isprintable():
+                raise ApiError(400, "invalid_idempotency_key",
+                               f"Idempotency-Key must be 1 to {_IDEM_MAX} printable characters")
+            fingerprint = hashlib.sha256(request.method.encode() + b" " + request.path.encode()
+                                         + b"\n" + request.body).digest()
+            idem_key = R.idempotency_key(principal.workspace, idem)
+            idem_record = ops.encode(R.IdempotencyRecord(fingerprint, status, body, self.gw.clock_ms()))
+        arg = ops.AcceptArg([p.item for p in prepared], idem_key, idem_record)
+        try:
+            earlier = await self.gw.writer.write(ops.accept, arg)
+        except StorageFull:
+            self.gw.metrics.storage_full.inc()
+            retry = self.gw.config.store.storage_full_retry_after_s
+            raise ApiError(503, "storage_full", "the message store is full; nothing was accepted",
+                           retry_after=retry) from None
+        except StorageError:
+            raise ApiError(503, "storage_unavailable", "the message store failed; nothing was accepted",
+                           retry_after=5) from None
+        if earlier is not None:
+            if earlier.fingerprint != fingerprint:
+                raise ApiError(422, "idempotency_key_reused",
+                               "this Idempotency-Key was used with a different request")
+            return Response(earlier.status, earlier.body, headers=[("Idempotent-Replayed", "true")])
+        self.gw.enqueue([p.queued for p in prepared])
+        return Response(status, body)
+
+    async def get(self, request: Request, principal, params) -> Response:
+        msg_id = params[0]
+        record = self.gw.store.message(msg_id) if is_id(msg_id) else None
+        if record is None or (record.workspace != principal.workspace and principal.role != "admin"):
+            raise ApiError(404, "message_not_found", f"no message {msg_id}")
+        return Response.json(200, message_view(msg_id, record))
+
+
+def message_view(msg_id: str, record: R.MessageRecord) -> dict:
+    view = {
+        "id": msg_id,
+        "status": record.status,
+        "from": record.sender,
+        "to": record.recipient,
+        "priority": R.PRIORITY_NAMES[record.priority],
+        "workspace": record.workspace,
+        "timeline": [{"status": s, "at": rfc3339(at)} for s, at in record.events],
+    }
+    if record.client_ref is not None:
+        view["client_ref"] = record.client_ref
+    if record.reason:
+        view["reason"] = record.reason
+    return view
+
+
+def _error_body(err: ApiError) -> dict:
+    return {"code": err.code, "message": err.message, "details": err.details}

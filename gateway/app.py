@@ -1,0 +1,310 @@
+"""Composition root: builds every component from the Config and runs them under one nursery.
+
+This is the only module that knows how the pieces fit: the HTTP dispatcher (auth, routing,
+error bodies, latency metrics), the writer, the scheduler and delivery path, the network link
+(with netsim in-process in embedded mode), webhooks, reload and housekeeping. Shutdown is
+cancelling the nursery.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import trio
+
+from gateway import config as C
+from gateway.api.admin import AdminApi, ProbesApi
+from gateway.api.errors import ApiError
+from gateway.api.messages import MessagesApi
+from gateway.clock import Clock
+from gateway.delivery import Delivery
+from gateway.http.auth import Authenticator, AuthError, authorize, mint_key
+from gateway.http.router import Router
+from gateway.http.server import Request, Response, ServerLimits, serve_http
+from gateway.ids import IdGenerator
+from gateway.metrics import GatewayMetrics
+from gateway.network.link import NetworkLink, parse_url
+from gateway.schedule.scheduler import Scheduler
+from gateway.store import ops
+from gateway.store import records as R
+from gateway.store.env import Store, open_store
+from gateway.store.writer import Writer
+from gateway.webhooks.dispatcher import Endpoint, WebhookDispatcher, endpoint_id, read_secret
+
+log = logging.getLogger("gateway")
+
+APP = ("app", "admin")
+ADMIN = ("admin",)
+READERS = ("app", "admin", "supervisor")
+HOUSEKEEPING_S = 60.0
+
+
+class Gateway:
+    def __init__(self, config: C.Config, config_path: str | None = None, clock: Clock | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock or Clock()
+        self.clock_ms = self.clock.now_ms
+        self.metrics = GatewayMetrics()
+        self.store: Store = open_store(config.store.data_dir, config.store.map_size_mb)
+        self.writer = Writer(self.store.env, self.store.dbs, max_ops=config.store.group_commit_max_ops,
+                             window_s=config.store.group_commit_window_ms / 1000.0)
+        self.ids = IdGenerator()
+        self.event_ids = IdGenerator()
+        sc = config.scheduler
+        self.scheduler = Scheduler(pair_rate_per_minute=sc.pair_rate_per_minute, pair_burst=sc.pair_burst,
+                                   starvation_guard=sc.starvation_guard)
+        self.delivery = Delivery(self, self.scheduler)
+        self.webhooks = WebhookDispatcher(self)
+        self.auth = Authenticator(self._load_key)
+        self.messages = MessagesApi(self)
+        self.admin = AdminApi(self)
+        self.probes = ProbesApi(self)
+        self.router = self._routes()
+        self._sender_ws: dict[str, str] = {}
+        self.netsim_port: int | None = None
+        self.http_port: int | None = None
+        self.link: NetworkLink | None = None
+        self._apply_config(config)
+        self._register_gauges()
+
+    # -- routes and the request dispatcher ------------------------------------------------
+
+    def _routes(self) -> Router:
+        r = Router()
+        m, a, p = self.messages, self.admin, self.probes
+        r.add("POST", "/v1/messages", m.send, APP)
+        r.add("POST", "/v1/messages/batch", m.send_batch, APP)
+        r.add("GET", "/v1/messages/{id}", m.get, READERS)
+        r.add("POST", "/admin/v1/api-keys", a.create_key, ADMIN)
+        r.add("GET", "/admin/v1/senders", a.list_senders, ADMIN)
+        r.add("PATCH", "/admin/v1/senders/{number}", a.patch_sender, ADMIN)
+        r.add("POST", "/admin/v1/config/reload", a.reload, ADMIN)
+        r.add("GET", "/healthz", p.healthz, None)
+        r.add("GET", "/readyz", p.readyz, None)
+        r.add("GET", "/metrics", p.metrics, None)
+        return r
+
+    async def handle(self, request: Request) -> Response:
+        route, params, known = self.router.match(request.method, request.path)
+        if route is None:
+            if known:
+                allow = ", ".join(self.router.allowed_methods(request.path))
+                resp = Response.error(405, "method_not_allowed", f"{request.method} is not allowed here",
+                                      {"allow": allow})
+                resp.headers = [("Allow", allow)]
+                return resp
+            return Response.error(404, "not_found", f"no route {request.path}")
+        try:
+            principal = None
+            if route.roles is not None:
+                principal = self.auth.authenticate(request.headers.get("authorization"))
+                authorize(principal, route.roles)
+            response = await route.handler(request, principal, params)
+        except ApiError as err:
+            response = Response.error(err.status, err.code, err.message, err.details, err.retry_after)
+        except AuthError as err:
+            response = Response.error(err.status, err.code, err.message)
+            if err.status == 401:
+                response.headers = [("WWW-Authenticate", "Bearer")]
+        self.metrics.http.observe(time.perf_counter() - request.started, (route.name,))
+        return response
+
+    # -- helpers the API and delivery use ------------------------------------------------
+
+    def sender_workspace(self, number: str) -> str | None:
+        return self._sender_ws.get(number)
+
+    def enqueue(self, msgs) -> None:
+        self.metrics.accepted.inc(n=len(msgs))
+        self.delivery.enqueue(msgs)
+
+    def check_capacity(self, n: int) -> None:
+        if len(self.scheduler) + n > self.config.scheduler.max_queued:
+            raise ApiError(429, "queue_full", "the send queue is full; retry later",
+                           {"limit": self.config.scheduler.max_queued}, retry_after=5)
+
+    def webhook_targets(self) -> dict[str, list[bytes]]:
+        return self.webhooks.targets()
+
+    def webhooks_wake(self, workspaces) -> None:
+        self.webhooks.wake(workspaces)
+
+    def _load_key(self, key_id: str) -> R.ApiKeyRecord | None:
+        raw = self.store.get("api_keys", key_id.encode())
+        return R.api_key_decoder.decode(raw) if raw is not None else None
+
+    # -- senders and config ---------------------------------------------------------------
+
+    def sender_rate(self, number: str) -> tuple[int, int]:
+        raw = self.store.get("senders", number.encode())
+        if raw is not None:
+            o = R.sender_override_decoder.decode(raw)
+            return o.rate_per_minute, o.burst
+        for s in self.config.senders:
+            if s.number == number:
+                return self.config.sender_rate(s)
+        raise KeyError(number)
+
+    def sender_view(self, number: str) -> dict:
+        rate, burst = self.sender_rate(number)
+        raw = self.store.get("senders", number.encode())
+        override = R.sender_override_decoder.decode(raw) if raw is not None else None
+        conf = next(s for s in self.config.senders if s.number == number)
+        return {
+            "number": number,
+            "workspace": conf.workspace,
+            "tier": (override.tier if override is not None else conf.tier),
+            "rate_per_minute": rate,
+            "burst": burst,
+            "override": override is not None,
+            "tokens": round(self.scheduler.sender_state(number)[0], 3) if self.scheduler.has_sender(number) else None,
+        }
+
+    def apply_sender(self, number: str) -> None:
+        rate, burst = self.sender_rate(number)
+        self.scheduler.set_sender(number, rate, burst, self.clock.now())
+        self.delivery.poke()
+
+    def _apply_config(self, cfg: C.Config) -> None:
+        self.config = cfg
+        self._sender_ws = {s.number: s.workspace for s in cfg.senders}
+        now = self.clock.now()
+        sc = cfg.scheduler
+        self.scheduler.set_pair_limit(sc.pair_rate_per_minute, sc.pair_burst, now)
+        for s in cfg.senders:
+            rate, burst = self.sender_rate(s.number)
+            self.scheduler.set_sender(s.number, rate, burst, now)
+        endpoints = []
+        for ws in cfg.workspaces:
+            for hook in ws.webhooks:
+                if "message.status" not in hook.events:
+                    continue
+                secret = read_secret(hook.secret_file, hook.secret_env)
+                endpoints.append(Endpoint(endpoint_id(ws.name, hook.url), ws.name, hook.url, secret))
+        self.webhooks.configure(endpoints)
+        self.delivery.poke()
+
+    def reload(self) -> list[str]:
+        """Load the config file again and swap it in whole, or raise ConfigError and keep the old."""
+        if self.config_path is None:
+            raise C.ConfigError("<embedded>", ["no config file to reload"])
+        new = C.load_config(self.config_path)
+        new = C.with_overrides(new, listen=self.config.server.listen, data_dir=self.config.store.data_dir)
+        try:
+            for ws in new.workspaces:
+                for hook in ws.webhooks:
+                    read_secret(hook.secret_file, hook.secret_env)
+        except (OSError, ValueError) as exc:
+            raise C.ConfigError(self.config_path, [f"webhook secret: {exc}"]) from None
+        changes = [name for name in C.Config.__struct_fields__ if getattr(new, name) != getattr(self.config, name)]
+        self._apply_config(new)
+        log.info("config reloaded from %s (%s)", self.config_path, ", ".join(changes) or "no changes")
+        return changes
+
+    # -- readiness and gauges --------------------------------------------------------------
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if self.link is None or not self.link.connected:
+            problems.append("network link is not connected")
+        used, size = self.store.usage()
+        if used > 0.95 * size:
+            problems.append("storage map is more than 95% full")
+        return problems
+
+    def _register_gauges(self) -> None:
+        reg = self.metrics.registry
+        reg.gauge("gateway_queue_depth", "Messages waiting for the scheduler, by priority.",
+                  lambda: [((name,), n) for name, n in zip(R.PRIORITY_NAMES, self.scheduler.depth())],
+                  ("priority",))
+        reg.gauge("gateway_outbox_depth", "Messages sent to the network and not yet acknowledged.",
+                  lambda: [((), self.store.count("outbox"))])
+        reg.gauge("gateway_webhook_outbox_depth", "Webhook events waiting for delivery.",
+                  lambda: [((), self.store.count("webhook_outbox"))])
+        reg.gauge("gateway_network_connected", "1 when the network link is up.",
+                  lambda: [((), 1 if self.link is not None and self.link.connected else 0)])
+        reg.gauge("gateway_storage_used_bytes", "LMDB pages in use, in bytes.",
+                  lambda: [((), self.store.usage()[0])])
+        reg.gauge("gateway_storage_map_bytes", "LMDB map size in bytes.",
+                  lambda: [((), self.store.usage()[1])])
+        reg.gauge("gateway_group_commits", "Group commits since start.", lambda: [((), self.writer.commits)])
+
+    # -- run ----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        rebuilt = self.delivery.rebuild()
+        if rebuilt:
+            log.info("restart: %d pending messages back in the scheduler", rebuilt)
+        cfg = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.writer.run)
+                host, port = await self._network_target(nursery)
+                self.link = NetworkLink(
+                    host, port, on_connected=self.delivery.on_connected, on_frames=self.delivery.on_frames,
+                    backoff_min_s=cfg.network.reconnect_min_ms / 1000, backoff_max_s=cfg.network.reconnect_max_ms / 1000,
+                )
+                self.delivery.link = self.link
+                await nursery.start(self.link.run)
+                await nursery.start(self.delivery.run_dispatch)
+                await nursery.start(self.delivery.run_throttle_retries)
+                await nursery.start(self.webhooks.run)
+                nursery.start_soon(self._housekeeping)
+                nursery.start_soon(self._reload_on_sighup)
+                listen_host, listen_port = C.split_host_port(cfg.server.listen)
+                s = cfg.server
+                limits = ServerLimits(max_body_bytes=s.max_body_bytes, max_header_bytes=s.max_header_bytes,
+                                      request_timeout_s=s.request_timeout_s, keepalive_timeout_s=s.keepalive_timeout_s)
+                self.http_port = await nursery.start(serve_http, self.handle, listen_host, listen_port, limits)
+                log.info("gateway listening on http://%s:%d", listen_host, self.http_port)
+                task_status.started(self.http_port)
+        finally:
+            await self.webhooks.aclose()
+
+    async def _network_target(self, nursery: trio.Nursery) -> tuple[str, int]:
+        net = self.config.network
+        if net.mode == "tcp":
+            return parse_url(net.url)
+        from loadtest.netsim.server import serve_netsim
+
+        self.netsim_port = await nursery.start(serve_netsim, net.sim, "127.0.0.1", 0)
+        log.info("embedded netsim on 127.0.0.1:%d", self.netsim_port)
+        return "127.0.0.1", self.netsim_port
+
+    async def _reload_on_sighup(self) -> None:
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                try:
+                    self.reload()
+                except C.ConfigError as exc:
+                    log.error("reload refused, old config kept: %s", "; ".join(exc.problems))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(HOUSEKEEPING_S)
+            cutoff = self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000)
+            await self.writer.write(ops.expire_idempotency, (cutoff, 10_000))
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def ensure_admin_key(gw: Gateway) -> str | None:
+    """On first start (no API keys at all) mint an admin key into <data>/admin.key, mode 0600.
+    Returns the file's path when a key was made. Runs before the writer task starts."""
+    store = gw.store
+    if store.count("api_keys") > 0:
+        return None
+    key_id, key, record = mint_key("default", "admin", gw.clock_ms(), "first-start admin key")
+    path = os.path.join(gw.config.store.data_dir, "admin.key")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.chmod(path, 0o600)
+    with store.env.begin(write=True) as txn:
+        ops.put_api_key(txn, store.dbs, (key_id, record))
+    return path
+

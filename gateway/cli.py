@@ -1,0 +1,175 @@
+"""The `gateway` command: run, check-config, keys create, doctor.
+
+Commands print results for people on stdout and problems on stderr; an API key is printed only
+by `keys create`, whose job that is, and never goes to a log.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import platform
+import sys
+
+DEFAULT_CONFIG = "configs/gateway.toml"
+
+
+def _load(path: str, listen: str | None = None, data_dir: str | None = None):
+    from gateway import config as C
+
+    cfg = C.load_config(path)
+    return C.with_overrides(cfg, listen=listen, data_dir=data_dir)
+
+
+def cmd_run(args) -> int:
+    import trio
+
+    from gateway import config as C
+    from gateway.app import Gateway, ensure_admin_key
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = _load(args.config, args.listen, args.data_dir)
+        C.split_host_port(cfg.server.listen)
+    except C.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"--listen: {exc}", file=sys.stderr)
+        return 2
+    os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)
+    gw = Gateway(cfg, config_path=args.config)
+    path = ensure_admin_key(gw)
+    if path is not None:
+        print(f"first start: admin API key written to {os.path.abspath(path)} (mode 0600)", flush=True)
+    try:
+        trio.run(gw.run)
+    except KeyboardInterrupt:
+        print("gateway stopped", file=sys.stderr)
+    finally:
+        gw.close()
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    from gateway import config as C
+
+    try:
+        cfg = C.load_config(args.path)
+    except C.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.path}: ok ({len(cfg.workspaces)} workspaces, {len(cfg.senders)} senders, "
+          f"{len(cfg.tiers)} tiers)")
+    return 0
+
+
+def cmd_keys_create(args) -> int:
+    from gateway import config as C
+    from gateway.http.auth import ROLES, mint_key
+    from gateway.store import ops
+    from gateway.store.env import open_store
+
+    if args.role not in ROLES:
+        print(f"--role: expected one of {', '.join(ROLES)}", file=sys.stderr)
+        return 2
+    try:
+        cfg = _load(args.config, data_dir=args.data_dir)
+    except C.ConfigError as exc:
+        print(f"{exc.source}: {'; '.join(exc.problems)}", file=sys.stderr)
+        return 2
+    import time
+
+    store = open_store(cfg.store.data_dir, cfg.store.map_size_mb)
+    try:
+        key_id, key, record = mint_key(args.workspace, args.role, time.time_ns() // 1_000_000, args.label)
+        with store.env.begin(write=True) as txn:
+            ops.put_api_key(txn, store.dbs, (key_id, record))
+    finally:
+        store.close()
+    print(key)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from gateway import config as C
+    from gateway.schedule import buckets
+
+    ok = True
+    print(f"python        {platform.python_version()} ({sys.executable})")
+    if sys.version_info < (3, 11):
+        print("              needs Python >= 3.11")
+        ok = False
+    try:
+        importlib.import_module("gateway._native.buckets")
+        compiled = "compiled"
+    except ImportError as exc:
+        compiled = f"not compiled ({exc})"
+    print(f"native        gateway._native.buckets: {compiled}")
+    print(f"in use        buckets: {buckets.IMPLEMENTATION}"
+          + ("  (GATEWAY_PURE_PYTHON=1)" if os.environ.get("GATEWAY_PURE_PYTHON") == "1" else ""))
+    for dep in ("trio", "msgspec", "orjson", "lmdb", "httptools"):
+        try:
+            mod = importlib.import_module(dep)
+            print(f"dependency    {dep} {getattr(mod, '__version__', '')}")
+        except ImportError:
+            print(f"dependency    {dep}: MISSING")
+            ok = False
+    path = os.path.abspath(args.config)
+    try:
+        cfg = _load(args.config, data_dir=args.data_dir)
+        print(f"config        {path}: ok")
+        data_dir = cfg.store.data_dir
+    except C.ConfigError as exc:
+        print(f"config        {path}: {'; '.join(exc.problems)}")
+        ok = False
+        data_dir = args.data_dir or "./var"
+    data_dir = os.path.abspath(data_dir)
+    if os.path.isdir(data_dir):
+        writable = os.access(data_dir, os.W_OK)
+        print(f"data dir      {data_dir} ({'writable' if writable else 'NOT writable'})")
+        ok = ok and writable
+    else:
+        print(f"data dir      {data_dir} (not created yet; `gateway run` creates it)")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Business messaging gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the gateway")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    run.add_argument("--listen", help="HOST:PORT for the HTTP API (overrides server.listen)")
+    run.add_argument("--data-dir", help="data directory (overrides store.data_dir)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("path")
+    check.set_defaults(func=cmd_check_config)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="mint an API key and print it once")
+    create.add_argument("--workspace", required=True)
+    create.add_argument("--role", required=True)
+    create.add_argument("--label", default="")
+    create.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    create.add_argument("--data-dir")
+    create.set_defaults(func=cmd_keys_create)
+
+    doctor = sub.add_parser("doctor", help="report the installation and the environment")
+    doctor.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    doctor.add_argument("--data-dir")
+    doctor.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,213 @@
+"""The gateway's configuration: msgspec Structs decoded from a TOML file, plus the checks a
+Struct cannot express (references between sections), each reported with its exact path.
+
+Loading never mutates a running gateway: it returns a new frozen Config or raises ConfigError
+with every problem found, so a reload either swaps the whole thing in or changes nothing.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from loadtest.netsim.config import NetsimConfig
+
+E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+
+
+class ServerConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    listen: str = "127.0.0.1:8080"
+    max_body_bytes: PositiveInt = 1_048_576
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 16_384
+    request_timeout_s: PositiveFloat = 10.0
+    keepalive_timeout_s: PositiveFloat = 75.0
+    max_batch_messages: Annotated[int, Meta(ge=1, le=10_000)] = 1000
+    max_body_chars: Annotated[int, Meta(ge=1, le=65_536)] = 4096
+
+
+class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    data_dir: str = "./var"
+    map_size_mb: PositiveInt = 4096
+    group_commit_max_ops: PositiveInt = 4096
+    group_commit_window_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0
+    idempotency_ttl_h: PositiveFloat = 24.0
+    storage_full_retry_after_s: PositiveInt = 30
+
+
+class Tier(Struct, frozen=True, forbid_unknown_fields=True):
+    rate_per_minute: PositiveInt
+    burst: PositiveInt
+
+
+class SenderConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    number: E164
+    workspace: Name = "default"
+    tier: str | None = None
+    rate_per_minute: PositiveInt | None = None
+    burst: PositiveInt | None = None
+
+
+class SchedulerConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    pair_rate_per_minute: PositiveFloat = 10.0
+    pair_burst: PositiveInt = 45
+    starvation_guard: PositiveInt = 10
+    dispatch_batch: Annotated[int, Meta(ge=1, le=65_536)] = 2048
+    throttle_max_retries: Annotated[int, Meta(ge=0)] = 20
+    max_queued: PositiveInt = 5_000_000
+
+
+class WebhookEndpoint(Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    secret_file: str | None = None
+    secret_env: str | None = None
+    events: list[str] = msgspec.field(default_factory=lambda: ["message.status"])
+
+
+class WorkspaceConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Name
+    default_sender: E164 | None = None
+    webhooks: list[WebhookEndpoint] = msgspec.field(default_factory=list)
+
+
+class WebhookDelivery(Struct, frozen=True, forbid_unknown_fields=True):
+    timeout_s: PositiveFloat = 10.0
+    concurrency_per_endpoint: Annotated[int, Meta(ge=1, le=64)] = 4
+    max_events_per_delivery: Annotated[int, Meta(ge=1, le=1000)] = 100
+    backoff_initial_s: PositiveFloat = 1.0
+    backoff_max_s: PositiveFloat = 600.0
+    max_age_h: PositiveFloat = 72.0
+
+
+class NetworkConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    mode: Literal["embedded", "tcp"] = "embedded"
+    url: Annotated[str, Meta(pattern=r"^tcp://[^\s:/]+:[0-9]{1,5}$")] = "tcp://127.0.0.1:7000"
+    reconnect_min_ms: PositiveInt = 50
+    reconnect_max_ms: PositiveInt = 5000
+    sim: NetsimConfig = msgspec.field(default_factory=NetsimConfig)
+
+
+class Config(Struct, frozen=True, forbid_unknown_fields=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
+    network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
+    webhooks: WebhookDelivery = msgspec.field(default_factory=WebhookDelivery)
+    tiers: dict[Name, Tier] = msgspec.field(default_factory=dict)
+    workspaces: list[WorkspaceConfig] = msgspec.field(default_factory=list)
+    senders: list[SenderConfig] = msgspec.field(default_factory=list)
+
+    def workspace(self, name: str) -> WorkspaceConfig | None:
+        for ws in self.workspaces:
+            if ws.name == name:
+                return ws
+        return None
+
+    def sender_rate(self, sender: SenderConfig) -> tuple[int, int]:
+        """(rate_per_minute, burst) for a sender: explicit values win over its tier."""
+        tier = self.tiers.get(sender.tier) if sender.tier else None
+        rate = sender.rate_per_minute or (tier.rate_per_minute if tier else 0)
+        burst = sender.burst or (tier.burst if tier else max(1, rate // 6))
+        return rate, burst
+
+
+class ConfigError(Exception):
+    """Every problem found in one config file, each as 'path: message'."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _msgspec_problem(err: msgspec.ValidationError) -> str:
+    m = _MSGSPEC_PATH.match(str(err))
+    assert m is not None  # the pattern matches any string
+    msg, path = m.group("msg"), (m.group("path") or "").lstrip(".")
+    msg = msg[0].lower() + msg[1:] if msg else msg
+    msg = msg.replace("`", "")
+    return f"{path}: {msg}" if path else msg
+
+
+def _semantic_problems(cfg: Config) -> list[str]:
+    problems = []
+    names = [ws.name for ws in cfg.workspaces]
+    for i, ws in enumerate(cfg.workspaces):
+        if names.index(ws.name) != i:
+            problems.append(f"workspaces[{i}].name: duplicate workspace {ws.name!r}")
+        for j, hook in enumerate(ws.webhooks):
+            if not (hook.secret_file or hook.secret_env):
+                problems.append(f"workspaces[{i}].webhooks[{j}]: needs secret_file or secret_env")
+    numbers: dict[str, int] = {}
+    for i, s in enumerate(cfg.senders):
+        if s.number in numbers:
+            problems.append(f"senders[{i}].number: duplicate of senders[{numbers[s.number]}]")
+        numbers.setdefault(s.number, i)
+        if s.tier is not None and s.tier not in cfg.tiers:
+            known = ", ".join(sorted(cfg.tiers)) or "none defined"
+            problems.append(f"senders[{i}].tier: unknown tier {s.tier!r} (tiers: {known})")
+        if s.tier is None and s.rate_per_minute is None:
+            problems.append(f"senders[{i}]: needs a tier or rate_per_minute")
+        if s.workspace not in names:
+            problems.append(f"senders[{i}].workspace: unknown workspace {s.workspace!r}")
+    for i, ws in enumerate(cfg.workspaces):
+        if ws.default_sender is None:
+            continue
+        owner = numbers.get(ws.default_sender)
+        if owner is None or cfg.senders[owner].workspace != ws.name:
+            problems.append(
+                f"workspaces[{i}].default_sender: {ws.default_sender} is not a sender of workspace {ws.name!r}"
+            )
+    return problems
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"TOML syntax: {exc}"]) from None
+    try:
+        cfg = msgspec.convert(raw, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(source, [_msgspec_problem(exc)]) from None
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["not UTF-8 text"]) from None
+    return parse_config(text, str(path))
+
+
+def with_overrides(cfg: Config, *, listen: str | None = None, data_dir: str | None = None) -> Config:
+    """Apply command-line overrides (--listen, --data-dir), which win over the file."""
+    server, store = cfg.server, cfg.store
+    if listen is not None:
+        server = msgspec.structs.replace(server, listen=listen)
+    if data_dir is not None:
+        store = msgspec.structs.replace(store, data_dir=data_dir)
+    return msgspec.structs.replace(cfg, server=server, store=store)
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)

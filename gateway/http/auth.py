@@ -1,0 +1,86 @@
+"""API keys: minting, hashing and checking bearer tokens, and which role reaches which route.
+
+A key is `gw_<key id>_<secret>`; only sha256(secret) is stored, looked up by key id and compared
+in constant time. Keys never appear in logs or error messages.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Callable
+
+from gateway.store import records as R
+
+ROLES = ("admin", "app", "agent", "supervisor")
+_TOKEN = re.compile(r"^gw_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+
+
+class Principal:
+    __slots__ = ("key_id", "workspace", "role")
+
+    def __init__(self, key_id: str, workspace: str, role: str) -> None:
+        self.key_id, self.workspace, self.role = key_id, workspace, role
+
+
+def mint_key(workspace: str, role: str, now_ms: int, label: str = "") -> tuple[str, str, R.ApiKeyRecord]:
+    """Returns (key id, full key to hand out once, record to store)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    record = R.ApiKeyRecord(
+        secret_hash=hashlib.sha256(secret.encode()).digest(),
+        workspace=workspace,
+        role=role,
+        created_ms=now_ms,
+        label=label,
+    )
+    return key_id, f"gw_{key_id}_{secret}", record
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Authenticator:
+    """Checks `Authorization: Bearer` values; `load(key_id)` reads a record from the store."""
+
+    def __init__(self, load: Callable[[str], R.ApiKeyRecord | None]) -> None:
+        self._load = load
+        self._cache: dict[str, Principal | None] = {}
+        self._hashes: dict[str, bytes] = {}
+
+    def remember(self, key_id: str, record: R.ApiKeyRecord) -> None:
+        self._cache[key_id] = Principal(key_id, record.workspace, record.role)
+        self._hashes[key_id] = record.secret_hash
+
+    def authenticate(self, header: str | None) -> Principal:
+        if not header:
+            raise AuthError(401, "missing_api_key", "send an API key as 'Authorization: Bearer <key>'")
+        scheme, _, token = header.partition(" ")
+        match = _TOKEN.match(token.strip()) if scheme.lower() == "bearer" else None
+        if match is None:
+            raise AuthError(401, "invalid_api_key", "the API key is malformed or unknown")
+        key_id, secret = match.groups()
+        principal = self._cache.get(key_id)
+        if principal is None:
+            record = self._load(key_id)
+            if record is None:
+                raise AuthError(401, "invalid_api_key", "the API key is malformed or unknown")
+            self.remember(key_id, record)
+            principal = self._cache[key_id]
+        digest = hashlib.sha256(secret.encode()).digest()
+        if not hmac.compare_digest(digest, self._hashes[key_id]):
+            raise AuthError(401, "invalid_api_key", "the API key is malformed or unknown")
+        return principal
+
+
+def authorize(principal: Principal, allowed: frozenset[str]) -> None:
+    if principal.role not in allowed:
+        raise AuthError(
+            403, "forbidden_role", f"role {principal.role!r} may not use this route"
+        )

@@ -1,0 +1,240 @@
+"""Operations that run inside the writer's transaction: accept, dispatch, acks, receipts,
+idempotency, keys and runtime sender settings.
+
+Each op is `op(txn, dbs, arg) -> result`, checks before it writes, and touches only the tables
+named in its docstring. They run in the writer thread: no trio, no clock reads, no logging of
+message text.
+"""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import orjson
+
+from gateway.ids import IdGenerator
+from gateway.store import records as R
+
+_enc = R.ENCODER.encode
+
+
+def rfc3339(ms: int) -> str:
+    """Unix milliseconds as RFC 3339 UTC with milliseconds ('2026-11-22T02:04:26.123Z')."""
+    secs, milli = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{milli:03d}Z"
+
+
+# --- accept --------------------------------------------------------------------------------
+
+
+class AcceptItem(NamedTuple):
+    id: str
+    message: bytes  # encoded MessageRecord
+    pending: bytes  # encoded PendingRecord
+
+
+class AcceptArg(NamedTuple):
+    items: list[AcceptItem]
+    idem_key: bytes | None
+    idem_record: bytes | None
+
+
+def accept(txn, dbs, arg: AcceptArg):
+    """messages + pending (+ idempotency). Returns the stored IdempotencyRecord when the key was
+    already used (and then writes nothing), else None."""
+    if arg.idem_key is not None:
+        existing = txn.get(arg.idem_key, db=dbs["idempotency"])
+        if existing is not None:
+            return R.idempotency_decoder.decode(existing)
+    messages, pending = dbs["messages"], dbs["pending"]
+    put = txn.put
+    for item in arg.items:
+        key = item.id.encode()
+        put(key, item.message, db=messages)
+        put(key, item.pending, db=pending)
+    if arg.idem_key is not None:
+        put(arg.idem_key, arg.idem_record, db=dbs["idempotency"])
+    return None
+
+
+# --- dispatch ------------------------------------------------------------------------------
+
+
+class DispatchArg(NamedTuple):
+    ids: list[str]
+    limiter: list[tuple[bytes, tuple[float, float]]]
+
+
+def dispatch(txn, dbs, arg: DispatchArg) -> list[tuple[str, bytes]]:
+    """pending -> outbox for each id, plus the limiter state that let them go, in one commit.
+    Returns (id, outbox record bytes) for every id that was still pending."""
+    pending, outbox, limiter = dbs["pending"], dbs["outbox"], dbs["limiter"]
+    moved = []
+    get, put, delete = txn.get, txn.put, txn.delete
+    for msg_id in arg.ids:
+        key = msg_id.encode()
+        raw = get(key, db=pending)
+        if raw is None:
+            continue
+        put(key, raw, db=outbox)
+        delete(key, db=pending)
+        moved.append((msg_id, raw))
+    for key, state in arg.limiter:
+        put(key, _enc(state), db=limiter)
+    return moved
+
+
+# --- status changes ------------------------------------------------------------------------
+
+
+class StatusChange(NamedTuple):
+    id: str
+    status: str
+    at_ms: int
+    accepted_ms: int
+    workspace: str
+
+
+class StatusArg(NamedTuple):
+    """A batch of network answers: each is (id, status, at_ms, reason, drop_outbox)."""
+
+    updates: list[tuple[str, str, int, str, bool]]
+    hooks: dict[str, list[bytes]]  # workspace -> webhook endpoint ids (snapshot of the config)
+    events: IdGenerator
+
+
+def _advance(rec: R.MessageRecord, status: str) -> bool:
+    if rec.status == status or rec.status == "failed":
+        return False
+    if status == "failed":
+        return rec.status not in ("delivered", "read")
+    return R.STATUS_RANK[status] > R.STATUS_RANK[rec.status]
+
+
+def _webhook_event(event_id: str, msg_id: str, rec: R.MessageRecord, status: str, at_ms: int,
+                   reason: str) -> bytes:
+    data = {
+        "message_id": msg_id,
+        "status": status,
+        "at": rfc3339(at_ms),
+        "from": rec.sender,
+        "to": rec.recipient,
+        "workspace": rec.workspace,
+    }
+    if rec.client_ref is not None:
+        data["client_ref"] = rec.client_ref
+    if reason:
+        data["reason"] = reason
+    return orjson.dumps({"id": event_id, "type": "message.status", "data": data})
+
+
+def apply_status(txn, dbs, arg: StatusArg) -> list[StatusChange]:
+    """messages (+ outbox removal, + webhook_outbox): move each message forward; duplicates and
+    stale answers change nothing. Returns the changes that took effect."""
+    messages, outbox, hooks_db = dbs["messages"], dbs["outbox"], dbs["webhook_outbox"]
+    decode = R.message_decoder.decode
+    get, put, delete = txn.get, txn.put, txn.delete
+    changes = []
+    for msg_id, status, at_ms, reason, drop_outbox in arg.updates:
+        key = msg_id.encode()
+        if drop_outbox:
+            delete(key, db=outbox)
+        raw = get(key, db=messages)
+        if raw is None:
+            continue
+        rec = decode(raw)
+        if not _advance(rec, status):
+            continue
+        if status == "failed" and not drop_outbox:
+            delete(key, db=outbox)
+        rec.status = status
+        rec.events.append((status, at_ms))
+        if reason:
+            rec.reason = reason
+        put(key, _enc(rec), db=messages)
+        accepted_ms = rec.events[0][1]
+        changes.append(StatusChange(msg_id, status, at_ms, accepted_ms, rec.workspace))
+        endpoints = arg.hooks.get(rec.workspace)
+        if endpoints:
+            event_id = arg.events.new()
+            body = _webhook_event(event_id, msg_id, rec, status, at_ms, reason)
+            for endpoint in endpoints:
+                put(endpoint + b"\0" + event_id.encode(), body, db=hooks_db)
+    return changes
+
+
+def count_throttles(txn, dbs, arg: list[str]) -> list[int]:
+    """messages: count one more throttle answer for each message; returns the new counts
+    (0 for a message that no longer exists)."""
+    db = dbs["messages"]
+    counts = []
+    for msg_id in arg:
+        key = msg_id.encode()
+        raw = txn.get(key, db=db)
+        if raw is None:
+            counts.append(0)
+            continue
+        rec = R.message_decoder.decode(raw)
+        rec.throttled += 1
+        txn.put(key, _enc(rec), db=db)
+        counts.append(rec.throttled)
+    return counts
+
+
+# --- keys, senders, housekeeping -------------------------------------------------------------
+
+
+def put_api_key(txn, dbs, arg: tuple[str, R.ApiKeyRecord]) -> None:
+    """api_keys."""
+    key_id, record = arg
+    txn.put(key_id.encode(), _enc(record), db=dbs["api_keys"])
+
+
+def put_sender_override(txn, dbs, arg: tuple[str, R.SenderOverride | None]) -> None:
+    """senders: set (or with None, clear) a runtime override of a sender's rate."""
+    number, override = arg
+    if override is None:
+        txn.delete(number.encode(), db=dbs["senders"])
+    else:
+        txn.put(number.encode(), _enc(override), db=dbs["senders"])
+
+
+def expire_idempotency(txn, dbs, arg: tuple[int, int]) -> int:
+    """idempotency: delete up to `limit` records created before `cutoff_ms`; returns how many."""
+    cutoff_ms, limit = arg
+    db = dbs["idempotency"]
+    cur = txn.cursor(db=db)
+    stale = []
+    for key, raw in cur:
+        if R.idempotency_decoder.decode(raw).created_ms < cutoff_ms:
+            stale.append(key)
+            if len(stale) >= limit:
+                break
+    for key in stale:
+        txn.delete(key, db=db)
+    return len(stale)
+
+
+def drop_limiter(txn, dbs, arg: list[bytes]) -> None:
+    """limiter: forget pair buckets that are full again."""
+    for key in arg:
+        txn.delete(key, db=dbs["limiter"])
+
+
+def delete_keys(txn, dbs, arg: tuple[str, list[bytes]]) -> None:
+    table, keys = arg
+    db = dbs[table]
+    for key in keys:
+        txn.delete(key, db=db)
+
+
+def move_to_dead(txn, dbs, arg: list[tuple[bytes, bytes]]) -> None:
+    """webhook_outbox -> webhook_dead."""
+    for key, dead in arg:
+        txn.delete(key, db=dbs["webhook_outbox"])
+        txn.put(key, dead, db=dbs["webhook_dead"])
+
+
+def encode(obj) -> bytes:
+    return _enc(obj)
+

@@ -1,0 +1,114 @@
+"""Stored record shapes (msgpack via msgspec, array-like for compactness) and key layouts.
+
+Keys are bytes that sort in the order scans need: message ids are ULID text (time-ordered),
+composite keys join their parts with a NUL byte. No record here ever holds an API key in clear.
+"""
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+TABLES = (
+    "messages",  # id -> MessageRecord (metadata + status timeline; never the body)
+    "pending",  # id -> PendingRecord (accepted, waiting for the scheduler)
+    "outbox",  # id -> OutboxRecord (committed frame payload, waiting for the network's ack)
+    "idempotency",  # workspace \0 key -> IdempotencyRecord
+    "api_keys",  # key id -> ApiKeyRecord
+    "limiter",  # b"s\0" sender | b"p\0" sender \0 recipient -> (tokens, last)
+    "senders",  # number -> SenderOverride set at runtime through the admin API
+    "webhook_outbox",  # endpoint id \0 event id -> event JSON
+    "webhook_dead",  # endpoint id \0 event id -> DeadLetter
+)
+
+URGENT, NORMAL, BULK = 0, 1, 2
+PRIORITY_NAMES = ("urgent", "normal", "bulk")
+PRIORITY_BY_NAME = {name: i for i, name in enumerate(PRIORITY_NAMES)}
+
+# Status ranks: a receipt only ever moves a message forward; failed ends it (unless already delivered).
+STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
+TERMINAL = frozenset(("delivered", "read", "failed"))
+
+
+class MessageRecord(Struct, array_like=True):
+    workspace: str
+    sender: str
+    recipient: str
+    priority: int
+    client_ref: str | None
+    status: str
+    events: list[tuple[str, int]]  # (status, unix ms)
+    reason: str = ""
+    throttled: int = 0
+
+
+class PendingRecord(Struct, array_like=True):
+    sender: str
+    recipient: str
+    priority: int
+    payload: bytes
+
+
+class OutboxRecord(Struct, array_like=True):
+    sender: str
+    recipient: str
+    priority: int
+    payload: bytes
+    not_before_ms: int = 0  # set after a throttle answer
+
+
+class IdempotencyRecord(Struct, array_like=True):
+    fingerprint: bytes
+    status: int
+    body: bytes
+    created_ms: int
+
+
+class ApiKeyRecord(Struct, array_like=True):
+    secret_hash: bytes  # sha256 of the secret part
+    workspace: str
+    role: str
+    created_ms: int
+    label: str = ""
+
+
+class SenderOverride(Struct, array_like=True):
+    rate_per_minute: int
+    burst: int
+    tier: str | None = None
+    updated_ms: int = 0
+
+
+class DeadLetter(Struct, array_like=True):
+    event: bytes
+    attempts: int
+    last_error: str
+    at_ms: int
+
+
+class TextPayload(Struct, tag="text", tag_field="type"):
+    """What travels inside Submit.payload today (ciphertext of this, once encryption lands)."""
+
+    body: str
+
+
+ENCODER = msgspec.msgpack.Encoder()
+message_decoder = msgspec.msgpack.Decoder(MessageRecord)
+pending_decoder = msgspec.msgpack.Decoder(PendingRecord)
+outbox_decoder = msgspec.msgpack.Decoder(OutboxRecord)
+idempotency_decoder = msgspec.msgpack.Decoder(IdempotencyRecord)
+api_key_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
+sender_override_decoder = msgspec.msgpack.Decoder(SenderOverride)
+limiter_decoder = msgspec.msgpack.Decoder(tuple[float, float])
+dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
+
+
+def limiter_sender_key(sender: str) -> bytes:
+    return b"s\0" + sender.encode()
+
+
+def limiter_pair_key(sender: str, recipient: str) -> bytes:
+    return b"p\0" + sender.encode() + b"\0" + recipient.encode()
+
+
+def idempotency_key(workspace: str, key: str) -> bytes:
+    return workspace.encode() + b"\0" + key.encode()

@@ -1,0 +1,1 @@
+"""Signed webhook delivery to the upstream app from a durable outbox."""

@@ -1,0 +1,209 @@
+"""Delivers the webhook outbox: per endpoint, batches of stored events are POSTed signed, with
+bounded concurrency, exponential backoff on 5xx / timeouts / refused connections, and removal
+only after a 2xx. Events outlive restarts because they are read back from LMDB.
+
+It never builds event bodies (the status op stored them) and never logs secrets or bodies.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import logging
+import os
+import random
+from collections import deque
+
+import trio
+
+from gateway.http.client import HttpClient, HttpClientError
+from gateway.ids import IdGenerator, timestamp_ms
+from gateway.store import ops
+from gateway.store import records as R
+from gateway.webhooks import policy
+from gateway.webhooks.signing import signed_headers
+
+log = logging.getLogger("gateway.webhooks")
+LOAD_CHUNK = 1000
+
+
+def endpoint_id(workspace: str, url: str) -> bytes:
+    return hashlib.sha256(f"{workspace}\0{url}".encode()).hexdigest()[:16].encode()
+
+
+def read_secret(secret_file: str | None, secret_env: str | None) -> bytes:
+    if secret_file:
+        with open(secret_file, "rb") as f:
+            secret = f.read().strip()
+    else:
+        secret = os.environ.get(secret_env or "", "").encode()
+    if len(secret) < 16:
+        raise ValueError("webhook secret must be at least 16 bytes")
+    return secret
+
+
+class Endpoint:
+    def __init__(self, ident: bytes, workspace: str, url: str, secret: bytes) -> None:
+        self.id, self.workspace, self.url, self.secret = ident, workspace, url, secret
+        self.prefix = ident + b"\0"
+        self.scan_from = self.prefix
+        self.dirty = True
+        self.ready: deque[tuple[bytes, bytes]] = deque()
+        self.retry: list[tuple[float, int, int, list[tuple[bytes, bytes]]]] = []
+        self.wake = trio.Event()
+        self.cancel = trio.CancelScope()
+
+    def poke(self) -> None:
+        self.dirty = True
+        self.wake.set()
+
+
+class WebhookDispatcher:
+    def __init__(self, gw, client: HttpClient | None = None, rng: random.Random | None = None) -> None:
+        self.gw = gw
+        self.client = client or HttpClient()
+        self.rng = rng or random.Random()
+        self.endpoints: dict[bytes, Endpoint] = {}
+        self._by_workspace: dict[str, list[Endpoint]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._seq = itertools.count()
+        self._delivery_ids = IdGenerator()
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def configure(self, endpoints: list[Endpoint]) -> None:
+        """Swap the set of endpoints; kept ones keep their queues, removed ones stop."""
+        wanted = {ep.id: ep for ep in endpoints}
+        for ident, ep in list(self.endpoints.items()):
+            if ident not in wanted or wanted[ident].url != ep.url:
+                ep.cancel.cancel()
+                del self.endpoints[ident]
+            else:
+                ep.secret = wanted[ident].secret
+        for ident, ep in wanted.items():
+            if ident not in self.endpoints:
+                self.endpoints[ident] = ep
+                self._start(ep)
+        self._by_workspace = {}
+        for ep in self.endpoints.values():
+            self._by_workspace.setdefault(ep.workspace, []).append(ep)
+
+    def targets(self) -> dict[str, list[bytes]]:
+        return {ws: [ep.id for ep in eps] for ws, eps in self._by_workspace.items()}
+
+    def wake(self, workspaces) -> None:
+        for ws in workspaces:
+            for ep in self._by_workspace.get(ws, ()):
+                ep.poke()
+
+    def backlog(self) -> dict[str, int]:
+        return {ep.url: len(ep.ready) + sum(len(r[3]) for r in ep.retry) for ep in self.endpoints.values()}
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for ep in self.endpoints.values():
+                self._start(ep)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _start(self, ep: Endpoint) -> None:
+        if self._nursery is None:
+            return  # run() starts it
+        for _ in range(self.gw.config.webhooks.concurrency_per_endpoint):
+            self._nursery.start_soon(self._worker, ep)
+
+    async def _worker(self, ep: Endpoint) -> None:
+        with ep.cancel:
+            while True:
+                if ep.wake.is_set():  # every idle worker waits on the same, unset event
+                    ep.wake = trio.Event()
+                job = self._next_job(ep)
+                if job is None:
+                    delay = ep.retry[0][0] - self.gw.clock.now() if ep.retry else float("inf")
+                    with trio.move_on_after(max(0.0, delay)):
+                        await ep.wake.wait()
+                    continue
+                await self._deliver(ep, *job)
+
+    def _next_job(self, ep: Endpoint):
+        now = self.gw.clock.now()
+        if ep.retry and ep.retry[0][0] <= now:
+            _, _, attempt, items = heapq.heappop(ep.retry)
+            return attempt, items
+        if not ep.ready and ep.dirty:
+            self._load(ep)
+        if not ep.ready:
+            return None
+        n = min(len(ep.ready), self.gw.config.webhooks.max_events_per_delivery)
+        return 1, [ep.ready.popleft() for _ in range(n)]
+
+    def _load(self, ep: Endpoint) -> None:
+        store = self.gw.store
+        with store.env.begin(db=store.dbs["webhook_outbox"], buffers=False) as txn:
+            cur = txn.cursor()
+            found = cur.set_range(ep.scan_from)
+            while found and len(ep.ready) < LOAD_CHUNK:
+                key = cur.key()
+                if not key.startswith(ep.prefix):
+                    break
+                if key != ep.scan_from:
+                    ep.ready.append((key, cur.value()))
+                found = cur.next()
+        if ep.ready:
+            ep.scan_from = ep.ready[-1][0]
+        ep.dirty = len(ep.ready) >= LOAD_CHUNK
+
+    async def _deliver(self, ep: Endpoint, attempt: int, items: list[tuple[bytes, bytes]]) -> None:
+        cfg = self.gw.config.webhooks
+        body = b'{"events":[' + b",".join(v for _, v in items) + b"]}"
+        ts = int(self.gw.clock.now())
+        headers = signed_headers(ep.secret, ts, body, self._delivery_ids.new())
+        status, retry_after = None, None
+        try:
+            resp = await self.client.request("POST", ep.url, headers=headers, body=body,
+                                             timeout_s=cfg.timeout_s)
+            status = resp.status
+            retry_after = _retry_after(resp.headers.get("retry-after"))
+        except HttpClientError as exc:
+            log.info("webhook %s: %s", ep.url, type(exc).__name__)
+        outcome = policy.classify(status)
+        keys = [k for k, _ in items]
+        self.gw.metrics.webhooks.inc((outcome if status is not None else "no_answer",))
+        if outcome == policy.DONE:
+            await self._write(ops.delete_keys, ("webhook_outbox", keys))
+            return
+        oldest_ms = timestamp_ms(keys[0][len(ep.prefix):].decode())
+        expired = self.gw.clock.now_ms() - oldest_ms > cfg.max_age_h * 3_600_000
+        if outcome == policy.DEAD or expired:
+            reason = f"http {status}" if status is not None else "no answer"
+            log.warning("webhook %s: %d events to the dead-letter table (%s)", ep.url, len(items), reason)
+            dead = [(k, ops.encode(R.DeadLetter(v, attempt, reason, self.gw.clock.now_ms()))) for k, v in items]
+            await self._write(ops.move_to_dead, dead)
+            return
+        delay = policy.backoff_s(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng, retry_after)
+        heapq.heappush(ep.retry, (self.gw.clock.now() + delay, next(self._seq), attempt + 1, items))
+        ep.wake.set()
+
+    async def _write(self, op, arg) -> None:
+        while True:
+            try:
+                await self.gw.writer.write(op, arg)
+                return
+            except Exception as exc:  # storage full or failing: keep the job, try again shortly
+                log.warning("webhook outbox update failed (%s); retrying", type(exc).__name__)
+                await trio.sleep(1.0)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,28 @@
+"""Build the Cython accelerators in native/ into gateway._native.*.
+
+A missing compiler is not fatal at import time: every native module has a pure-Python twin,
+and `gateway doctor` reports which one is in use. The build itself requires Cython and gcc.
+"""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension(
+        "gateway._native.buckets",
+        ["native/buckets.pyx"],
+        extra_compile_args=["-O3"],
+    ),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    ),
+)

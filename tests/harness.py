@@ -1,0 +1,260 @@
+"""Test harness: real gateway and netsim processes on 127.0.0.1, a blocking HTTP client, and a
+webhook receiver. Everything it starts it stops; every wait is bounded."""
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Netsim:
+    def __init__(self, *args: str) -> None:
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def start(self) -> "Netsim":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loadtest.netsim", "--listen", "127.0.0.1:0", *self.args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        line = self.proc.stdout.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert m, f"netsim did not start: {line!r} {self.proc.stderr.read() if self.proc.poll() is not None else ''}"
+        self.port = int(m.group(1))
+        return self
+
+    def stats(self) -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "loadtest.netsim", "stats", "--connect", f"127.0.0.1:{self.port}"],
+            cwd=ROOT, capture_output=True, text=True, timeout=20,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+BASE_CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+request_timeout_s = {request_timeout_s}
+max_body_bytes = {max_body_bytes}
+max_header_bytes = {max_header_bytes}
+
+[store]
+data_dir = "{data_dir}"
+map_size_mb = {map_size_mb}
+
+[tiers.fast]
+rate_per_minute = 600000
+burst = 10000
+
+[tiers.standard]
+rate_per_minute = 80
+burst = 40
+
+[tiers.restricted]
+rate_per_minute = 5
+burst = 5
+
+[[workspaces]]
+name = "default"
+default_sender = "+15550000001"
+{webhooks}
+
+[[workspaces]]
+name = "other"
+
+[[senders]]
+number = "+15550000001"
+workspace = "default"
+tier = "fast"
+
+[[senders]]
+number = "+15550000002"
+workspace = "default"
+tier = "standard"
+
+[[senders]]
+number = "+15550000009"
+workspace = "other"
+tier = "fast"
+
+[webhooks]
+backoff_initial_s = 0.1
+backoff_max_s = 1.0
+timeout_s = 2.0
+
+[network]
+reconnect_min_ms = 20
+reconnect_max_ms = 200
+{network}
+"""
+
+
+class Gateway:
+    def __init__(self, tmp_path, *, netsim: Netsim | None = None, webhook_url: str | None = None,
+                 request_timeout_s: float = 10.0, max_body_bytes: int = 1_048_576,
+                 max_header_bytes: int = 16_384, map_size_mb: int = 256, sim: str = "") -> None:
+        self.tmp = tmp_path
+        self.data_dir = str(tmp_path / "var")
+        self.port = free_port()
+        webhooks = ""
+        if webhook_url:
+            secret_file = tmp_path / "hook.secret"
+            secret_file.write_text("s3cret-for-tests-only-0123456789")
+            os.chmod(secret_file, 0o600)
+            self.webhook_secret = b"s3cret-for-tests-only-0123456789"
+            webhooks = f'[[workspaces.webhooks]]\nurl = "{webhook_url}"\nsecret_file = "{secret_file}"\n'
+        if netsim is not None:
+            network = f'mode = "tcp"\nurl = "tcp://127.0.0.1:{netsim.port}"'
+        else:
+            network = 'mode = "embedded"\n' + (f"[network.sim]\n{sim}" if sim else "")
+        self.config_text = BASE_CONFIG.format(
+            port=self.port, data_dir=self.data_dir, webhooks=webhooks, network=network,
+            request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
+            max_header_bytes=max_header_bytes, map_size_mb=map_size_mb,
+        )
+        self.config_path = tmp_path / "gateway.toml"
+        self.config_path.write_text(self.config_text)
+        self.proc: subprocess.Popen | None = None
+        self.key = ""
+
+    def start(self, timeout: float = 20.0) -> "Gateway":
+        self.log = open(self.tmp / f"gateway-{time.time_ns()}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"gateway exited: {self.read_log()}"
+            try:
+                status, _ = self.request("GET", "/readyz", auth=False)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"gateway not ready: {self.read_log()}")
+        self.key = open(os.path.join(self.data_dir, "admin.key")).read().strip()
+        return self
+
+    def read_log(self) -> str:
+        self.log.flush()
+        return open(self.log.name).read()
+
+    def request(self, method: str, path: str, body=None, *, key: str | None = None, auth: bool = True,
+                headers: dict | None = None, timeout: float = 10.0):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            hdrs = dict(headers or {})
+            if auth:
+                hdrs["Authorization"] = f"Bearer {key or self.key}"
+            data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            raw = resp.read()
+            self.last_headers = dict(resp.getheaders())
+            try:
+                return resp.status, json.loads(raw)
+            except ValueError:
+                return resp.status, raw
+        finally:
+            conn.close()
+
+    def send(self, to: str, body: str = "hello", **fields) -> str:
+        status, reply = self.request("POST", "/v1/messages", {"to": to, "text": {"body": body}, **fields})
+        assert status == 202, reply
+        return reply["id"]
+
+    def wait_status(self, msg_id: str, wanted: set[str], timeout: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, view = self.request("GET", f"/v1/messages/{msg_id}")
+            if status == 200 and view["status"] in wanted:
+                return view
+            time.sleep(0.05)
+        raise AssertionError(f"{msg_id} never reached {wanted}: {view}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class WebhookReceiver:
+    """Collects POSTed webhook deliveries; can answer the first `fail_first` with 500."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.deliveries: list[tuple[dict, bytes]] = []
+        self.fail_first = fail_first
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    failing = receiver.fail_first > 0
+                    if failing:
+                        receiver.fail_first -= 1
+                    else:
+                        receiver.deliveries.append((dict(self.headers), body))
+                self.send_response(500 if failing else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def start(self) -> "WebhookReceiver":
+        self.thread.start()
+        return self
+
+    def events(self) -> list[dict]:
+        with self.lock:
+            return [e for _, body in self.deliveries for e in json.loads(body)["events"]]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

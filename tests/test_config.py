@@ -1,0 +1,99 @@
+"""Config decoding and the path-precise errors `gateway check-config` prints."""
+import subprocess
+import sys
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config, with_overrides
+from tests.harness import ROOT
+
+GOOD = """
+[tiers.standard]
+rate_per_minute = 80
+burst = 40
+
+[[workspaces]]
+name = "default"
+default_sender = "+15550000001"
+
+[[senders]]
+number = "+15550000001"
+tier = "standard"
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    return info.value.problems
+
+
+def test_embedded_default_config_is_valid():
+    cfg = load_config(f"{ROOT}/configs/gateway.toml")
+    assert cfg.server.listen == "127.0.0.1:8080"
+    assert cfg.store.data_dir == "./var"
+    assert cfg.network.mode == "embedded"
+
+
+def test_sender_rate_comes_from_its_tier_unless_given():
+    cfg = parse_config(GOOD + '\n[[senders]]\nnumber = "+15550000002"\ntier = "standard"\nrate_per_minute = 5\n')
+    assert cfg.sender_rate(cfg.senders[0]) == (80, 40)
+    assert cfg.sender_rate(cfg.senders[1]) == (5, 40)
+
+
+def test_bad_rate_is_reported_with_its_exact_path():
+    text = GOOD + "".join(
+        f'\n[[senders]]\nnumber = "+1555000000{i}"\nrate_per_minute = {r}\n' for i, r in ((2, 5), (3, 0))
+    )
+    assert problems(text) == ["senders[2].rate_per_minute: expected int >= 1"]
+
+
+def test_unknown_tier_and_workspace_are_both_reported():
+    text = GOOD + '\n[[senders]]\nnumber = "+15550000002"\ntier = "gold"\nworkspace = "nope"\n'
+    found = problems(text)
+    assert "senders[1].tier: unknown tier 'gold' (tiers: standard)" in found
+    assert "senders[1].workspace: unknown workspace 'nope'" in found
+
+
+def test_duplicate_sender_number_is_refused():
+    text = GOOD + '\n[[senders]]\nnumber = "+15550000001"\ntier = "standard"\n'
+    assert problems(text) == ["senders[1].number: duplicate of senders[0]"]
+
+
+def test_unknown_key_is_refused_with_its_path():
+    assert problems(GOOD + "\n[server]\nlisten_addr = 1\n") == ["server: object contains unknown field listen_addr"]
+
+
+def test_default_sender_must_belong_to_the_workspace():
+    text = GOOD.replace('default_sender = "+15550000001"', 'default_sender = "+15559999999"')
+    assert problems(text) == [
+        "workspaces[0].default_sender: +15559999999 is not a sender of workspace 'default'"
+    ]
+
+
+def test_toml_syntax_error_is_one_problem():
+    assert problems("[server\n")[0].startswith("TOML syntax:")
+
+
+def test_webhook_needs_a_secret_source():
+    text = GOOD.replace('default_sender = "+15550000001"',
+                        'default_sender = "+15550000001"\n[[workspaces.webhooks]]\nurl = "http://127.0.0.1:1/h"')
+    assert problems(text) == ["workspaces[0].webhooks[0]: needs secret_file or secret_env"]
+
+
+def test_command_line_overrides_win_over_the_file():
+    cfg = with_overrides(parse_config(GOOD), listen="127.0.0.1:9", data_dir="/tmp/x")
+    assert (cfg.server.listen, cfg.store.data_dir) == ("127.0.0.1:9", "/tmp/x")
+
+
+def test_check_config_command_exits_nonzero_with_the_path(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD + '\n[[senders]]\nnumber = "+15550000002"\nrate_per_minute = 5\n'
+                   '\n[[senders]]\nnumber = "+15550000003"\nrate_per_minute = 0\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(bad)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 1
+    assert f"{bad}: senders[2].rate_per_minute: expected int >= 1" in out.stderr
+    good = subprocess.run([sys.executable, "-m", "gateway", "check-config", f"{ROOT}/configs/gateway.toml"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert good.returncode == 0, good.stderr

@@ -1,0 +1,119 @@
+"""Group commit: one transaction for many callers, answers only after the commit, a full map
+refuses the whole batch and writes none of it."""
+import lmdb
+import pytest
+import trio
+
+from gateway.store.env import open_store
+from gateway.store.writer import StorageFull, Writer
+
+
+def put(txn, dbs, arg):
+    key, value = arg
+    txn.put(key, value, db=dbs["messages"])
+    return key
+
+
+def boom(txn, dbs, arg):
+    raise ValueError("bad op")
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(str(tmp_path), map_size_mb=64)
+    yield s
+    s.close()
+
+
+async def test_concurrent_writes_share_one_commit(store):
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.05)
+    results = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+
+        async def one(i):
+            results[i] = await writer.write(put, (b"k%03d" % i, b"v"))
+
+        async with trio.open_nursery() as senders:
+            for i in range(50):
+                senders.start_soon(one, i)
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 1 and writer.ops_committed == 50
+    assert results == {i: b"k%03d" % i for i in range(50)}
+
+
+async def test_batch_closes_at_max_ops(store):
+    writer = Writer(store.env, store.dbs, max_ops=10, window_s=1.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as senders:
+            for i in range(25):
+                senders.start_soon(writer.write, put, (b"k%03d" % i, b"v"))
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 3 and writer.ops_committed == 25
+
+
+async def test_a_lone_write_does_not_wait_for_the_window(store):
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=5.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with trio.fail_after(2):  # far below the 5 s window: the idle loop closes the batch
+            await writer.write(put, (b"alone", b"v"))
+        nursery.cancel_scope.cancel()
+
+
+async def test_written_data_is_committed_when_write_returns(tmp_path):
+    store = open_store(str(tmp_path), map_size_mb=64)
+    writer = Writer(store.env, store.dbs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.write(put, (b"durable", b"yes"))
+        nursery.cancel_scope.cancel()
+    store.close()  # reopen from disk: the value is there without any further commit
+    other = lmdb.open(store.path, max_dbs=16, readonly=True, lock=False)
+    with other.begin(db=other.open_db(b"messages", create=False)) as txn:
+        assert txn.get(b"durable") == b"yes"
+    other.close()
+
+
+async def test_failing_op_fails_only_its_caller(store):
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+    outcome = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+
+        async def good():
+            outcome["good"] = await writer.write(put, (b"ok", b"v"))
+
+        async def bad():
+            try:
+                await writer.write(boom)
+            except ValueError as exc:
+                outcome["bad"] = str(exc)
+
+        async with trio.open_nursery() as senders:
+            senders.start_soon(good)
+            senders.start_soon(bad)
+        nursery.cancel_scope.cancel()
+    assert outcome == {"good": b"ok", "bad": "bad op"}
+    assert store.get("messages", b"ok") == b"v"
+
+
+async def test_full_map_refuses_the_whole_batch_and_keeps_working(tmp_path):
+    store = open_store(str(tmp_path), map_size_mb=1)
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+    big = b"x" * 3000
+    accepted = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with pytest.raises(StorageFull):
+            for i in range(1000):
+                accepted.append(await writer.write(put, (b"k%04d" % i, big)))
+        # the refused batch wrote nothing, everything answered before it is there
+        assert store.get("messages", b"k%04d" % len(accepted)) is None
+        assert all(store.get("messages", k) == big for k in accepted)
+        # small writes still fit after deleting room
+        await writer.write(lambda txn, dbs, a: txn.delete(accepted[0], db=dbs["messages"]))
+        await writer.write(put, (b"small", b"v"))
+        nursery.cancel_scope.cancel()
+    store.close()
