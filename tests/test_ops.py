@@ -1,0 +1,94 @@
+"""Store operations: accept with idempotency, pending -> outbox, status changes only forward."""
+import pytest
+
+from gateway.ids import IdGenerator
+from gateway.store import ops
+from gateway.store import records as R
+from gateway.store.env import open_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(str(tmp_path), map_size_mb=32)
+    yield s
+    s.close()
+
+
+def run(store, op, arg):
+    with store.env.begin(write=True) as txn:
+        return op(txn, store.dbs, arg)
+
+
+def accept_one(store, msg_id="01M80G6YDF0AVP1GGNM3839WG0", workspace="default", idem=None):
+    rec = R.MessageRecord(workspace, "+15550000001", "+14155550100", 1, "ref-1", "accepted", [("accepted", 1000)])
+    pending = R.PendingRecord("+15550000001", "+14155550100", 1, ops.encode(R.TextPayload("hi")))
+    idem_key = R.idempotency_key(workspace, idem) if idem else None
+    idem_rec = ops.encode(R.IdempotencyRecord(b"fp", 202, b"{}", 1000)) if idem else None
+    return run(store, ops.accept, ops.AcceptArg([ops.AcceptItem(msg_id, ops.encode(rec), ops.encode(pending))],
+                                                idem_key, idem_rec))
+
+
+def status(store, updates, hooks=None):
+    return run(store, ops.apply_status, ops.StatusArg(updates, hooks or {}, IdGenerator()))
+
+
+def test_accept_writes_message_and_pending(store):
+    assert accept_one(store) is None
+    assert store.message("01M80G6YDF0AVP1GGNM3839WG0").status == "accepted"
+    assert store.count("pending") == 1
+
+
+def test_reused_idempotency_key_returns_the_first_record_and_writes_nothing(store):
+    accept_one(store, idem="k1")
+    again = accept_one(store, msg_id="01M80G6YDF0AVP1GGNM3839WG1", idem="k1")
+    assert again.status == 202 and again.body == b"{}"
+    assert store.message("01M80G6YDF0AVP1GGNM3839WG1") is None
+    assert store.count("pending") == 1
+
+
+def test_dispatch_moves_pending_to_outbox_with_limiter_state(store):
+    accept_one(store)
+    moved = run(store, ops.dispatch, ops.DispatchArg(["01M80G6YDF0AVP1GGNM3839WG0", "01M80G6YDF0AVP1GGNM3839WZZ"],
+                                                     [(R.limiter_sender_key("+15550000001"), (3.0, 99.0))]))
+    assert [m for m, _ in moved] == ["01M80G6YDF0AVP1GGNM3839WG0"]
+    assert store.count("pending") == 0 and store.count("outbox") == 1
+    assert R.limiter_decoder.decode(store.get("limiter", b"s\0+15550000001")) == (3.0, 99.0)
+
+
+def test_statuses_move_only_forward_and_duplicates_change_nothing(store):
+    accept_one(store)
+    msg = "01M80G6YDF0AVP1GGNM3839WG0"
+    changes = status(store, [(msg, "sent", 2000, "", True), (msg, "delivered", 3000, "", False),
+                             (msg, "delivered", 3500, "", False), (msg, "sent", 3600, "", True),
+                             (msg, "read", 4000, "", False), (msg, "failed", 5000, "late", False)])
+    assert [c.status for c in changes] == ["sent", "delivered", "read"]
+    rec = store.message(msg)
+    assert rec.status == "read" and rec.reason == ""
+    assert rec.events == [("accepted", 1000), ("sent", 2000), ("delivered", 3000), ("read", 4000)]
+
+
+def test_failed_receipt_ends_the_message_and_clears_the_outbox(store):
+    accept_one(store)
+    msg = "01M80G6YDF0AVP1GGNM3839WG0"
+    run(store, ops.dispatch, ops.DispatchArg([msg], []))
+    status(store, [(msg, "failed", 2000, "recipient_not_registered", False)])
+    rec = store.message(msg)
+    assert (rec.status, rec.reason) == ("failed", "recipient_not_registered")
+    assert store.count("outbox") == 0
+    assert status(store, [(msg, "delivered", 3000, "", False)]) == []
+
+
+def test_status_change_queues_a_webhook_event_per_endpoint(store):
+    accept_one(store)
+    msg = "01M80G6YDF0AVP1GGNM3839WG0"
+    status(store, [(msg, "sent", 2000, "", True)], hooks={"default": [b"ep1", b"ep2"], "other": [b"ep3"]})
+    events = store.scan("webhook_outbox")
+    assert [k.split(b"\0")[0] for k, _ in events] == [b"ep1", b"ep2"]
+    assert b'"status":"sent"' in events[0][1] and b'"client_ref":"ref-1"' in events[0][1]
+
+
+def test_expired_idempotency_records_are_removed(store):
+    accept_one(store, idem="old")
+    assert run(store, ops.expire_idempotency, (999, 100)) == 0
+    assert run(store, ops.expire_idempotency, (1001, 100)) == 1
+    assert store.count("idempotency") == 0
