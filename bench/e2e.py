@@ -1,0 +1,128 @@
+"""Accepted -> delivered through netsim in its own process: the gateway pinned to one core,
+netsim and a paced feeder (batch API) on the other. Reports the delivered rate per second over
+the run, the drain, and completeness (netsim saw every accepted message once, none twice).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import threading
+import time
+
+import trio
+
+from bench.procs import metric, start_gateway, start_netsim
+from loadtest.netsim.server import fetch_stats
+
+
+def feeder(port: int, key: str, *, rate: float, duration_s: float, batch: int, threads: int) -> dict:
+    """Send `rate` messages/s as batches from `threads` keep-alive connections, paced."""
+    accepted = [0] * threads
+    errors = [0] * threads
+    per_thread = rate / threads
+    start = time.monotonic() + 0.2
+
+    def work(t: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        sent = 0
+        n = t * 100_000_000
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        while True:
+            due = start + sent / per_thread
+            now = time.monotonic()
+            if due - start >= duration_s:
+                break
+            if due > now:
+                time.sleep(due - now)
+            msgs = [{"to": "+1%010d" % (n + i), "text": {"body": "Your order %d has shipped" % (n + i)}}
+                    for i in range(batch)]
+            n += batch
+            try:
+                conn.request("POST", "/v1/messages/batch", json.dumps({"messages": msgs}), headers)
+                resp = conn.getresponse()
+                body = json.loads(resp.read())
+                if resp.status == 202:
+                    accepted[t] += body["accepted"]
+                else:
+                    errors[t] += batch
+            except (OSError, http.client.HTTPException):
+                errors[t] += batch
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            sent += batch
+        conn.close()
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return {"accepted": sum(accepted), "errors": sum(errors)}
+
+
+def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, threads: int = 4,
+        read_share: float = 0.5) -> dict:
+    netsim, netsim_port = start_netsim(1, "--seed", "1", "--latency-ms", "20", "--read-share", str(read_share))
+    gw, port, key = start_gateway(0, netsim_port=netsim_port)
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append((time.monotonic(), metric(port, 'gateway_messages_status_total{status="delivered"}')))
+            time.sleep(1.0)
+
+    try:
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.monotonic()
+        fed = feeder(port, key, rate=rate, duration_s=duration_s, batch=batch, threads=threads)
+        fed_s = time.monotonic() - t0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            delivered = metric(port, 'gateway_messages_status_total{status="delivered"}')
+            failed = metric(port, 'gateway_messages_status_total{status="failed"}')
+            if delivered + failed >= fed["accepted"]:
+                break
+            time.sleep(0.5)
+        drained_s = time.monotonic() - t0
+        done.set()
+        sampler.join()
+        stats = trio.run(fetch_stats, "127.0.0.1", netsim_port)
+    finally:
+        done.set()
+        gw.stop()
+        netsim.stop()
+    rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:])]
+    steady = rates[2:int(fed_s) - 1] if len(rates) > 4 else rates
+    result = {
+        "target_rate": rate,
+        "fed_seconds": round(fed_s, 1),
+        "accepted": fed["accepted"],
+        "feed_errors": fed["errors"],
+        "delivered": delivered,
+        "failed": failed,
+        "drained_after_s": round(drained_s, 1),
+        "delivered_per_s_over_run": round(delivered / drained_s),
+        "delivered_per_s_steady_min": round(min(steady)) if steady else None,
+        "delivered_per_s_steady_median": round(sorted(steady)[len(steady) // 2]) if steady else None,
+        "netsim_unique": stats.get("unique"),
+        "netsim_duplicates": stats.get("duplicates"),
+        "lost": fed["accepted"] - stats.get("unique", 0),
+    }
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=10_000)
+    ap.add_argument("--duration", type=float, default=60.0)
+    ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--read-share", type=float, default=0.5)
+    args = ap.parse_args()
+    print(json.dumps(run(args.rate, args.duration, args.batch, read_share=args.read_share), indent=2))
+
+
+if __name__ == "__main__":
+    main()

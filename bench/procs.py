@@ -1,0 +1,122 @@
+"""Starts the gateway and netsim as separate, CPU-pinned processes for benchmarks, with a
+throwaway data directory, and stops them. Loopback only; every wait is bounded."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BENCH_CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+
+[store]
+data_dir = "{data_dir}"
+map_size_mb = 16384
+
+[tiers.bench]
+rate_per_minute = {rate}
+burst = {burst}
+
+[[workspaces]]
+name = "default"
+default_sender = "+15550000001"
+
+[[senders]]
+number = "+15550000001"
+tier = "bench"
+
+[network]
+{network}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(cpu: int):
+    cpus = os.sched_getaffinity(0)
+    target = {cpu} if cpu in cpus else cpus
+    return lambda: os.sched_setaffinity(0, target)
+
+
+class Proc:
+    def __init__(self, popen: subprocess.Popen, tmp: str | None = None) -> None:
+        self.popen, self.tmp = popen, tmp
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start_netsim(cpu: int, *args: str) -> tuple[Proc, int]:
+    p = subprocess.Popen([sys.executable, "-m", "loadtest.netsim", "--listen", "127.0.0.1:0", *args],
+                         cwd=ROOT, stdout=subprocess.PIPE, text=True, preexec_fn=pin(cpu))
+    line = p.stdout.readline()
+    m = re.search(r":(\d+)", line)
+    if not m:
+        p.kill()
+        raise RuntimeError(f"netsim did not start: {line!r}")
+    return Proc(p), int(m.group(1))
+
+
+def start_gateway(cpu: int, *, rate: int = 60_000_000, burst: int = 1_000_000,
+                  netsim_port: int | None = None) -> tuple[Proc, int, str]:
+    tmp = tempfile.mkdtemp(prefix="gw-bench-")
+    port = free_port()
+    network = f'mode = "tcp"\nurl = "tcp://127.0.0.1:{netsim_port}"' if netsim_port else 'mode = "embedded"'
+    cfg = os.path.join(tmp, "gateway.toml")
+    with open(cfg, "w") as f:
+        f.write(BENCH_CONFIG.format(port=port, data_dir=os.path.join(tmp, "var"), rate=rate,
+                                    burst=burst, network=network))
+    log = open(os.path.join(tmp, "gateway.log"), "w")
+    p = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", cfg, "--log-level", "warning"],
+                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin(cpu))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        p.kill()
+        raise RuntimeError(open(log.name).read())
+    key = open(os.path.join(tmp, "var", "admin.key")).read().strip()
+    return Proc(p, tmp), port, key
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def post(port: int, key: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Authorization": f"Bearer {key}"}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())

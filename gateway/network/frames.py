@@ -1,0 +1,175 @@
+"""Wire codec for the network link: frame Structs, length-prefixed msgpack encoding, and a sans-I/O decoder.
+
+It owns the byte format only and must never perform I/O, keep connection state, or interpret payloads.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+from msgspec import Struct
+
+__all__ = [
+    "MAX_FRAME",
+    "Ack",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "Hello",
+    "HelloOk",
+    "Ping",
+    "Pong",
+    "Receipt",
+    "ReceiptAck",
+    "StatsReply",
+    "StatsRequest",
+    "Submit",
+    "encode_frame",
+    "encode_frames",
+]
+
+MAX_FRAME = 1 << 20  # largest allowed body, in bytes (the 4-byte prefix is not counted)
+PROTOCOL_VERSION = 1
+
+
+class FrameError(Exception):
+    """A frame could not be encoded or decoded; the connection carrying it must be dropped."""
+
+
+class _Frame(Struct, tag_field="t", array_like=False, omit_defaults=True):
+    """Common configuration of every frame body (tagged by the "t" key)."""
+
+
+class Hello(_Frame, tag="hello"):
+    version: int = PROTOCOL_VERSION
+    client: str = ""
+
+
+class HelloOk(_Frame, tag="hello_ok"):
+    version: int = PROTOCOL_VERSION
+    server: str = ""
+
+
+class Submit(_Frame, tag="submit"):
+    id: str
+    sender: str
+    recipient: str
+    payload: bytes
+    priority: int = 1
+
+
+class Ack(_Frame, tag="ack"):
+    # code: "ok" (taken: status "sent") | "throttled" (not taken; retry after retry_after_ms)
+    #       | "rejected" (permanent; reason says why)
+    id: str
+    code: str = "ok"
+    reason: str = ""
+    retry_after_ms: int = 0
+
+
+class Receipt(_Frame, tag="receipt"):
+    # status: "delivered" | "read" | "failed" (reason e.g. "recipient_not_registered",
+    #         "recipient_offline_expired")
+    id: str
+    status: str
+    at_ms: int
+    reason: str = ""
+
+
+class ReceiptAck(_Frame, tag="receipt_ack"):
+    ids: list[str]
+
+
+class StatsRequest(_Frame, tag="stats"):
+    pass
+
+
+class StatsReply(_Frame, tag="stats_reply"):
+    data: dict
+
+
+class Ping(_Frame, tag="ping"):
+    n: int = 0
+
+
+class Pong(_Frame, tag="pong"):
+    n: int = 0
+
+
+Frame = Hello | HelloOk | Submit | Ack | Receipt | ReceiptAck | StatsRequest | StatsReply | Ping | Pong
+
+_encoder = msgspec.msgpack.Encoder()
+_decode = msgspec.msgpack.Decoder(Frame).decode
+_pack_len = struct.Struct(">I").pack_into
+_unpack_len = struct.Struct(">I").unpack_from
+
+
+def encode_frames(frames: list) -> bytes:
+    """Encode frames as concatenated (4-byte big-endian length + msgpack body) records."""
+    buf = bytearray()
+    encode_into = _encoder.encode_into
+    for frame in frames:
+        start = len(buf)
+        encode_into(frame, buf, start + 4)
+        length = len(buf) - start - 4
+        if length > MAX_FRAME:
+            raise FrameError(f"frame body of {length} bytes exceeds {MAX_FRAME}")
+        _pack_len(buf, start, length)
+    return bytes(buf)
+
+
+def encode_frame(frame) -> bytes:
+    """Encode a single frame (length prefix included)."""
+    return encode_frames([frame])
+
+
+class FrameDecoder:
+    """Incremental decoder: feed() raw bytes, get back every frame completed so far.
+
+    After a FrameError the stream is desynchronised; discard the decoder and the connection.
+    """
+
+    __slots__ = ("_buf", "_pos", "_max")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        self._max = max_frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed as complete frames."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data) -> list:
+        buf = self._buf
+        buf += data
+        pos = self._pos
+        end_of_data = len(buf)
+        out: list = []
+        if end_of_data - pos < 4:
+            return out
+        max_frame = self._max
+        append = out.append
+        with memoryview(buf) as view:
+            while end_of_data - pos >= 4:
+                (length,) = _unpack_len(buf, pos)
+                if length > max_frame:
+                    raise FrameError(f"frame length {length} exceeds {max_frame}")
+                end = pos + 4 + length
+                if end > end_of_data:
+                    break
+                try:
+                    append(_decode(view[pos + 4 : end]))
+                except msgspec.DecodeError as exc:  # ValidationError is a subclass
+                    raise FrameError(f"bad frame body: {exc}") from None
+                pos = end
+        if pos == end_of_data:
+            buf.clear()
+            pos = 0
+        elif pos >= 65536:
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        return out

@@ -1,0 +1,149 @@
+"""Gateway-side client shell for the network link: connect, hello, hand frame batches to callbacks, reconnect.
+
+It owns the TCP connection and its backoff only; it must never keep an outbox, retry submits, or interpret frames
+beyond the hello handshake (the callbacks own all message state).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Awaitable, Callable
+
+import trio
+
+from gateway.network.frames import FrameDecoder, FrameError, Hello, HelloOk, encode_frames
+
+__all__ = ["LinkDown", "NetworkLink", "parse_url"]
+
+RECV_SIZE = 256 * 1024
+_URL = re.compile(r"^(?:tcp://)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>\d{1,5})/?$")
+
+
+class LinkDown(Exception):
+    """The link is not connected, or a write on it failed; nothing may be assumed sent."""
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """Split "tcp://host:port" (scheme optional, IPv6 as [addr]) into (host, port)."""
+    m = _URL.match(url.strip())
+    if m is None or int(m["port"]) > 65535:
+        raise ValueError(f"expected tcp://host:port, got {url!r}")
+    return (m["v6"] or m["host"]), int(m["port"])
+
+
+class NetworkLink:
+    """A persistent, self-healing connection to the network (or netsim)."""
+
+    def __init__(self, host: str, port: int, *, on_connected: Callable[[], Awaitable[None]],
+                 on_frames: Callable[[list], Awaitable[None]], client_name: str = "gateway",
+                 backoff_min_s: float = 0.05, backoff_max_s: float = 5.0, connect_timeout_s: float = 5.0,
+                 rng: random.Random | None = None) -> None:
+        self.host = host
+        self.port = port
+        self._on_connected = on_connected
+        self._on_frames = on_frames
+        self._client_name = client_name
+        self._backoff_min = backoff_min_s
+        self._backoff_max = backoff_max_s
+        self._connect_timeout = connect_timeout_s
+        self._rng = rng if rng is not None else random.Random()
+        self._stream: trio.SocketStream | None = None
+        self._send_lock = trio.Lock()
+        self._up = trio.Event()
+        self.connects = 0  # successful hellos so far
+        self.server_name = ""
+
+    @property
+    def connected(self) -> bool:
+        return self._stream is not None
+
+    async def wait_connected(self) -> None:
+        while self._stream is None:
+            await self._up.wait()
+
+    async def send(self, frames: list) -> None:
+        """Write all frames in one send_all; raise LinkDown if not connected or the write fails."""
+        if not frames:
+            return
+        data = encode_frames(frames)
+        async with self._send_lock:
+            stream = self._stream
+            if stream is None:
+                raise LinkDown("network link is not connected")
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._drop(stream)
+                raise LinkDown(f"write failed: {exc!r}") from exc
+            except BaseException:
+                self._drop(stream)  # cancelled mid-write: the byte stream may hold half a frame
+                raise
+
+    def _drop(self, stream: trio.SocketStream) -> None:
+        if self._stream is stream:
+            self._mark_down()
+        stream.socket.close()  # wakes the reader with ClosedResourceError without cancelling a callback mid-way
+
+    def _mark_down(self) -> None:
+        self._stream = None
+        if self._up.is_set():
+            self._up = trio.Event()
+
+    def _backoff_sleep_s(self, backoff: float) -> float:
+        return backoff * (0.5 + 0.5 * self._rng.random())
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Connect and reconnect forever; returns only by cancellation."""
+        task_status.started()
+        backoff = self._backoff_min
+        while True:
+            try:
+                with trio.fail_after(self._connect_timeout):
+                    stream = await trio.open_tcp_stream(self.host, self.port)
+            except (OSError, trio.TooSlowError):
+                await trio.sleep(self._backoff_sleep_s(backoff))
+                backoff = min(backoff * 2, self._backoff_max)
+                continue
+            connects_before = self.connects
+            try:
+                await self._session(stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, FrameError, trio.TooSlowError,
+                    ConnectionError, LinkDown):
+                pass
+            finally:
+                if self._stream is stream:
+                    self._mark_down()
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+            if self.connects > connects_before:
+                backoff = self._backoff_min
+            await trio.sleep(self._backoff_sleep_s(backoff))
+            backoff = min(backoff * 2, self._backoff_max)
+
+    async def _session(self, stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        frames: list = []
+        with trio.fail_after(self._connect_timeout):
+            await stream.send_all(encode_frames([Hello(client=self._client_name)]))
+            while not frames:
+                data = await stream.receive_some(RECV_SIZE)
+                if not data:
+                    raise ConnectionError("closed during hello")
+                frames = decoder.feed(data)
+        if not isinstance(frames[0], HelloOk):
+            raise ConnectionError(f"expected hello_ok, got {type(frames[0]).__name__}")
+        self.server_name = frames[0].server
+        self.connects += 1
+        self._stream = stream
+        self._up.set()
+        await self._on_connected()
+        if len(frames) > 1:
+            await self._on_frames(frames[1:])
+        while True:
+            data = await stream.receive_some(RECV_SIZE)
+            if not data:
+                return
+            frames = decoder.feed(data)
+            if frames:
+                await self._on_frames(frames)

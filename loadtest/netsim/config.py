@@ -1,0 +1,52 @@
+"""NetsimConfig: the knobs of the simulated network, decodable from a dict or a TOML table (e.g. `[network.sim]`).
+
+It owns validation of those knobs only and must never hold runtime state or perform network I/O.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from typing import Annotated, Any, Mapping
+
+import msgspec
+
+Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class NetsimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    seed: int = 1
+    latency_ms_median: NonNegFloat = 20.0
+    latency_sigma: NonNegFloat = 0.5  # lognormal sigma; 0 = every latency equals the median
+    read_share: Share = 0.5
+    read_delay_ms_median: NonNegFloat = 200.0  # lognormal with latency_sigma, counted from "delivered"
+    unregistered_share: Share = 0.0
+    offline_share: Share = 0.0
+    offline_delay_ms: NonNegFloat = 5000.0  # an offline recipient gets "delivered" this much later
+    offline_expire_share: Share = 0.0  # of offline recipients: fail "recipient_offline_expired" instead
+    throttle_share: Share = 0.0
+    throttle_retry_after_ms: NonNegInt = 1000
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> NetsimConfig:
+    """Build a validated config from a plain mapping (a TOML table, CLI overrides...).
+
+    Raises msgspec.ValidationError on unknown keys, wrong types or out-of-range values.
+    """
+    return msgspec.convert(dict(data), NetsimConfig)
+
+
+def validated(config: NetsimConfig, **overrides: Any) -> NetsimConfig:
+    """Return `config` with `overrides` applied, re-validated (plain construction skips Meta checks)."""
+    merged = msgspec.structs.asdict(config)
+    merged.update(overrides)
+    return config_from_mapping(merged)
+
+
+def load_config(path: str) -> NetsimConfig:
+    """Load a TOML file: its `[network.sim]` table if present, else its top-level keys."""
+    with open(path, "rb") as fh:
+        doc = tomllib.load(fh)
+    table = doc.get("network", {}).get("sim") if isinstance(doc.get("network"), dict) else None
+    return config_from_mapping(table if table is not None else doc)

@@ -1,0 +1,50 @@
+"""The gateway command: keys create and doctor."""
+import subprocess
+import sys
+
+from tests.harness import ROOT, Gateway
+
+
+def gateway(*args):
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+
+
+def test_keys_create_prints_a_key_the_running_gateway_accepts(tmp_path):
+    gw = Gateway(tmp_path).start()
+    try:
+        out = gateway("keys", "create", "--workspace", "default", "--role", "app",
+                      "-c", str(gw.config_path))
+        assert out.returncode == 0, out.stderr
+        key = out.stdout.strip()
+        assert key.startswith("gw_")
+        assert gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=key)[0] == 202
+        assert key not in gw.read_log()
+    finally:
+        gw.stop()
+
+
+def test_keys_create_refuses_an_unknown_role(tmp_path):
+    out = gateway("keys", "create", "--workspace", "default", "--role", "root", "--data-dir", str(tmp_path))
+    assert out.returncode == 2 and "--role" in out.stderr
+
+
+def test_first_start_writes_the_admin_key_file_0600_and_prints_only_its_path(tmp_path):
+    import os
+    import stat
+
+    gw = Gateway(tmp_path).start()
+    try:
+        path = os.path.join(gw.data_dir, "admin.key")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        log = gw.read_log()
+        assert path in log and gw.key not in log
+    finally:
+        gw.stop()
+
+
+def test_doctor_reports_python_native_modules_config_and_data_dir(tmp_path):
+    out = gateway("doctor", "-c", f"{ROOT}/configs/gateway.toml", "--data-dir", str(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for word in ("python", "native", "in use", "config", "data dir"):
+        assert word in out.stdout

@@ -1,0 +1,174 @@
+"""The HTTP API through a real gateway process (embedded netsim): sending, batches,
+idempotency, validation errors, auth and roles, limits, metrics."""
+import json
+import socket
+import time
+
+import pytest
+
+from tests.harness import Gateway
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    g = Gateway(tmp_path_factory.mktemp("gw"), request_timeout_s=0.5, max_body_bytes=64 * 1024,
+                max_header_bytes=4096).start()
+    yield g
+    g.stop()
+
+
+def key_for(gw, role, workspace="default"):
+    status, reply = gw.request("POST", "/admin/v1/api-keys", {"workspace": workspace, "role": role})
+    assert status == 201, reply
+    return reply["key"]
+
+
+def test_send_reaches_delivered_with_a_timeline(gw):
+    msg_id = gw.send("+14155550100", "hello", client_ref="order-1", priority="urgent")
+    view = gw.wait_status(msg_id, {"delivered", "read"})
+    statuses = [e["status"] for e in view["timeline"]]
+    assert statuses[:3] == ["accepted", "sent", "delivered"]
+    assert view["from"] == "+15550000001" and view["client_ref"] == "order-1"
+    assert view["priority"] == "urgent"
+
+
+def test_from_may_be_given_explicitly(gw):
+    msg_id = gw.send("+14155550101", **{"from": "+15550000002"})
+    assert gw.wait_status(msg_id, {"delivered", "read"})["from"] == "+15550000002"
+
+
+def test_sender_of_another_workspace_is_refused(gw):
+    status, reply = gw.request("POST", "/v1/messages",
+                               {"from": "+15550000009", "to": "+14155550100", "text": {"body": "x"}})
+    assert status == 422 and reply["error"]["code"] == "unknown_sender"
+
+
+def test_workspace_without_default_sender_needs_from(gw):
+    key = key_for(gw, "app", "other")
+    status, reply = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=key)
+    assert status == 422 and reply["error"]["code"] == "sender_required"
+
+
+def test_malformed_json_is_400(gw):
+    status, reply = gw.request("POST", "/v1/messages", b"{not json")
+    assert status == 400 and reply["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("body,path", [
+    ({"to": "14155550100", "text": {"body": "x"}}, "$.to"),
+    ({"to": "+14155550100", "text": {"body": ""}}, "$.text.body"),
+    ({"to": "+14155550100", "text": {"body": "x"}, "priority": "asap"}, "$.priority"),
+    ({"to": "+14155550100"}, "$"),
+])
+def test_invalid_fields_are_422_with_the_path(gw, body, path):
+    status, reply = gw.request("POST", "/v1/messages", body)
+    assert status == 422, reply
+    assert reply["error"]["code"] == "invalid_field" and reply["error"]["details"]["path"] == path
+
+
+def test_batch_answers_each_item(gw):
+    items = [{"to": f"+1415555{i:04d}", "text": {"body": f"n{i}"}} for i in range(5)]
+    items.insert(2, {"to": "bad", "text": {"body": "x"}})
+    status, reply = gw.request("POST", "/v1/messages/batch", {"messages": items})
+    assert status == 202 and reply["accepted"] == 5 and reply["rejected"] == 1
+    assert reply["results"][2]["error"]["details"]["path"] == "$.messages[2].to"
+    ids = [r["id"] for r in reply["results"] if "id" in r]
+    for msg_id in ids:
+        gw.wait_status(msg_id, {"delivered", "read"})
+
+
+def test_batch_over_the_limit_is_refused(gw):
+    items = [{"to": "+14155550100", "text": {"body": "x"}}] * 1001
+    status, reply = gw.request("POST", "/v1/messages/batch", {"messages": items})
+    assert status == 422 and reply["error"]["code"] == "batch_too_large"
+
+
+def test_idempotent_retry_returns_the_first_answer(gw):
+    body = {"to": "+14155550123", "text": {"body": "once"}}
+    s1, r1 = gw.request("POST", "/v1/messages", body, headers={"Idempotency-Key": "abc-1"})
+    s2, r2 = gw.request("POST", "/v1/messages", body, headers={"Idempotency-Key": "abc-1"})
+    assert s1 == s2 == 202 and r1 == r2
+    assert gw.last_headers.get("Idempotent-Replayed") == "true"
+    s3, r3 = gw.request("POST", "/v1/messages", {**body, "text": {"body": "other"}},
+                        headers={"Idempotency-Key": "abc-1"})
+    assert s3 == 422 and r3["error"]["code"] == "idempotency_key_reused"
+
+
+def test_missing_and_bad_keys_get_401(gw):
+    status, reply = gw.request("POST", "/v1/messages", {}, auth=False)
+    assert status == 401 and reply["error"]["code"] == "missing_api_key"
+    assert gw.last_headers.get("WWW-Authenticate") == "Bearer"
+    status, reply = gw.request("POST", "/v1/messages", {}, key="gw_0123456789abcdef_" + "x" * 43)
+    assert status == 401 and reply["error"]["code"] == "invalid_api_key"
+
+
+def test_each_role_reaches_only_its_routes(gw):
+    app, agent = key_for(gw, "app"), key_for(gw, "agent")
+    status, reply = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=agent)
+    assert status == 403 and reply["error"]["code"] == "forbidden_role"
+    status, _ = gw.request("POST", "/admin/v1/api-keys", {"workspace": "default", "role": "admin"}, key=app)
+    assert status == 403
+    status, _ = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=app)
+    assert status == 202
+
+
+def test_messages_of_another_workspace_are_invisible(gw):
+    msg_id = gw.send("+14155550100")
+    other = key_for(gw, "app", "other")
+    status, reply = gw.request("GET", f"/v1/messages/{msg_id}", key=other)
+    assert status == 404 and reply["error"]["code"] == "message_not_found"
+
+
+def test_unknown_route_404_and_wrong_method_405(gw):
+    assert gw.request("GET", "/v1/nothing")[0] == 404
+    status, reply = gw.request("DELETE", "/v1/messages")
+    assert status == 405 and gw.last_headers["Allow"] == "POST"
+
+
+def test_body_over_the_limit_is_413(gw):
+    status, reply = gw.request("POST", "/v1/messages", b"x" * (65 * 1024))
+    assert status == 413 and reply["error"]["code"] == "payload_too_large"
+
+
+def test_oversized_headers_are_431(gw):
+    status, reply = gw.request("GET", "/healthz", auth=False, headers={"X-Big": "y" * 5000})
+    assert status == 431 and reply["error"]["code"] == "headers_too_large"
+
+
+def test_a_client_too_slow_to_send_its_request_gets_408_and_is_closed(gw):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"to\"")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 408")
+    assert b"request_timeout" in data
+
+
+def test_keep_alive_and_pipelining_answer_in_order(gw):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                  b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    statuses = [line.split()[1] for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.1")]
+    assert statuses == [b"200", b"404", b"200"]
+
+
+def test_metrics_expose_counters_queue_depth_and_histograms(gw):
+    gw.wait_status(gw.send("+14155550177"), {"delivered", "read"})
+    status, text = gw.request("GET", "/metrics", auth=False)
+    text = text.decode()
+    assert status == 200
+    for name in ("gateway_messages_accepted_total", 'gateway_messages_status_total{status="delivered"}',
+                 'gateway_queue_depth{priority="bulk"}', "gateway_http_request_duration_seconds_bucket",
+                 "gateway_accepted_to_delivered_seconds_count"):
+        assert name in text, name
+
+
+def test_readyz_reports_ready_with_the_link_up(gw):
+    status, reply = gw.request("GET", "/readyz", auth=False)
+    assert status == 200 and reply["status"] == "ready"

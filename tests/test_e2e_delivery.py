@@ -1,0 +1,164 @@
+"""Delivery through a real netsim process: receipts move statuses, failures carry reasons,
+runtime tier changes are obeyed, reloads swap config atomically, webhooks arrive signed."""
+import os
+import signal
+import time
+
+import pytest
+
+from gateway.webhooks.signing import verify
+from tests.harness import Gateway, Netsim, WebhookReceiver, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def netsim():
+    n = Netsim("--seed", "7", "--latency-ms", "5", "--read-share", "1.0").start()
+    yield n
+    n.stop()
+
+
+def test_messages_reach_delivered_and_read_through_a_netsim_process(tmp_path, netsim):
+    gw = Gateway(tmp_path, netsim=netsim).start()
+    try:
+        ids = [gw.send(f"+1415555{i:04d}") for i in range(20)]
+        for msg_id in ids:
+            view = gw.wait_status(msg_id, {"read"})
+            assert [e["status"] for e in view["timeline"]] == ["accepted", "sent", "delivered", "read"]
+        stats = netsim.stats()
+        assert stats["unique"] == 20 and stats["duplicates"] == 0
+    finally:
+        gw.stop()
+
+
+def test_unregistered_recipient_fails_with_a_reason(tmp_path):
+    gw = Gateway(tmp_path, sim="unregistered_share = 1.0\nlatency_ms_median = 5.0").start()
+    try:
+        view = gw.wait_status(gw.send("+14155550100"), {"failed"})
+        assert view["reason"] == "recipient_not_registered"
+    finally:
+        gw.stop()
+
+
+def test_throttled_sends_are_retried_until_taken(tmp_path):
+    gw = Gateway(tmp_path, sim="throttle_share = 0.5\nthrottle_retry_after_ms = 50\nlatency_ms_median = 5.0").start()
+    try:
+        ids = [gw.send(f"+1415556{i:04d}") for i in range(20)]
+        for msg_id in ids:
+            gw.wait_status(msg_id, {"delivered", "read"})
+        _, text = gw.request("GET", "/metrics", auth=False)
+        assert b"gateway_network_throttled_total 0\n" not in text
+    finally:
+        gw.stop()
+
+
+def test_tier_change_at_runtime_is_obeyed_at_once(tmp_path, netsim):
+    gw = Gateway(tmp_path, netsim=netsim).start()
+    try:
+        status, view = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"tier": "restricted"})
+        assert status == 200 and (view["rate_per_minute"], view["burst"]) == (5, 5)
+        ids = [gw.send(f"+1415557{i:04d}") for i in range(8)]
+        time.sleep(1.5)
+        statuses = [gw.request("GET", f"/v1/messages/{m}")[1]["status"] for m in ids]
+        assert sum(s != "accepted" for s in statuses) == 5  # the burst, then 1 per 12 s
+        status, view = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"reset": True})
+        assert status == 200 and view["rate_per_minute"] == 600000
+        for msg_id in ids:
+            gw.wait_status(msg_id, {"delivered", "read"})
+    finally:
+        gw.stop()
+
+
+def test_patch_unknown_sender_or_tier(tmp_path):
+    gw = Gateway(tmp_path).start()
+    try:
+        assert gw.request("PATCH", "/admin/v1/senders/+19999999999", {"tier": "restricted"})[0] == 404
+        status, reply = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"tier": "gold"})
+        assert status == 422 and reply["error"]["code"] == "unknown_tier"
+    finally:
+        gw.stop()
+
+
+def test_reload_swaps_a_good_config_and_refuses_a_bad_one(tmp_path):
+    gw = Gateway(tmp_path).start()
+    try:
+        good = gw.config_text.replace('tier = "standard"', 'tier = "restricted"')
+        gw.config_path.write_text(good)
+        status, reply = gw.request("POST", "/admin/v1/config/reload")
+        assert status == 200 and "senders" in reply["changes"]
+        senders = {s["number"]: s for s in gw.request("GET", "/admin/v1/senders")[1]["senders"]}
+        assert senders["+15550000002"]["rate_per_minute"] == 5
+
+        gw.config_path.write_text(good.replace("rate_per_minute = 80", "rate_per_minute = 0"))
+        status, reply = gw.request("POST", "/admin/v1/config/reload")
+        assert status == 422 and reply["error"]["code"] == "config_invalid"
+        assert "tiers.standard.rate_per_minute: expected int >= 1" in reply["error"]["details"]["problems"]
+        assert gw.request("GET", "/admin/v1/senders")[1]["senders"][1]["rate_per_minute"] == 5
+        assert gw.send("+14155550100")  # still serving on the old config
+    finally:
+        gw.stop()
+
+
+def test_sighup_reloads_the_config_file(tmp_path):
+    gw = Gateway(tmp_path).start()
+    try:
+        gw.config_path.write_text(gw.config_text.replace('tier = "standard"', 'tier = "restricted"'))
+        os.kill(gw.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            senders = {s["number"]: s for s in gw.request("GET", "/admin/v1/senders")[1]["senders"]}
+            if senders["+15550000002"]["rate_per_minute"] == 5:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("SIGHUP did not reload")
+    finally:
+        gw.stop()
+
+
+def test_signed_webhooks_arrive_and_survive_endpoint_failures(tmp_path):
+    receiver = WebhookReceiver(fail_first=2).start()
+    gw = Gateway(tmp_path, webhook_url=receiver.url, sim="read_share = 1.0\nlatency_ms_median = 5.0").start()
+    try:
+        msg_id = gw.send("+14155550100", client_ref="c-9")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            mine = [e for e in receiver.events() if e["data"]["message_id"] == msg_id]
+            if {e["data"]["status"] for e in mine} >= {"sent", "delivered", "read"}:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"webhooks missing: {receiver.events()}")
+        assert all(e["type"] == "message.status" and e["data"]["client_ref"] == "c-9" for e in mine)
+        for headers, body in receiver.deliveries:
+            assert verify(gw.webhook_secret, headers["X-Gateway-Timestamp"], body,
+                          headers["X-Gateway-Signature"], now=time.time())
+        _, text = gw.request("GET", "/metrics", auth=False)
+        assert b'gateway_webhook_deliveries_total{outcome="no_answer"}' in text or b'outcome="retry"' in text
+    finally:
+        gw.stop()
+        receiver.stop()
+
+
+def test_webhooks_queued_while_the_endpoint_is_down_are_delivered_after_a_restart(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hooks"  # nothing listens yet: deliveries are refused, retried
+    gw = Gateway(tmp_path, webhook_url=url, sim="read_share = 0.0\nlatency_ms_median = 5.0").start()
+    msg_id = gw.send("+14155550100")
+    gw.wait_status(msg_id, {"delivered"})
+    gw.stop()
+    receiver = WebhookReceiver(port=port).start()
+    gw.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            got = {e["data"]["status"] for e in receiver.events() if e["data"]["message_id"] == msg_id}
+            if got >= {"sent", "delivered"}:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(receiver.events())
+    finally:
+        gw.stop()
+        receiver.stop()

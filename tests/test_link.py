@@ -1,0 +1,187 @@
+"""Specification of the gateway's NetworkLink, exercised against a real in-process netsim on 127.0.0.1."""
+
+import socket
+
+import pytest
+import trio
+
+from gateway.network.frames import Ack, Receipt, ReceiptAck, Submit
+from gateway.network.link import LinkDown, NetworkLink, parse_url
+from loadtest.netsim.config import NetsimConfig
+from loadtest.netsim.server import NetsimServer, fetch_stats
+
+FAST = NetsimConfig(latency_ms_median=1.0, latency_sigma=0.0, read_share=1.0, read_delay_ms_median=5.0)
+
+
+class Recorder:
+    """Collects what the link hands over and lets a test wait for it."""
+
+    def __init__(self) -> None:
+        self.frames: list = []
+        self.connected_calls = 0
+        self.changed = trio.Event()
+
+    async def on_connected(self) -> None:
+        self.connected_calls += 1
+        self._poke()
+
+    async def on_frames(self, batch: list) -> None:
+        self.frames.extend(batch)
+        self._poke()
+
+    def _poke(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, predicate, timeout_s: float = 5.0) -> None:
+        with trio.fail_after(timeout_s):
+            while not predicate():
+                await self.changed.wait()
+
+    def receipts(self, status: str) -> list:
+        return [f for f in self.frames if isinstance(f, Receipt) and f.status == status]
+
+
+async def start_server(nursery, config: NetsimConfig = FAST) -> tuple[NetsimServer, int]:
+    server = NetsimServer(config)
+    port = await nursery.start(server.serve, "127.0.0.1", 0)
+    return server, port
+
+
+async def start_link(nursery, port: int, rec: Recorder) -> NetworkLink:
+    link = NetworkLink("127.0.0.1", port, on_connected=rec.on_connected, on_frames=rec.on_frames,
+                       backoff_min_s=0.01, backoff_max_s=0.05)
+    await nursery.start(link.run)
+    with trio.fail_after(5):
+        await link.wait_connected()
+    return link
+
+
+def submit(msg_id: str) -> Submit:
+    return Submit(id=msg_id, sender="+15550000000", recipient="+15551234567", payload=b"\x81\xa4type\xa4text")
+
+
+def test_parse_url_accepts_tcp_scheme_bare_host_port_and_ipv6():
+    assert parse_url("tcp://127.0.0.1:7000") == ("127.0.0.1", 7000)
+    assert parse_url("netsim.local:7001") == ("netsim.local", 7001)
+    assert parse_url("tcp://[::1]:7002") == ("::1", 7002)
+
+
+@pytest.mark.parametrize("bad", ["http://x:1", "tcp://x", "tcp://x:99999", ""])
+def test_parse_url_rejects_anything_else(bad):
+    with pytest.raises(ValueError):
+        parse_url(bad)
+
+
+async def test_link_says_hello_and_runs_on_connected(nursery):
+    server, port = await start_server(nursery)
+    rec = Recorder()
+    link = await start_link(nursery, port, rec)
+    await rec.wait_for(lambda: rec.connected_calls == 1)
+    assert link.connected
+    assert link.server_name == "netsim"
+
+
+async def test_submit_gets_an_ack_then_delivered_and_read_receipts(nursery):
+    server, port = await start_server(nursery)
+    rec = Recorder()
+    link = await start_link(nursery, port, rec)
+    await link.send([submit("m1")])
+    await rec.wait_for(lambda: rec.receipts("read"))
+    assert [f for f in rec.frames if isinstance(f, Ack)] == [Ack(id="m1")]
+    assert [r.id for r in rec.receipts("delivered")] == ["m1"]
+
+
+async def test_send_raises_link_down_when_not_connected():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    rec = Recorder()
+    link = NetworkLink("127.0.0.1", port, on_connected=rec.on_connected, on_frames=rec.on_frames)
+    assert not link.connected
+    with pytest.raises(LinkDown):
+        await link.send([submit("m1")])
+
+
+async def test_link_reconnects_after_the_server_drops_it_and_runs_on_connected_again(nursery):
+    server, port = await start_server(nursery)
+    rec = Recorder()
+    link = await start_link(nursery, port, rec)
+    await rec.wait_for(lambda: rec.connected_calls == 1)
+    assert server.disconnect_all() == 1
+    await rec.wait_for(lambda: rec.connected_calls == 2)
+    assert link.connected and link.connects == 2
+    await link.send([submit("after-reconnect")])
+    await rec.wait_for(lambda: Ack(id="after-reconnect") in rec.frames)
+
+
+async def test_unacked_receipts_are_resent_after_reconnect_until_acknowledged(nursery):
+    server, port = await start_server(nursery)
+    rec = Recorder()
+    link = await start_link(nursery, port, rec)
+    await link.send([submit("m1")])
+    await rec.wait_for(lambda: rec.receipts("read"))  # seen, but deliberately not acknowledged
+    server.disconnect_all()
+    await rec.wait_for(lambda: len(rec.receipts("read")) == 2)
+    assert [r.id for r in rec.receipts("delivered")] == ["m1", "m1"]
+    await link.send([ReceiptAck(ids=["m1", "m1"])])
+    with trio.fail_after(5):
+        while (await fetch_stats("127.0.0.1", port))["unacked_receipts"]:
+            await trio.sleep(0.01)
+
+
+async def test_receipts_due_while_no_client_is_connected_arrive_on_the_next_hello(nursery):
+    server, port = await start_server(nursery)
+    rec = Recorder()
+    async with trio.open_nursery() as inner:
+        link = await start_link(inner, port, rec)
+        await link.send([submit("m1")])
+        await rec.wait_for(lambda: Ack(id="m1") in rec.frames)
+        inner.cancel_scope.cancel()
+    await trio.sleep(0.05)  # the receipts fall due with nobody connected
+    late = Recorder()
+    await start_link(nursery, port, late)
+    await late.wait_for(lambda: late.receipts("delivered") and late.receipts("read"))
+
+
+async def test_concurrent_senders_never_interleave_frames(nursery):
+    server, port = await start_server(nursery)
+    rec = Recorder()
+    link = await start_link(nursery, port, rec)
+
+    async def sender(k: int) -> None:
+        for j in range(20):
+            await link.send([submit(f"s{k}-{j}-{i}") for i in range(50)])
+
+    async with trio.open_nursery() as senders:
+        for k in range(5):
+            senders.start_soon(sender, k)
+    await rec.wait_for(lambda: sum(isinstance(f, Ack) for f in rec.frames) == 5000)
+    assert link.connects == 1
+    assert (await fetch_stats("127.0.0.1", port))["unique"] == 5000
+
+
+async def test_an_observer_connection_does_not_take_receipts_away_from_the_gateway(nursery):
+    server, port = await start_server(nursery, NetsimConfig(latency_ms_median=50.0, latency_sigma=0.0,
+                                                            read_share=0.0))
+    rec = Recorder()
+    link = await start_link(nursery, port, rec)
+    observer = NetworkLink("127.0.0.1", port, on_connected=Recorder().on_connected,
+                           on_frames=Recorder().on_frames, client_name="observer:test")
+    await nursery.start(observer.run)
+    with trio.fail_after(5):
+        await observer.wait_connected()
+    await link.send([submit("m1")])
+    await rec.wait_for(lambda: rec.receipts("delivered"))
+
+
+async def test_when_the_receipt_target_drops_the_previous_connection_gets_its_unacked_receipts(nursery):
+    server, port = await start_server(nursery)
+    first, second = Recorder(), Recorder()
+    link1 = await start_link(nursery, port, first)
+    async with trio.open_nursery() as inner:
+        await start_link(inner, port, second)  # the most recent connection receives receipts
+        await link1.send([submit("m1")])
+        await second.wait_for(lambda: second.receipts("read"))
+        inner.cancel_scope.cancel()
+    await first.wait_for(lambda: first.receipts("delivered") and first.receipts("read"))
