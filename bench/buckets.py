@@ -125,7 +125,7 @@ def run(scale: float = 1.0) -> dict:
     return result
 
 
-def _print_table(r: dict) -> None:
+def print_table(r: dict) -> None:
     impls = [i for i in ("native", "pure") if i in r["try_take_per_s"]]
     print(f"BucketTable in use: {r['implementation']} (native available: {r['native_available']})")
     print(f"{'measure':<34}" + "".join(f"{i:>14}" for i in impls) + f"{'native/pure':>14}")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--json" in argv:
         print(json.dumps(result, indent=2))
     else:
-        _print_table(result)
+        print_table(result)
     return 0
 
 

@@ -129,13 +129,31 @@ class ConfigError(Exception):
 _MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
-def _msgspec_problem(err: msgspec.ValidationError) -> str:
+def _split_problem(err: msgspec.ValidationError) -> tuple[str, str]:
+    """(path without the leading '$.', message) of a msgspec validation error."""
     m = _MSGSPEC_PATH.match(str(err))
     assert m is not None  # the pattern matches any string
     msg, path = m.group("msg"), (m.group("path") or "").lstrip(".")
     msg = msg[0].lower() + msg[1:] if msg else msg
-    msg = msg.replace("`", "")
+    return path, msg.replace("`", "")
+
+
+def _msgspec_problem(err: msgspec.ValidationError, prefix: str = "") -> str:
+    path, msg = _split_problem(err)
+    path = ".".join(p for p in (prefix, path) if p).replace(".[", "[")
     return f"{path}: {msg}" if path else msg
+
+
+def _locate_in_tiers(raw: dict, problem: str) -> str:
+    """msgspec names a dict entry `tiers[...]`; find which tier it was so the path is exact."""
+    if not problem.startswith("tiers[...]") or not isinstance(raw.get("tiers"), dict):
+        return problem
+    for name, table in raw["tiers"].items():
+        try:
+            msgspec.convert(table, Tier, strict=True)
+        except msgspec.ValidationError as exc:
+            return _msgspec_problem(exc, prefix=f"tiers.{name}")
+    return problem
 
 
 def _semantic_problems(cfg: Config) -> list[str]:
@@ -178,7 +196,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         cfg = msgspec.convert(raw, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(source, [_msgspec_problem(exc)]) from None
+        raise ConfigError(source, [_locate_in_tiers(raw, _msgspec_problem(exc))]) from None
     problems = _semantic_problems(cfg)
     if problems:
         raise ConfigError(source, problems)

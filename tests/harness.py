@@ -219,7 +219,7 @@ class Gateway:
 class WebhookReceiver:
     """Collects POSTed webhook deliveries; can answer the first `fail_first` with 500."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, port: int = 0) -> None:
         self.deliveries: list[tuple[dict, bytes]] = []
         self.fail_first = fail_first
         self.lock = threading.Lock()
@@ -243,7 +243,7 @@ class WebhookReceiver:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 

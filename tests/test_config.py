@@ -97,3 +97,13 @@ def test_check_config_command_exits_nonzero_with_the_path(tmp_path):
     good = subprocess.run([sys.executable, "-m", "gateway", "check-config", f"{ROOT}/configs/gateway.toml"],
                           capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert good.returncode == 0, good.stderr
+
+
+def test_bad_tier_value_names_the_tier():
+    assert problems(GOOD.replace("rate_per_minute = 80", "rate_per_minute = 0")) == [
+        "tiers.standard.rate_per_minute: expected int >= 1"
+    ]
+
+
+def test_tier_missing_a_field_names_the_tier():
+    assert problems(GOOD.replace("burst = 40", "")) == ["tiers.standard: object missing required field burst"]

@@ -80,9 +80,10 @@ def test_full_store_answers_503_storage_full_and_loses_nothing(tmp_path):
     gw = Gateway(tmp_path, map_size_mb=1, sim="latency_ms_median = 5.0").start()
     try:
         accepted = []
-        body = "x" * 4000
+        body = "x" * 4000  # the slow sender keeps most of them pending, bodies and all
         for i in range(400):
-            status, reply = gw.request("POST", "/v1/messages", {"to": f"+1415559{i:04d}", "text": {"body": body}})
+            status, reply = gw.request("POST", "/v1/messages", {"to": f"+1415559{i:04d}", "from": "+15550000002",
+                                                                "text": {"body": body}})
             if status != 202:
                 break
             accepted.append(reply["id"])

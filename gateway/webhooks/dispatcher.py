@@ -51,7 +51,11 @@ class Endpoint:
         self.ready: deque[tuple[bytes, bytes]] = deque()
         self.retry: list[tuple[float, int, int, list[tuple[bytes, bytes]]]] = []
         self.wake = trio.Event()
-        self.cancel = trio.CancelScope()
+        self.scopes: list[trio.CancelScope] = []  # one per worker, cancelled when removed
+
+    def stop(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
 
     def poke(self) -> None:
         self.dirty = True
@@ -76,7 +80,7 @@ class WebhookDispatcher:
         wanted = {ep.id: ep for ep in endpoints}
         for ident, ep in list(self.endpoints.items()):
             if ident not in wanted or wanted[ident].url != ep.url:
-                ep.cancel.cancel()
+                ep.stop()
                 del self.endpoints[ident]
             else:
                 ep.secret = wanted[ident].secret
@@ -116,7 +120,9 @@ class WebhookDispatcher:
             self._nursery.start_soon(self._worker, ep)
 
     async def _worker(self, ep: Endpoint) -> None:
-        with ep.cancel:
+        scope = trio.CancelScope()
+        ep.scopes.append(scope)
+        with scope:
             while True:
                 if ep.wake.is_set():  # every idle worker waits on the same, unset event
                     ep.wake = trio.Event()
