@@ -1,0 +1,527 @@
+"""Thin HTTP/1.1 server on trio + httptools: owns connections, framing, limits and keep-alive.
+
+It hands each complete request to one handler, in order, and writes the responses back; it must
+never route, authenticate or interpret bodies, and one connection's failure must never crash it.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from urllib.parse import unquote
+
+import httptools
+import msgspec
+import orjson
+import trio
+from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+
+logger = logging.getLogger("gateway.http")
+
+_RECV_SIZE = 65536
+_LINGER_S = 1.0
+_LINGER_MAX_BYTES = 4 * 1_048_576
+_CACHE_MAX = 512
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Connection phases, read by the reaper task.
+_IDLE = 0      # waiting for the first byte of the next request
+_READING = 1   # a request has started but is not complete
+_BUSY = 2      # running handlers / writing responses; never timed out by the reaper
+
+
+class Request:
+    """One parsed HTTP request, as handed to the handler."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "remote", "started",
+                 "_echo_keepalive")
+
+    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
+                 keep_alive: bool, remote: str, started: float) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.remote = remote
+        self.started = started
+        self._echo_keepalive = False  # HTTP/1.0 keep-alive must be confirmed in the response
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path} from {self.remote}>"
+
+
+class Response:
+    """A complete response; the server adds Content-Length and framing headers."""
+
+    __slots__ = ("status", "body", "content_type", "headers")
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
+                 headers: list[tuple[str, str]] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+
+    @staticmethod
+    def json(status: int, obj) -> Response:
+        return Response(status, orjson.dumps(obj))
+
+    @staticmethod
+    def error(status: int, code: str, message: str, details: dict | None = None,
+              retry_after: int | None = None) -> Response:
+        body = orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
+        headers = None if retry_after is None else [("Retry-After", str(int(retry_after)))]
+        return Response(status, body, headers=headers)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)}B>"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ServerLimits(msgspec.Struct, frozen=True):
+    max_body_bytes: int = 1_048_576
+    max_header_bytes: int = 16_384
+    request_timeout_s: float = 10.0     # a started request must be complete within this
+    keepalive_timeout_s: float = 75.0   # an idle keep-alive connection is closed after this
+
+
+# ---------------------------------------------------------------------------------------------
+# Response encoding (precomputed status lines and content-type lines)
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
+
+
+_STATUS_LINES: dict[int, bytes] = {s.value: _status_line(s.value) for s in http.HTTPStatus}
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+def _content_type_line(content_type: str) -> bytes:
+    line = _CONTENT_TYPES.get(content_type)
+    if line is None:
+        line = b"Content-Type: %s\r\n" % content_type.encode("latin-1")
+        if len(_CONTENT_TYPES) < _CACHE_MAX:
+            _CONTENT_TYPES[content_type] = line
+    return line
+
+
+def _extra_headers(headers: list[tuple[str, str]]) -> bytes:
+    return b"".join(b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+
+
+def _encode(resp: Response, connection: bytes, head_only: bool) -> bytes:
+    """Serialise a response; `connection` is an already-formatted Connection header line or b""."""
+    line = _STATUS_LINES.get(resp.status) or _status_line(resp.status)
+    ctype = _CONTENT_TYPES.get(resp.content_type) or _content_type_line(resp.content_type)
+    body = resp.body
+    if not (resp.headers or connection or head_only):
+        return b"%s%sContent-Length: %d\r\n\r\n%s" % (line, ctype, len(body), body)
+    extra = _extra_headers(resp.headers) if resp.headers else b""
+    return b"%s%sContent-Length: %d\r\n%s%s\r\n%s" % (
+        line, ctype, len(body), extra, connection, b"" if head_only else body)
+
+
+_CLOSE = b"Connection: close\r\n"
+_KEEP = b"Connection: keep-alive\r\n"
+_INTERNAL_ERROR = Response.error(500, "internal_error", "internal server error")
+
+
+def _limit_error(status: int) -> Response:
+    if status == 413:
+        return Response.error(413, "payload_too_large", "request body is too large")
+    if status == 431:
+        return Response.error(431, "headers_too_large", "request headers are too large")
+    if status == 408:
+        return Response.error(408, "request_timeout", "request was not completed in time")
+    return Response.error(400, "bad_request", "malformed HTTP request")
+
+
+def _final_bytes(status: int) -> bytes:
+    return _encode(_limit_error(status), _CLOSE, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-connection parser protocol
+
+class _Reject(Exception):
+    """Raised from a parser callback to stop parsing and answer with `status` (413/431)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+_HEADER_NAMES: dict[bytes, str] = {}
+_TARGETS: dict[bytes, tuple[str, str]] = {}
+_METHODS: dict[bytes, str] = {m: m.decode() for m in (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE",
+                                                      b"HEAD", b"OPTIONS")}
+
+
+def _header_name(raw: bytes) -> str:
+    name = raw.decode("latin-1").lower()
+    if len(_HEADER_NAMES) < _CACHE_MAX:
+        _HEADER_NAMES[raw] = name
+    return name
+
+
+def _split_target(url: bytes) -> tuple[str, str]:
+    """Request target → (percent-decoded path, raw query); short targets are memoised."""
+    target = url
+    if url[:1] != b"/" and b"://" in url:
+        rest = url.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        url = rest[slash:] if slash >= 0 else b"/"
+    raw_path, sep, raw_query = url.partition(b"?")
+    path = raw_path.decode("utf-8", "replace")
+    if "%" in path:
+        path = unquote(path)
+    result = (path, raw_query.decode("latin-1") if sep else "")
+    if len(target) <= 256 and len(_TARGETS) < 4 * _CACHE_MAX:
+        _TARGETS[target] = result
+    return result
+
+
+# Parser states of the message being received.
+_BETWEEN, _HEADERS, _BODY = 0, 1, 2
+
+
+class _Conn:
+    """httptools protocol + connection state; completed requests accumulate in `ready`."""
+
+    __slots__ = ("sock", "remote", "parser", "ready", "scope", "phase", "mark", "now", "nread",
+                 "max_body", "max_header", "state", "started", "url", "headers", "body", "hraw",
+                 "method", "keep_alive", "echo", "expect", "continued")
+
+    def __init__(self, sock: socket.socket, remote: str, limits: ServerLimits) -> None:
+        self.sock = sock
+        self.remote = remote
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: list[Request] = []
+        self.scope = trio.CancelScope()
+        self.phase = _IDLE
+        self.mark = self.now = self.started = perf_counter()
+        self.nread = self.hraw = 0
+        self.max_body = limits.max_body_bytes
+        self.max_header = limits.max_header_bytes
+        self.state = _BETWEEN
+        self.url = b""
+        self.method = ""
+        self.headers: dict[str, str] = {}
+        self.body: bytes | bytearray = b""
+        self.keep_alive = True
+        self.echo = self.expect = self.continued = False
+
+    # -- httptools callbacks (hot path: keep them lean) ------------------------------------------
+    def on_message_begin(self) -> None:
+        self.state = _HEADERS
+        self.started = self.now
+        self.url = b""
+        self.headers = {}
+        self.body = b""
+        self.hraw = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = _HEADER_NAMES.get(name) or _header_name(name)
+        headers = self.headers
+        if key in headers:
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
+        else:
+            headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.state = _BODY
+        headers = self.headers
+        if self.hraw + self.nread > self.max_header and self.header_bytes() > self.max_header:
+            raise _Reject(431)
+        length = headers.get("content-length")
+        if length is not None and int(length) > self.max_body:
+            raise _Reject(413)
+        parser = self.parser
+        raw = parser.get_method()
+        self.method = _METHODS.get(raw) or raw.decode("latin-1")
+        self.keep_alive = parser.should_keep_alive()
+        if "connection" in headers or "expect" in headers:
+            self.special_headers()
+        else:
+            self.echo = self.expect = False
+
+    def on_body(self, chunk: bytes) -> None:
+        body = self.body
+        if len(body) + len(chunk) > self.max_body:
+            raise _Reject(413)
+        if not body:
+            self.body = chunk
+        elif type(body) is bytearray:
+            body += chunk
+        else:
+            self.body = bytearray(body) + chunk
+
+    def on_message_complete(self) -> None:
+        self.state = _BETWEEN
+        url = self.url
+        path, query = _TARGETS.get(url) or _split_target(url)
+        body = self.body
+        req = Request(self.method, path, query, self.headers,
+                      body if type(body) is bytes else bytes(body),
+                      self.keep_alive, self.remote, self.started)
+        if self.echo:
+            req._echo_keepalive = True
+        self.ready.append(req)
+
+    # -- rarely needed helpers ----------------------------------------------------------------
+    def header_bytes(self) -> int:
+        """Size of the request line + header block, as parsed (exact up to whitespace)."""
+        return 16 + len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+
+    def special_headers(self) -> None:
+        http10 = self.parser.get_http_version() == "1.0"
+        self.echo = http10 and self.keep_alive
+        expect = self.headers.get("expect")
+        self.expect = not http10 and expect is not None and expect.lower() == "100-continue"
+        self.continued = False
+
+    def after_read(self, out: list[bytes]) -> int:
+        """A request is still incomplete after a read: bound its header block, send 100 Continue."""
+        if self.state == _HEADERS:
+            self.hraw += self.nread
+            return 431 if self.hraw > self.max_header + _RECV_SIZE else 0
+        if self.expect and not self.continued:
+            self.continued = True
+            out.append(_CONTINUE)
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+
+class _Server:
+    __slots__ = ("handler", "limits", "on_response", "conns")
+
+    def __init__(self, handler: Handler, limits: ServerLimits,
+                 on_response: Callable[[Request, Response, float], None] | None) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.on_response = on_response
+        self.conns: set[_Conn] = set()
+
+    async def accept_loop(self, lsock: socket.socket, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                sock, addr = lsock.accept()
+            except BlockingIOError:
+                await wait_readable(lsock)
+                continue
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                logger.warning("accept failed: %s", exc)
+                await trio.sleep(0.05)
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            nursery.start_soon(self.serve_conn, sock, f"{addr[0]}:{addr[1]}")
+            await checkpoint()
+
+    async def reap(self) -> None:
+        """Cancel connections idle past keepalive_timeout_s or stuck mid-request past request_timeout_s."""
+        limits = self.limits
+        keepalive, request = limits.keepalive_timeout_s, limits.request_timeout_s
+        tick = min(0.5, max(0.005, min(keepalive, request) / 10))
+        while True:
+            await trio.sleep(tick)
+            now = perf_counter()
+            for conn in self.conns:
+                phase = conn.phase
+                if ((phase == _IDLE and now - conn.mark >= keepalive)
+                        or (phase == _READING and now - conn.started >= request)):
+                    conn.scope.cancel()
+
+    async def serve_conn(self, sock: socket.socket, remote: str) -> None:
+        conn = _Conn(sock, remote, self.limits)
+        self.conns.add(conn)
+        try:
+            with conn.scope:
+                linger = await self.conn_loop(conn)
+            if conn.scope.cancelled_caught:
+                linger = conn.phase == _READING
+                if linger:
+                    sock.send(_final_bytes(408))
+            if linger:
+                await _linger_close(sock)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            logger.exception("HTTP connection from %s failed", remote)
+        finally:
+            self.conns.discard(conn)
+            notify_closing(sock)
+            sock.close()
+
+    async def conn_loop(self, conn: _Conn) -> bool:
+        """Serve requests until the peer leaves (→ False) or we answered and must close (→ True).
+
+        Every request completed by one read is answered in order and the answers go out in one send.
+        """
+        sock = conn.sock
+        fd = sock.fileno()  # an int skips trio's fileno() lookup on every wait
+        recv = sock.recv
+        send = sock.send
+        feed = conn.parser.feed_data
+        ready = conn.ready
+        handler = self.handler
+        on_response = self.on_response
+        while True:
+            try:
+                data = recv(_RECV_SIZE)
+            except BlockingIOError:
+                await wait_readable(fd)
+                continue
+            if not data:
+                return False
+            conn.now = perf_counter()
+            conn.nread = len(data)
+            try:
+                feed(data)
+                fail = 0
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                fail = _parse_failure(exc)
+            conn.phase = _BUSY
+            out: list[bytes] = []
+            close = False
+            for req in ready:
+                keep = req.keep_alive
+                try:
+                    resp = await handler(req)
+                    out.append(_encode(resp, _connection_line(req), req.method == "HEAD"))
+                except Exception:
+                    resp = _handler_failed(req)
+                    out.append(_encode(resp, _connection_line(req), False))
+                if on_response is not None:
+                    on_response(req, resp, perf_counter() - req.started)
+                if not keep:
+                    close = True
+                    break
+            ready.clear()
+            if close:
+                pass
+            elif fail:
+                close = True
+                if fail > 0:
+                    out.append(_final_bytes(fail))
+            elif conn.state != _BETWEEN and conn.after_read(out) == 431:
+                close = True
+                out.append(_final_bytes(431))
+            if out:
+                data = out[0] if len(out) == 1 else b"".join(out)
+                try:
+                    sent = send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(data):
+                    await _send_rest(conn, data, sent)
+            if close:
+                return True
+            conn.mark = perf_counter()
+            conn.phase = _IDLE if conn.state == _BETWEEN else _READING
+            # Yield once per read (fairness); by the time we resume, a closed-loop client has
+            # usually sent its next request, so the recv above succeeds without an epoll round.
+            await checkpoint()
+
+
+def _parse_failure(exc: Exception) -> int:
+    """Parser exception → status to answer with before closing (-1: close without an answer)."""
+    if isinstance(exc, httptools.HttpParserUpgrade):
+        return -1
+    cause = exc.__context__
+    return cause.status if isinstance(cause, _Reject) else 400
+
+
+def _connection_line(req: Request) -> bytes:
+    if not req.keep_alive:
+        return _CLOSE
+    return _KEEP if req._echo_keepalive else b""
+
+
+def _handler_failed(req: Request) -> Response:
+    logger.exception("handler failed for %s %s from %s", req.method, req.path, req.remote)
+    return _INTERNAL_ERROR
+
+
+async def _send_rest(conn: _Conn, data: bytes, sent: int) -> None:
+    """Slow path of a send that did not fit the socket buffer; a peer that stops reading is reaped."""
+    sock = conn.sock
+    view = memoryview(data)
+    while sent < len(data):
+        conn.mark = perf_counter()
+        conn.phase = _IDLE
+        await wait_writable(sock)
+        try:
+            sent += sock.send(view[sent:])
+        except BlockingIOError:
+            pass
+    conn.phase = _BUSY
+
+
+async def _linger_close(sock: socket.socket) -> None:
+    """Half-close and drain briefly so the final response is not destroyed by a TCP reset."""
+    sock.shutdown(socket.SHUT_WR)
+    drained = 0
+    with trio.move_on_after(_LINGER_S):
+        while drained < _LINGER_MAX_BYTES:
+            await wait_readable(sock)
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                continue
+            if not data:
+                return
+            drained += len(data)
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family, type_, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    lsock = socket.socket(family, type_, proto)
+    try:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind(addr)
+        lsock.listen(1024)
+        lsock.setblocking(False)
+    except BaseException:
+        lsock.close()
+        raise
+    return lsock
+
+
+async def serve_http(handler: Handler, host: str, port: int, limits: ServerLimits, *,
+                     on_response: Callable[[Request, Response, float], None] | None = None,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Bind host:port (0 = ephemeral), report the bound port via task_status, serve until cancelled."""
+    if not (math.isfinite(limits.request_timeout_s) and math.isfinite(limits.keepalive_timeout_s)):
+        raise ValueError("server timeouts must be finite")
+    lsock = _listen_socket(host, port)
+    server = _Server(handler, limits, on_response)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.reap)
+            task_status.started(lsock.getsockname()[1])
+            await server.accept_loop(lsock, nursery)
+    finally:
+        notify_closing(lsock)
+        lsock.close()
