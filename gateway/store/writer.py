@@ -2,7 +2,7 @@
 transaction and commits (with fsync) in a worker thread, then wakes every caller at once.
 
 A batch closes when it holds `max_ops` operations, when `window_s` has passed since its first
-operation, or as soon as the event loop has nothing else runnable that could still join it.
+operation, or as soon as a scheduling round passes without adding to it.
 Nothing is reported written before its commit returned; a full map fails the whole batch with
 StorageFull and writes none of it.
 """
@@ -97,13 +97,15 @@ class Writer:
             await self._commit(batch)
 
     async def _linger(self) -> None:
-        """Give tasks that are runnable right now the chance to join the open batch."""
+        """Let the tasks that are runnable now (woken by the same network events) join the batch:
+        one scheduling round, and more only while each round still brings new operations, never
+        past the window. Under load the batch has filled during the previous commit anyway."""
         deadline = self._batch.opened + self._window_s
-        stats = trio.lowlevel.current_statistics
         while not self._closed and trio.current_time() < deadline:
-            if stats().tasks_runnable == 0:
-                return
+            before = len(self._batch.ops)
             await trio.sleep(0)
+            if len(self._batch.ops) == before:
+                return
 
     async def _commit(self, batch: _Batch) -> None:
         try:
