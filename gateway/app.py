@@ -254,6 +254,7 @@ class Gateway:
                 await nursery.start(self.webhooks.run)
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self._reload_on_sighup)
+                nursery.start_soon(self._stop_on_sigterm, nursery.cancel_scope)
                 listen_host, listen_port = C.split_host_port(cfg.server.listen)
                 s = cfg.server
                 limits = ServerLimits(max_body_bytes=s.max_body_bytes, max_header_bytes=s.max_header_bytes,
@@ -273,6 +274,15 @@ class Gateway:
         self.netsim_port = await nursery.start(serve_netsim, net.sim, "127.0.0.1", 0)
         log.info("embedded netsim on 127.0.0.1:%d", self.netsim_port)
         return "127.0.0.1", self.netsim_port
+
+    async def _stop_on_sigterm(self, cancel_scope: trio.CancelScope) -> None:
+        """SIGTERM and SIGINT stop the gateway: cancelling the nursery is the whole shutdown,
+        everything acknowledged is already committed."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                cancel_scope.cancel()
+                return
 
     async def _reload_on_sighup(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:

@@ -47,10 +47,9 @@ def cmd_run(args) -> int:
         print(f"first start: admin API key written to {os.path.abspath(path)} (mode 0600)", flush=True)
     try:
         trio.run(gw.run)
-    except KeyboardInterrupt:
-        print("gateway stopped", file=sys.stderr)
     finally:
         gw.close()
+    print("gateway stopped", file=sys.stderr)
     return 0
 
 
