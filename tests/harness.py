@@ -24,14 +24,14 @@ def free_port() -> int:
 
 
 class Netsim:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, port: int = 0) -> None:
         self.args = list(args)
         self.proc: subprocess.Popen | None = None
-        self.port = 0
+        self.port = port
 
     def start(self) -> "Netsim":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtest.netsim", "--listen", "127.0.0.1:0", *self.args],
+            [sys.executable, "-m", "loadtest.netsim", "--listen", f"127.0.0.1:{self.port}", *self.args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()
@@ -68,6 +68,9 @@ max_header_bytes = {max_header_bytes}
 [store]
 data_dir = "{data_dir}"
 map_size_mb = {map_size_mb}
+
+[scheduler]
+{scheduler}
 
 [tiers.fast]
 rate_per_minute = 600000
@@ -119,7 +122,8 @@ reconnect_max_ms = 200
 class Gateway:
     def __init__(self, tmp_path, *, netsim: Netsim | None = None, webhook_url: str | None = None,
                  request_timeout_s: float = 10.0, max_body_bytes: int = 1_048_576,
-                 max_header_bytes: int = 16_384, map_size_mb: int = 256, sim: str = "") -> None:
+                 max_header_bytes: int = 16_384, map_size_mb: int = 256, sim: str = "",
+                 scheduler: str = "", network_port: int | None = None) -> None:
         self.tmp = tmp_path
         self.data_dir = str(tmp_path / "var")
         self.port = free_port()
@@ -131,13 +135,13 @@ class Gateway:
             self.webhook_secret = b"s3cret-for-tests-only-0123456789"
             webhooks = f'[[workspaces.webhooks]]\nurl = "{webhook_url}"\nsecret_file = "{secret_file}"\n'
         if netsim is not None:
-            network = f'mode = "tcp"\nurl = "tcp://127.0.0.1:{netsim.port}"'
+            network = f'mode = "tcp"\nurl = "tcp://127.0.0.1:{network_port or netsim.port}"'
         else:
             network = 'mode = "embedded"\n' + (f"[network.sim]\n{sim}" if sim else "")
         self.config_text = BASE_CONFIG.format(
             port=self.port, data_dir=self.data_dir, webhooks=webhooks, network=network,
             request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
-            max_header_bytes=max_header_bytes, map_size_mb=map_size_mb,
+            max_header_bytes=max_header_bytes, map_size_mb=map_size_mb, scheduler=scheduler,
         )
         self.config_path = tmp_path / "gateway.toml"
         self.config_path.write_text(self.config_text)
@@ -258,3 +262,63 @@ class WebhookReceiver:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Proxy:
+    """A TCP relay on 127.0.0.1 between the gateway and netsim that a test can cut (every
+    connection dropped, new ones refused) and restore, like a network partition."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.port = free_port()
+        self.listener: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> "Proxy":
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close alone does not
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            for s in self.conns:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.conns = []
+
+    def stop(self) -> None:
+        self.cut()

@@ -84,12 +84,20 @@ def test_batch_over_the_limit_is_refused(gw):
     assert status == 422 and reply["error"]["code"] == "batch_too_large"
 
 
-def test_idempotent_retry_returns_the_first_answer(gw):
+def accepted_total(gw) -> float:
+    _, text = gw.request("GET", "/metrics", auth=False)
+    line = next(ln for ln in text.decode().splitlines() if ln.startswith("gateway_messages_accepted_total "))
+    return float(line.split()[1])
+
+
+def test_idempotent_retry_returns_the_first_answer_and_sends_once(gw):
     body = {"to": "+14155550123", "text": {"body": "once"}}
+    before = accepted_total(gw)
     s1, r1 = gw.request("POST", "/v1/messages", body, headers={"Idempotency-Key": "abc-1"})
     s2, r2 = gw.request("POST", "/v1/messages", body, headers={"Idempotency-Key": "abc-1"})
     assert s1 == s2 == 202 and r1 == r2
     assert gw.last_headers.get("Idempotent-Replayed") == "true"
+    assert accepted_total(gw) == before + 1
     s3, r3 = gw.request("POST", "/v1/messages", {**body, "text": {"body": "other"}},
                         headers={"Idempotency-Key": "abc-1"})
     assert s3 == 422 and r3["error"]["code"] == "idempotency_key_reused"

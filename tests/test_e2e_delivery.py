@@ -86,7 +86,7 @@ def test_reload_swaps_a_good_config_and_refuses_a_bad_one(tmp_path):
         good = gw.config_text.replace('tier = "standard"', 'tier = "restricted"')
         gw.config_path.write_text(good)
         status, reply = gw.request("POST", "/admin/v1/config/reload")
-        assert status == 200 and "senders" in reply["changes"]
+        assert status == 200 and "senders" in reply["changes"] and reply["restart_required"] == []
         senders = {s["number"]: s for s in gw.request("GET", "/admin/v1/senders")[1]["senders"]}
         assert senders["+15550000002"]["rate_per_minute"] == 5
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.harness import Gateway, Netsim
+from tests.harness import Gateway, Netsim, Proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -93,5 +93,47 @@ def test_full_store_answers_503_storage_full_and_loses_nothing(tmp_path):
         for msg_id in accepted:
             assert gw.request("GET", f"/v1/messages/{msg_id}")[0] == 200
         assert gw.request("GET", "/healthz", auth=False)[0] == 200
+    finally:
+        gw.stop()
+
+
+def test_link_cut_mid_stream_reconnects_and_resends_the_outbox(tmp_path):
+    netsim = Netsim("--seed", "5", "--latency-ms", "5").start()
+    proxy = Proxy(netsim.port).start()
+    gw = Gateway(tmp_path, netsim=netsim, network_port=proxy.port).start()
+    try:
+        first = [gw.send(f"+1415560{i:04d}") for i in range(50)]
+        proxy.cut()  # a partition: sends are accepted and wait in the outbox
+        during = [gw.send(f"+1415561{i:04d}") for i in range(50)]
+        deadline = time.monotonic() + 5
+        while gw.request("GET", "/readyz", auth=False)[0] != 503:  # the link notices the cut
+            assert time.monotonic() < deadline, "readyz never reported the lost link"
+            time.sleep(0.02)
+        proxy.start()
+        for msg_id in first + during:
+            gw.wait_status(msg_id, {"delivered", "read"}, timeout=30)
+        stats = netsim.stats()
+        assert stats["unique"] == 100
+        _, text = gw.request("GET", "/metrics", auth=False)
+        assert b"gateway_network_connected 1" in text
+    finally:
+        gw.stop()
+        proxy.stop()
+        netsim.stop()
+
+
+def test_a_full_queue_answers_429_with_retry_after(tmp_path):
+    gw = Gateway(tmp_path, scheduler="max_queued = 45").start()
+    try:
+        assert gw.request("PATCH", "/admin/v1/senders/+15550000002", {"rate_per_minute": 1, "burst": 1})[0] == 200
+        statuses = []
+        for i in range(60):
+            status, reply = gw.request("POST", "/v1/messages", {"from": "+15550000002", "to": f"+1415562{i:04d}",
+                                                                "text": {"body": "x"}})
+            statuses.append(status)
+            if status != 202:
+                break
+        assert statuses[-1] == 429 and reply["error"]["code"] == "queue_full"
+        assert int(gw.last_headers["Retry-After"]) > 0
     finally:
         gw.stop()

@@ -98,7 +98,8 @@ class AdminApi:
         except ConfigError as exc:
             raise ApiError(422, "config_invalid", "the new config was refused; the old one stays",
                            {"file": exc.source, "problems": exc.problems}) from None
-        return Response.json(200, {"status": "reloaded", "changes": changes})
+        return Response.json(200, {"status": "reloaded", "changes": changes,
+                                   "restart_required": self.gw.restart_required(changes)})
 
 
 class ProbesApi:
