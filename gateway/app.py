@@ -39,6 +39,8 @@ APP = ("app", "admin")
 ADMIN = ("admin",)
 READERS = ("app", "admin", "supervisor")
 HOUSEKEEPING_S = 10.0
+# The listener, the LMDB environment and the network link are built once, at start.
+RESTART_SECTIONS = ("server", "store", "network")
 
 
 class Gateway:
@@ -203,6 +205,10 @@ class Gateway:
         self._apply_config(new)
         log.info("config reloaded from %s (%s)", self.config_path, ", ".join(changes) or "no changes")
         return changes
+
+    def restart_required(self, changes: list[str]) -> list[str]:
+        """Sections a reload recorded but that only take effect at the next start."""
+        return [name for name in changes if name in RESTART_SECTIONS]
 
     # -- readiness and gauges --------------------------------------------------------------
 
