@@ -3,27 +3,17 @@
 Times are plain floats (a fake clock); no test may read the real clock or depend on timing.
 """
 import math
-import os
 import random
 from array import array
 
 import pytest
 
-from gateway.schedule import buckets
+from tests.twins import IMPLEMENTATIONS, load_table
 
 
-def _load_table(impl: str):
-    if impl == "native" and os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-        pytest.skip("GATEWAY_PURE_PYTHON=1: native BucketTable deliberately disabled")
-    try:
-        return buckets.load(impl)
-    except ImportError as exc:
-        pytest.fail(f"native BucketTable not built ({exc}); run `python setup.py build_ext --inplace`")
-
-
-@pytest.fixture(params=["native", "pure"])
+@pytest.fixture(params=IMPLEMENTATIONS)
 def Table(request):
-    return _load_table(request.param)
+    return load_table(request.param)
 
 
 def test_new_bucket_starts_full(Table):
@@ -259,7 +249,7 @@ def _random_ops(table_cls, seed: int) -> list:
 
 
 def test_native_and_pure_give_identical_results_on_random_operations():
-    native = _load_table("native")
-    pure = _load_table("pure")
+    native = load_table("native")
+    pure = load_table("pure")
     for seed in range(5):
         assert _random_ops(native, seed) == _random_ops(pure, seed)

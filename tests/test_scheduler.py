@@ -1,26 +1,16 @@
 """Specification of the Scheduler (rates, pair limits, priorities, fairness, persistence),
 run over both BucketTable implementations with a fake clock (plain float times)."""
-import os
 import random
 
 import pytest
 
-from gateway.schedule import buckets
+from tests.twins import IMPLEMENTATIONS, load_table
 from gateway.schedule.scheduler import BULK, NORMAL, URGENT, QueuedMessage, Scheduler
 
 
-def _load_table(impl: str):
-    if impl == "native" and os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-        pytest.skip("GATEWAY_PURE_PYTHON=1: native BucketTable deliberately disabled")
-    try:
-        return buckets.load(impl)
-    except ImportError as exc:
-        pytest.fail(f"native BucketTable not built ({exc}); run `python setup.py build_ext --inplace`")
-
-
-@pytest.fixture(params=["native", "pure"])
+@pytest.fixture(params=IMPLEMENTATIONS)
 def Table(request):
-    return _load_table(request.param)
+    return load_table(request.param)
 
 
 @pytest.fixture
@@ -437,7 +427,7 @@ def test_random_workload_never_exceeds_sender_or_pair_limits(Table):
 
 
 def test_native_and_pure_schedulers_make_identical_decisions():
-    native = _simulate(_load_table("native"), seed=5)[0]
-    pure = _simulate(_load_table("pure"), seed=5)[0]
+    native = _simulate(load_table("native"), seed=5)[0]
+    pure = _simulate(load_table("pure"), seed=5)[0]
     assert native == pure
     assert len(native) > 100

@@ -20,6 +20,21 @@ RECV_SIZE = 256 * 1024
 _URL = re.compile(r"^(?:tcp://)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>\d{1,5})/?$")
 
 
+async def handshake(stream: trio.abc.Stream, client: str) -> tuple[FrameDecoder, HelloOk, list]:
+    """Send Hello, wait for HelloOk; returns the decoder and any frames that followed it."""
+    decoder = FrameDecoder()
+    await stream.send_all(encode_frames([Hello(client=client)]))
+    frames: list = []
+    while not frames:
+        data = await stream.receive_some(RECV_SIZE)
+        if not data:
+            raise ConnectionError("closed during hello")
+        frames = decoder.feed(data)
+    if not isinstance(frames[0], HelloOk):
+        raise ConnectionError(f"expected hello_ok, got {type(frames[0]).__name__}")
+    return decoder, frames[0], frames[1:]
+
+
 class LinkDown(Exception):
     """The link is not connected, or a write on it failed; nothing may be assumed sent."""
 
@@ -122,24 +137,15 @@ class NetworkLink:
             backoff = min(backoff * 2, self._backoff_max)
 
     async def _session(self, stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder()
-        frames: list = []
         with trio.fail_after(self._connect_timeout):
-            await stream.send_all(encode_frames([Hello(client=self._client_name)]))
-            while not frames:
-                data = await stream.receive_some(RECV_SIZE)
-                if not data:
-                    raise ConnectionError("closed during hello")
-                frames = decoder.feed(data)
-        if not isinstance(frames[0], HelloOk):
-            raise ConnectionError(f"expected hello_ok, got {type(frames[0]).__name__}")
-        self.server_name = frames[0].server
+            decoder, hello, frames = await handshake(stream, self._client_name)
+        self.server_name = hello.server
         self.connects += 1
         self._stream = stream
         self._up.set()
         await self._on_connected()
-        if len(frames) > 1:
-            await self._on_frames(frames[1:])
+        if frames:
+            await self._on_frames(frames)
         while True:
             data = await stream.receive_some(RECV_SIZE)
             if not data:

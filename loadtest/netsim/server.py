@@ -28,6 +28,7 @@ from gateway.network.frames import (
     Submit,
     encode_frames,
 )
+from gateway.network.link import handshake
 from loadtest.netsim.config import NetsimConfig
 from loadtest.netsim.core import Network
 
@@ -282,17 +283,8 @@ async def serve_netsim(config: NetsimConfig, host: str, port: int, *, record_pat
 
 async def _open_session(host: str, port: int, client: str) -> tuple[trio.SocketStream, FrameDecoder, list]:
     stream = await trio.open_tcp_stream(host, port)
-    decoder = FrameDecoder()
-    await stream.send_all(encode_frames([Hello(client=client)]))
-    frames: list = []
-    while not frames:
-        data = await stream.receive_some(RECV_SIZE)
-        if not data:
-            raise ConnectionError("netsim closed the connection during hello")
-        frames = decoder.feed(data)
-    if not isinstance(frames[0], HelloOk):
-        raise ConnectionError(f"expected hello_ok, got {frames[0]!r}")
-    return stream, decoder, frames[1:]
+    decoder, _, frames = await handshake(stream, client)
+    return stream, decoder, frames
 
 
 async def fetch_stats(host: str, port: int, *, timeout_s: float = 5.0) -> dict:
