@@ -38,7 +38,7 @@ log = logging.getLogger("gateway")
 APP = ("app", "admin")
 ADMIN = ("admin",)
 READERS = ("app", "admin", "supervisor")
-HOUSEKEEPING_S = 10.0
+HOUSEKEEPING_S = 60.0
 # The listener, the LMDB environment and the network link are built once, at start.
 RESTART_SECTIONS = ("server", "store", "network")
 
@@ -299,18 +299,20 @@ class Gateway:
                     log.error("reload refused, old config kept: %s", "; ".join(exc.problems))
 
     async def _housekeeping(self) -> None:
-        """Bounded clean-ups: expired idempotency answers, pair buckets that are full again."""
-        limiter_from: bytes | None = b"p\0"
+        """Bounded clean-ups: pair buckets that are full again (every second, so each round is
+        small) and expired idempotency answers (every HOUSEKEEPING_S)."""
+        since_idempotency = 0.0
         while True:
-            await trio.sleep(HOUSEKEEPING_S)
-            cutoff = self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000)
-            await self.writer.write(ops.expire_idempotency, (cutoff, 10_000))
-            now = self.clock.now()
-            self.scheduler.forget_full_pairs(now)
-            sc = self.config.scheduler
-            limiter_from = await self.writer.write(
-                ops.prune_limiter, (limiter_from or b"p\0", 20_000, now, sc.pair_rate_per_minute / 60, sc.pair_burst)
-            )
+            await trio.sleep(1.0)
+            dropped = self.scheduler.forget_full_pairs(self.clock.now())
+            if dropped:
+                keys = [R.limiter_pair_key(sender, recipient) for sender, recipient in dropped]
+                await self.writer.write(ops.delete_keys, ("limiter", keys))
+            since_idempotency += 1.0
+            if since_idempotency >= HOUSEKEEPING_S:
+                since_idempotency = 0.0
+                cutoff = self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000)
+                await self.writer.write(ops.expire_idempotency, (cutoff, 10_000))
 
     def close(self) -> None:
         self.store.close()

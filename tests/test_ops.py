@@ -93,12 +93,3 @@ def test_expired_idempotency_records_are_removed(store):
     assert run(store, ops.expire_idempotency, (1001, 100)) == 1
     assert store.count("idempotency") == 0
 
-
-def test_prune_limiter_drops_only_pairs_that_refilled(store):
-    run(store, ops.dispatch, ops.DispatchArg([], [
-        (R.limiter_pair_key("+1", "+2"), (44.0, 100.0)),  # full again by t=107 (1 token per 6 s)
-        (R.limiter_pair_key("+1", "+3"), (0.0, 100.0)),  # needs 270 s
-        (R.limiter_sender_key("+1"), (0.0, 100.0)),  # sender buckets are never pruned
-    ]))
-    assert run(store, ops.prune_limiter, (b"p\0", 100, 107.0, 1 / 6, 45)) is None
-    assert [k for k, _ in store.scan("limiter")] == [R.limiter_pair_key("+1", "+3"), R.limiter_sender_key("+1")]

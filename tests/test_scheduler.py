@@ -339,10 +339,10 @@ def test_forget_full_pairs_drops_only_pairs_that_are_full_again(make):
     fill(s, 1, recipient="A")
     fill(s, 40, recipient="B")
     drain(s, 0.0)
-    assert s.forget_full_pairs(6.0) == 1  # A refilled to 45; B still has a deficit
+    assert s.forget_full_pairs(6.0) == [("S", "A")]  # A refilled to 45; B still has a deficit
     assert s.pair_state("S", "A") is None
     assert s.pair_state("S", "B") is not None
-    assert s.forget_full_pairs(6.0 * 40) == 1
+    assert s.forget_full_pairs(6.0 * 40) == [("S", "B")]
     assert s.pair_state("S", "B") is None
 
 
@@ -431,3 +431,23 @@ def test_native_and_pure_schedulers_make_identical_decisions():
     pure = _simulate(load_table("pure"), seed=5)[0]
     assert native == pure
     assert len(native) > 100
+
+
+def test_forget_full_pairs_ignores_pairs_taken_again_since(make):
+    s = make()
+    s.set_sender("S", 1e6, 1e6, 0.0)
+    fill(s, 1, recipient="A")
+    drain(s, 0.0)
+    fill(s, 1, recipient="A", now=5.0)
+    drain(s, 5.0)
+    assert s.forget_full_pairs(6.0) == []  # 44.83 - 1 tokens at 5 s: full again at 12 s
+    assert s.forget_full_pairs(11.9) == []
+    assert s.forget_full_pairs(12.1) == [("S", "A")]
+
+
+def test_restored_pairs_are_forgotten_once_refilled(make):
+    s = make()
+    s.set_sender("S", 1e6, 1e6, 0.0)
+    s.restore_pair("S", "A", 43.0, 0.0)
+    assert s.forget_full_pairs(6.0) == []
+    assert s.forget_full_pairs(12.0) == [("S", "A")]

@@ -16,6 +16,7 @@ from gateway.schedule.buckets import BucketTable
 __all__ = ["URGENT", "NORMAL", "BULK", "QueuedMessage", "Scheduler"]
 
 URGENT, NORMAL, BULK = 0, 1, 2
+_EPSILON = 1e-6  # float slack when comparing a computed refill time with `now`
 _CLASSES = (URGENT, NORMAL, BULK)
 _NORMAL_ORDER = (URGENT, NORMAL, BULK)
 _GUARD_ORDER = (BULK, NORMAL, URGENT)  # starvation guard: lowest non-empty class first
@@ -78,6 +79,9 @@ class Scheduler:
         self._ring: deque[_Sender] = deque()  # senders that may be able to send now
         self._wake: list[tuple[float, int, _Sender]] = []  # sleeping senders by wake time
         self._seq = 0
+        # (time the pair bucket is full again, seq, sender, recipient), pushed on every pair take,
+        # so forgetting refilled pairs costs in proportion to what expired, not to all pairs.
+        self._pair_expiry: list[tuple[float, int, _Sender, str, float]] = []
         self._depth = [0, 0, 0]
         self._total = 0
 
@@ -108,9 +112,11 @@ class Scheduler:
         table.free(probe)
         self._pair_rate = float(rate_per_minute)
         self._pair_burst = float(burst)
+        self._pair_expiry = []
         for s in self._senders.values():
-            for slot in s.pairs.values():
+            for r, slot in s.pairs.items():
                 table.set_rate(slot, rate_per_minute, burst, now)
+                self._note_pair(s, r, slot, now)
             self._unpark_all(s)
             self._activate(s)
 
@@ -247,20 +253,38 @@ class Scheduler:
             slot = self._table.add(self._pair_rate, self._pair_burst, last)
             s.pairs[recipient] = slot
         self._table.restore(slot, tokens, last)
+        self._note_pair(s, recipient, slot, last)
         self._unpark_all(s)
         self._activate(s)
 
-    def forget_full_pairs(self, now: float) -> int:
-        """Drop pair buckets that have refilled to their burst (an untracked pair counts as full)."""
+    def forget_full_pairs(self, now: float) -> list[tuple[str, str]]:
+        """Drop pair buckets that have refilled to their burst (an untracked pair counts as full);
+        returns the (sender, recipient) pairs dropped. Work is proportional to what expired."""
         table = self._table
-        dropped = 0
-        for s in self._senders.values():
-            pairs = s.pairs
-            full = [r for r, slot in pairs.items() if table.is_full(slot, now)]
-            for r in full:
-                table.free(pairs.pop(r))
-            dropped += len(full)
+        heap = self._pair_expiry
+        dropped = []
+        while heap and heap[0][0] <= now + _EPSILON:
+            _, _, s, r, noted_last = heappop(heap)
+            slot = s.pairs.get(r)
+            if slot is None or table.state(slot)[1] != noted_last:
+                continue  # forgotten already, or taken again since: a newer entry exists
+            if table.is_full(slot, now):
+                table.free(s.pairs.pop(r))
+                dropped.append((s.number, r))
+            else:  # float rounding put the estimate a hair early: look again a little later
+                self._note_pair(s, r, slot, now, at_least=now + 0.001)
         return dropped
+
+    def _note_pair(self, s: _Sender, r: str, slot: int, now: float, at_least: float = 0.0) -> None:
+        """Remember when the pair bucket `slot` will be full again (after a take or a restore)."""
+        rate = self._pair_rate / 60.0
+        if rate <= 0.0:
+            return
+        table = self._table
+        deficit = self._pair_burst - table.tokens(slot, now)
+        self._seq += 1
+        full_at = max(at_least, now + max(0.0, deficit) / rate)
+        heappush(self._pair_expiry, (full_at, self._seq, s, r, table.state(slot)[1]))
 
     # ------------------------------------------------------------------ internals
 
@@ -427,6 +451,7 @@ class Scheduler:
             if pslot is None:
                 pslot = s.pairs[r] = table.add(self._pair_rate, self._pair_burst, now)
             try_take(pslot, now)
+            self._note_pair(s, r, pslot, now)
             if from_group:
                 groups = s.groups[c]
                 g = groups[r]

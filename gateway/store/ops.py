@@ -233,29 +233,3 @@ def encode(obj) -> bytes:
     return _enc(obj)
 
 
-
-def prune_limiter(txn, dbs, arg: tuple[bytes, int, float, float, float]) -> bytes | None:
-    """limiter: delete pair buckets that have refilled to full (an untracked pair is full), at
-    most `limit` entries scanned from `start`; returns where to continue, None at the end."""
-    start, limit, now, rate_per_s, burst = arg
-    db = dbs["limiter"]
-    cur = txn.cursor(db=db)
-    if not cur.set_range(max(start, b"p\0")):
-        return None
-    full = []
-    scanned = 0
-    resume = None
-    decode = R.limiter_decoder.decode
-    for key, raw in cur:
-        if not key.startswith(b"p\0"):
-            break
-        if scanned >= limit:
-            resume = key
-            break
-        scanned += 1
-        tokens, last = decode(raw)
-        if tokens + max(0.0, now - last) * rate_per_s >= burst:
-            full.append(key)
-    for key in full:
-        txn.delete(key, db=db)
-    return resume
