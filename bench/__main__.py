@@ -10,12 +10,12 @@ import time
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
-    ap.add_argument("--only", choices=["buckets", "accept", "e2e"], action="append")
+    ap.add_argument("--only", choices=["buckets", "accept", "e2e", "crypto"], action="append")
     ap.add_argument("--accept-duration", type=float, default=10.0)
     ap.add_argument("--e2e-duration", type=float, default=60.0)
     ap.add_argument("--e2e-rate", type=float, default=10_000)
     args = ap.parse_args()
-    wanted = set(args.only or ["buckets", "accept", "e2e"])
+    wanted = set(args.only or ["buckets", "accept", "e2e", "crypto"])
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) > 1:
         os.sched_setaffinity(0, {cpus[-1]})  # the load side; the gateway gets cpus[0]
@@ -39,6 +39,13 @@ def main() -> None:
         print(f"e2e accepted {r['accepted']:,}  delivered {r['delivered']:,.0f}  steady min "
               f"{r['delivered_per_s_steady_min']}/s median {r['delivered_per_s_steady_median']}/s  "
               f"lost {r['lost']}  duplicates {r['netsim_duplicates']}")
+    if "crypto" in wanted:
+        from bench import crypto_agreement, crypto_ratchet
+
+        results["crypto_ratchet"] = crypto_ratchet.run()
+        crypto_ratchet.print_table(results["crypto_ratchet"])
+        results["crypto_agreement"] = crypto_agreement.run()
+        crypto_agreement.print_table(results["crypto_agreement"])
     out_dir = os.path.join(os.path.dirname(__file__), "results")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, time.strftime("%Y%m%d-%H%M%S") + ".json")
