@@ -7,6 +7,8 @@ import json
 import os
 import time
 
+from bench.procs import pin_load_side
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench")
@@ -17,8 +19,7 @@ def main() -> None:
     args = ap.parse_args()
     wanted = set(args.only or ["buckets", "accept", "e2e", "crypto"])
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[-1]})  # the load side; the gateway gets cpus[0]
+    pin_load_side()  # the gateway gets CPU 0
     results: dict = {"machine": {"cpus": len(cpus), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     if "buckets" in wanted:
         from bench import buckets

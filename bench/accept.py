@@ -10,7 +10,7 @@ import argparse
 import json
 
 from bench.loadclient import run_load
-from bench.procs import start_gateway
+from bench.procs import pin_load_side, start_gateway
 
 
 def request_factory(port: int, key: str):
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
+    pin_load_side()
     print(json.dumps(run(args.duration, args.connections), indent=2))
 
 

@@ -12,7 +12,7 @@ import time
 
 import trio
 
-from bench.procs import metric, start_gateway, start_netsim
+from bench.procs import metric, pin_load_side, start_gateway, start_netsim
 from loadtest.netsim.server import fetch_stats
 
 
@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--read-share", type=float, default=0.5)
     args = ap.parse_args()
+    pin_load_side()
     print(json.dumps(run(args.rate, args.duration, args.batch, read_share=args.read_share), indent=2))
 
 

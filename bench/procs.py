@@ -53,6 +53,13 @@ def pin(cpu: int):
     return lambda: os.sched_setaffinity(0, target)
 
 
+def pin_load_side() -> None:
+    """Keep the calling (load) process off CPU 0, where the gateway runs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[-1]})
+
+
 class Proc:
     def __init__(self, popen: subprocess.Popen, tmp: str | None = None) -> None:
         self.popen, self.tmp = popen, tmp
