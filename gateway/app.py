@@ -30,7 +30,7 @@ from gateway.schedule.scheduler import Scheduler
 from gateway.store import ops
 from gateway.store import records as R
 from gateway.store.env import Store, open_store
-from gateway.store.writer import Writer
+from gateway.store.writer import Writer, write_until_stored
 from gateway.webhooks.dispatcher import Endpoint, WebhookDispatcher, endpoint_id, read_secret
 
 log = logging.getLogger("gateway")
@@ -69,7 +69,7 @@ class Gateway:
         self.netsim_port: int | None = None
         self.http_port: int | None = None
         self.link: NetworkLink | None = None
-        self._apply_config(config)
+        self._apply_config(config, self._webhook_endpoints(config, config_path or "<config>"))
         self._register_gauges()
 
     # -- routes and the request dispatcher ------------------------------------------------
@@ -154,7 +154,9 @@ class Gateway:
         rate, burst = self.sender_rate(number)
         raw = self.store.get("senders", number.encode())
         override = R.sender_override_decoder.decode(raw) if raw is not None else None
-        conf = next(s for s in self.config.senders if s.number == number)
+        conf = next((s for s in self.config.senders if s.number == number), None)
+        if conf is None:
+            raise ApiError(404, "sender_not_found", f"no sender {number} in the config")
         return {
             "number": number,
             "workspace": conf.workspace,
@@ -170,7 +172,21 @@ class Gateway:
         self.scheduler.set_sender(number, rate, burst, self.clock.now())
         self.delivery.poke()
 
-    def _apply_config(self, cfg: C.Config) -> None:
+    def _webhook_endpoints(self, cfg: C.Config, source: str) -> list[Endpoint]:
+        """The endpoints of a config, their secrets read now; ConfigError if one is unreadable."""
+        endpoints = []
+        for i, ws in enumerate(cfg.workspaces):
+            for j, hook in enumerate(ws.webhooks):
+                if "message.status" not in hook.events:
+                    continue
+                try:
+                    secret = read_secret(hook.secret_file, hook.secret_env)
+                except (OSError, ValueError) as exc:
+                    raise C.ConfigError(source, [f"workspaces[{i}].webhooks[{j}]: secret: {exc}"]) from None
+                endpoints.append(Endpoint(endpoint_id(ws.name, hook.url), ws.name, hook.url, secret))
+        return endpoints
+
+    def _apply_config(self, cfg: C.Config, endpoints: list[Endpoint]) -> None:
         self.config = cfg
         self._sender_ws = {s.number: s.workspace for s in cfg.senders}
         now = self.clock.now()
@@ -179,13 +195,6 @@ class Gateway:
         for s in cfg.senders:
             rate, burst = self.sender_rate(s.number)
             self.scheduler.set_sender(s.number, rate, burst, now)
-        endpoints = []
-        for ws in cfg.workspaces:
-            for hook in ws.webhooks:
-                if "message.status" not in hook.events:
-                    continue
-                secret = read_secret(hook.secret_file, hook.secret_env)
-                endpoints.append(Endpoint(endpoint_id(ws.name, hook.url), ws.name, hook.url, secret))
         self.webhooks.configure(endpoints)
         self.delivery.poke()
 
@@ -195,14 +204,9 @@ class Gateway:
             raise C.ConfigError("<embedded>", ["no config file to reload"])
         new = C.load_config(self.config_path)
         new = C.with_overrides(new, listen=self.config.server.listen, data_dir=self.config.store.data_dir)
-        try:
-            for ws in new.workspaces:
-                for hook in ws.webhooks:
-                    read_secret(hook.secret_file, hook.secret_env)
-        except (OSError, ValueError) as exc:
-            raise C.ConfigError(self.config_path, [f"webhook secret: {exc}"]) from None
+        endpoints = self._webhook_endpoints(new, self.config_path)
         changes = [name for name in C.Config.__struct_fields__ if getattr(new, name) != getattr(self.config, name)]
-        self._apply_config(new)
+        self._apply_config(new, endpoints)
         log.info("config reloaded from %s (%s)", self.config_path, ", ".join(changes) or "no changes")
         return changes
 
@@ -307,12 +311,12 @@ class Gateway:
             dropped = self.scheduler.forget_full_pairs(self.clock.now())
             if dropped:
                 keys = [R.limiter_pair_key(sender, recipient) for sender, recipient in dropped]
-                await self.writer.write(ops.delete_keys, ("limiter", keys))
+                await write_until_stored(self.writer, ops.delete_keys, ("limiter", keys))
             since_idempotency += 1.0
             if since_idempotency >= HOUSEKEEPING_S:
                 since_idempotency = 0.0
                 cutoff = self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000)
-                await self.writer.write(ops.expire_idempotency, (cutoff, 10_000))
+                await write_until_stored(self.writer, ops.expire_idempotency, (cutoff, 10_000))
 
     def close(self) -> None:
         self.store.close()

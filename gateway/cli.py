@@ -43,7 +43,12 @@ def cmd_run(args) -> int:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
     os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)
-    gw = Gateway(cfg, config_path=args.config)
+    try:
+        gw = Gateway(cfg, config_path=args.config)
+    except C.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
     path = ensure_admin_key(gw)
     if path is not None:
         print(f"first start: admin API key written to {os.path.abspath(path)} (mode 0600)", flush=True)

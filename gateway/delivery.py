@@ -17,11 +17,18 @@ from gateway.network.link import LinkDown
 from gateway.schedule.scheduler import QueuedMessage, Scheduler
 from gateway.store import ops
 from gateway.store import records as R
-from gateway.store.writer import StorageError, StorageFull
+from gateway.store.writer import StorageError, StorageFull, write_until_stored
 
 log = logging.getLogger("gateway.delivery")
 
 RESEND_CHUNK = 2048
+RECEIPT_STATUSES = frozenset(("delivered", "read", "failed"))
+MAX_AT_MS = 1 << 46  # year ~4200: anything later is not a time the network could mean
+
+
+def submit_frame(msg_id: str, rec: R.OutboxRecord) -> Submit:
+    """The Submit frame for a stored outbox record: sent and re-sent exactly as stored."""
+    return Submit(msg_id, rec.sender, rec.recipient, rec.payload, rec.priority)
 
 
 class Delivery:
@@ -100,31 +107,35 @@ class Delivery:
             try:
                 moved = await self.gw.writer.write(ops.dispatch, ops.DispatchArg([m.id for m in batch], limiter))
             except (StorageFull, StorageError):
-                sched.requeue(batch, now)
-                await trio.sleep(1.0)
+                moved = None
+            if moved is not None:
+                await self._send_moved(moved)
                 return
-            decode = R.outbox_decoder.decode
-            frames = []
-            for msg_id, raw in moved:
-                rec = decode(raw)
-                frames.append(Submit(msg_id, rec.sender, rec.recipient, rec.payload, rec.priority))
-            self.dispatched += len(frames)
-            try:
-                await self.link.send(frames)
-            except LinkDown:
-                pass  # committed to the outbox: on_connected sends them again
+        sched.requeue(batch, now)
+        await trio.sleep(1.0)  # the store refused: nothing moved; try again shortly
+
+    async def _send_moved(self, moved: list[tuple[str, bytes]]) -> None:
+        """Send what the dispatch commit moved to the outbox (caller holds the send lock)."""
+        decode = R.outbox_decoder.decode
+        frames = [submit_frame(msg_id, decode(raw)) for msg_id, raw in moved]
+        self.dispatched += len(frames)
+        try:
+            await self.link.send(frames)
+        except LinkDown:
+            pass  # committed to the outbox: on_connected sends them again
 
     # -- reconnect: resend the outbox ------------------------------------------------------
 
     async def on_connected(self) -> None:
         async with self._send_lock:
+            self._throttled.clear()  # the whole outbox, throttled messages included, goes now
             after = b""
             while True:
                 chunk = self._outbox_after(after)
                 if not chunk:
                     return
                 after = chunk[-1][0]
-                frames = [Submit(k.decode(), r.sender, r.recipient, r.payload, r.priority) for k, r in chunk]
+                frames = [submit_frame(k.decode(), r) for k, r in chunk]
                 self.gw.metrics.resent.inc(n=len(frames))
                 await self.link.send(frames)
 
@@ -153,8 +164,12 @@ class Delivery:
         throttled = []
         for f in frames:
             if isinstance(f, Receipt):
-                updates.append((f.id, f.status, f.at_ms, f.reason, False))
-                receipt_ids.append(f.id)
+                receipt_ids.append(f.id)  # acknowledged even when unusable, or it comes back forever
+                if f.status not in RECEIPT_STATUSES:
+                    log.warning("receipt for %s with unknown status %r ignored", f.id, f.status[:40])
+                    continue
+                at_ms = f.at_ms if 0 < f.at_ms < MAX_AT_MS else now_ms
+                updates.append((f.id, f.status, at_ms, f.reason[:200], False))
             elif isinstance(f, Ack):
                 if f.code == "ok":
                     updates.append((f.id, "sent", now_ms, "", True))
@@ -173,13 +188,9 @@ class Delivery:
                 pass  # the network re-sends unacknowledged receipts after the reconnect
 
     async def _apply(self, updates: list) -> None:
+        # Nothing is acknowledged to the network until stored: keep trying through a full store.
         arg = ops.StatusArg(updates, self.gw.webhook_targets(), self.gw.event_ids)
-        while True:
-            try:
-                changes = await self.gw.writer.write(ops.apply_status, arg)
-                break
-            except (StorageFull, StorageError):
-                await trio.sleep(1.0)  # keep the answers: nothing is acknowledged until stored
+        changes = await write_until_stored(self.gw.writer, ops.apply_status, arg)
         metrics = self.gw.metrics
         touched = set()
         for ch in changes:
@@ -194,7 +205,7 @@ class Delivery:
         max_retries = self.gw.config.scheduler.throttle_max_retries
         now = self.gw.clock.now()
         self.gw.metrics.throttled.inc(n=len(acks))
-        counts = await self.gw.writer.write(ops.count_throttles, [ack.id for ack in acks])
+        counts = await write_until_stored(self.gw.writer, ops.count_throttles, [ack.id for ack in acks])
         for ack, count in zip(acks, counts):
             if count > max_retries:
                 updates.append((ack.id, "failed", now_ms, "throttled", True))
@@ -226,8 +237,7 @@ class Delivery:
             for msg_id in ids:
                 raw = txn.get(msg_id.encode())
                 if raw is not None:
-                    r = R.outbox_decoder.decode(raw)
-                    frames.append(Submit(msg_id, r.sender, r.recipient, r.payload, r.priority))
+                    frames.append(submit_frame(msg_id, R.outbox_decoder.decode(raw)))
         if not frames:
             return
         async with self._send_lock:

@@ -103,6 +103,13 @@ def test_idempotent_retry_returns_the_first_answer_and_sends_once(gw):
     assert s3 == 422 and r3["error"]["code"] == "idempotency_key_reused"
 
 
+def test_idempotency_key_must_be_printable_ascii(gw):
+    status, reply = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}},
+                               headers={"Idempotency-Key": "\u00e9" * 255})
+    assert status == 400 and reply["error"]["code"] == "invalid_idempotency_key"
+    assert gw.send("+14155550100")  # and nothing else was disturbed
+
+
 def test_missing_and_bad_keys_get_401(gw):
     status, reply = gw.request("POST", "/v1/messages", {}, auth=False)
     assert status == 401 and reply["error"]["code"] == "missing_api_key"

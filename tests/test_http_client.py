@@ -125,6 +125,17 @@ async def test_connection_dropped_mid_response_raises_protocol_error(nursery, cl
         await client.request("GET", f"http://127.0.0.1:{port}/")
 
 
+async def test_upgrade_answer_raises_protocol_error(nursery, client):
+    async def upgrade(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+        await trio.sleep_forever()
+
+    port = await start_raw(nursery, upgrade)
+    with pytest.raises(ProtocolError):
+        await client.request("POST", f"http://127.0.0.1:{port}/hooks", body=b"{}")
+
+
 async def test_refused_port_raises_connect_error(client):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

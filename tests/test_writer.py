@@ -117,3 +117,26 @@ async def test_full_map_refuses_the_whole_batch_and_keeps_working(tmp_path):
         await writer.write(put, (b"small", b"v"))
         nursery.cancel_scope.cancel()
     store.close()
+
+
+def put_then_fail(txn, dbs, arg):
+    txn.put(b"half", b"written", db=dbs["messages"])
+    raise ValueError("failed after writing")
+
+
+async def test_an_op_that_fails_after_writing_leaves_nothing_behind(store):
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+
+        async def bad():
+            with pytest.raises(ValueError):
+                await writer.write(put_then_fail)
+
+        async with trio.open_nursery() as senders:
+            senders.start_soon(writer.write, put, (b"before", b"v"))
+            senders.start_soon(bad)
+            senders.start_soon(writer.write, put, (b"after", b"v"))
+        nursery.cancel_scope.cancel()
+    assert store.get("messages", b"half") is None
+    assert store.get("messages", b"before") == b"v" and store.get("messages", b"after") == b"v"

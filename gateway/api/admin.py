@@ -18,6 +18,7 @@ from gateway.http.server import Request, Response
 from gateway.store import ops
 from gateway.store import records as R
 from gateway.store.ops import rfc3339
+from gateway.store.writer import StorageError, StorageFull
 
 
 class NewKey(Struct, forbid_unknown_fields=True):
@@ -51,12 +52,19 @@ class AdminApi:
                            {"path": "$.role"})
         now = self.gw.clock_ms()
         key_id, key, record = mint_key(req.workspace, req.role, now, req.label)
-        await self.gw.writer.write(ops.put_api_key, (key_id, record))
+        await self._write(ops.put_api_key, (key_id, record))
         self.gw.auth.remember(key_id, record)
         return Response.json(201, {
             "id": key_id, "key": key, "workspace": req.workspace, "role": req.role,
             "label": req.label, "created_at": rfc3339(now),
         })
+
+    async def _write(self, op, arg) -> None:
+        try:
+            await self.gw.writer.write(op, arg)
+        except (StorageFull, StorageError):
+            raise ApiError(503, "storage_full", "the store refused the change; nothing was changed",
+                           retry_after=self.gw.config.store.storage_full_retry_after_s) from None
 
     async def list_senders(self, request: Request, principal, params) -> Response:
         return Response.json(200, {"senders": [self.gw.sender_view(s.number) for s in self.gw.config.senders]})
@@ -69,7 +77,7 @@ class AdminApi:
         override = None
         if not patch.reset:
             override = self._override(number, patch)
-        await self.gw.writer.write(ops.put_sender_override, (number, override))
+        await self._write(ops.put_sender_override, (number, override))
         self.gw.apply_sender(number)
         return Response.json(200, self.gw.sender_view(number))
 

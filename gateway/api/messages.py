@@ -140,9 +140,9 @@ class MessagesApi:
         idem_key = idem_record = None
         fingerprint = b""
         if idem is not None:
-            if not 0 < len(idem) <= _IDEM_MAX or not idem.isprintable():
+            if not 0 < len(idem) <= _IDEM_MAX or not (idem.isascii() and idem.isprintable()):
                 raise ApiError(400, "invalid_idempotency_key",
-                               f"Idempotency-Key must be 1 to {_IDEM_MAX} printable characters")
+                               f"Idempotency-Key must be 1 to {_IDEM_MAX} printable ASCII characters")
             fingerprint = hashlib.sha256(request.method.encode() + b" " + request.path.encode()
                                          + b"\n" + request.body).digest()
             idem_key = R.idempotency_key(principal.workspace, idem)

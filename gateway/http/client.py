@@ -251,8 +251,8 @@ class HttpClient:
             if reused and not got_bytes:
                 raise _StaleConnection() from exc
             raise ProtocolError(f"connection lost: {exc}") from exc
-        except httptools.HttpParserError as exc:
-            raise ProtocolError(f"invalid HTTP response: {exc}") from exc
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            raise ProtocolError(f"invalid HTTP response: {exc!r}") from exc
         finally:
             if keep and not self._closed:
                 conn.idle_since = monotonic()

@@ -186,23 +186,43 @@ class Writer:
             pass
 
     def _apply(self, ops: list[Op], args: list[Any]) -> list[Any]:
-        dbs = self._dbs
-        results: list[Any] = []
-        append = results.append
-        txn = self._env.begin(write=True)
+        """Apply every op in one transaction and commit. An op that raises is left out whole: the
+        transaction is aborted and the batch applied again without it, so a failing op never
+        leaves half its writes behind (this only costs anything when an op fails)."""
+        failed: dict[int, Exception] = {}
+        while True:
+            results: list[Any] = []
+            append = results.append
+            txn = self._env.begin(write=True)
+            try:
+                for i, (op, arg) in enumerate(zip(ops, args)):
+                    if i in failed:
+                        append(failed[i])
+                        continue
+                    try:
+                        append(op(txn, self._dbs, arg))
+                    except lmdb.Error:
+                        raise
+                    except Exception as exc:
+                        log.exception("store operation %s failed", getattr(op, "__name__", op))
+                        failed[i] = exc
+                        break
+                else:
+                    txn.commit()
+                    return results
+                txn.abort()
+            except BaseException:
+                txn.abort()
+                raise
+
+
+async def write_until_stored(writer: Writer, op: Op, arg: Any = None, pause_s: float = 1.0) -> Any:
+    """For work that must not be dropped (network answers, webhook bookkeeping): wait out a full
+    or failing store and try again, instead of losing the operation or crashing the task."""
+    while True:
         try:
-            for op, arg in zip(ops, args):
-                try:
-                    append(op(txn, dbs, arg))
-                except lmdb.MapFullError:
-                    raise
-                except lmdb.Error:
-                    raise
-                except Exception as exc:  # one bad operation must not sink the batch
-                    log.exception("store operation %s failed", getattr(op, "__name__", op))
-                    append(exc)
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-        return results
+            return await writer.write(op, arg)
+        except (StorageFull, StorageError) as exc:
+            log.warning("store refused %s (%s); retrying in %.1f s",
+                        getattr(op, "__name__", op), type(exc).__name__, pause_s)
+            await trio.sleep(pause_s)

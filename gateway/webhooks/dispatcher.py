@@ -20,6 +20,7 @@ from gateway.http.client import HttpClient, HttpClientError
 from gateway.ids import IdGenerator, timestamp_ms
 from gateway.store import ops
 from gateway.store import records as R
+from gateway.store.writer import write_until_stored
 from gateway.webhooks import policy
 from gateway.webhooks.signing import signed_headers
 
@@ -79,7 +80,7 @@ class WebhookDispatcher:
         """Swap the set of endpoints; kept ones keep their queues, removed ones stop."""
         wanted = {ep.id: ep for ep in endpoints}
         for ident, ep in list(self.endpoints.items()):
-            if ident not in wanted or wanted[ident].url != ep.url:
+            if ident not in wanted:  # the id is a hash of workspace and URL
                 ep.stop()
                 del self.endpoints[ident]
             else:
@@ -173,34 +174,28 @@ class WebhookDispatcher:
                                              timeout_s=cfg.timeout_s)
             status = resp.status
             retry_after = _retry_after(resp.headers.get("retry-after"))
-        except HttpClientError as exc:
-            log.info("webhook %s: %s", ep.url, type(exc).__name__)
+        except HttpClientError as exc:  # URLs may carry tokens: log the endpoint id only
+            log.info("webhook endpoint %s: %s", ep.id.decode(), type(exc).__name__)
+        except Exception:  # whatever an endpoint answers must not take the gateway down
+            log.exception("webhook endpoint %s: unexpected failure, treated as no answer", ep.id.decode())
         outcome = policy.classify(status)
         keys = [k for k, _ in items]
         self.gw.metrics.webhooks.inc((outcome if status is not None else "no_answer",))
         if outcome == policy.DONE:
-            await self._write(ops.delete_keys, ("webhook_outbox", keys))
+            await write_until_stored(self.gw.writer, ops.delete_keys, ("webhook_outbox", keys))
             return
         oldest_ms = timestamp_ms(keys[0][len(ep.prefix):].decode())
         expired = self.gw.clock.now_ms() - oldest_ms > cfg.max_age_h * 3_600_000
         if outcome == policy.DEAD or expired:
             reason = f"http {status}" if status is not None else "no answer"
-            log.warning("webhook %s: %d events to the dead-letter table (%s)", ep.url, len(items), reason)
+            log.warning("webhook endpoint %s: %d events to the dead-letter table (%s)", ep.id.decode(),
+                        len(items), reason)
             dead = [(k, ops.encode(R.DeadLetter(v, attempt, reason, self.gw.clock.now_ms()))) for k, v in items]
-            await self._write(ops.move_to_dead, dead)
+            await write_until_stored(self.gw.writer, ops.move_to_dead, dead)
             return
         delay = policy.backoff_s(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng, retry_after)
         heapq.heappush(ep.retry, (self.gw.clock.now() + delay, next(self._seq), attempt + 1, items))
         ep.wake.set()
-
-    async def _write(self, op, arg) -> None:
-        while True:
-            try:
-                await self.gw.writer.write(op, arg)
-                return
-            except Exception as exc:  # storage full or failing: keep the job, try again shortly
-                log.warning("webhook outbox update failed (%s); retrying", type(exc).__name__)
-                await trio.sleep(1.0)
 
     async def aclose(self) -> None:
         await self.client.aclose()
