@@ -136,6 +136,19 @@ async def test_upgrade_answer_raises_protocol_error(nursery, client):
         await client.request("POST", f"http://127.0.0.1:{port}/hooks", body=b"{}")
 
 
+async def test_oversized_response_body_raises_protocol_error(nursery, client):
+    async def flood(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n")
+        with trio.move_on_after(5):
+            while True:
+                await stream.send_all(b"x" * 65536)
+
+    port = await start_raw(nursery, flood)
+    with pytest.raises(ProtocolError):
+        await client.request("GET", f"http://127.0.0.1:{port}/")
+
+
 async def test_refused_port_raises_connect_error(client):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

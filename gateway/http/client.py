@@ -17,6 +17,7 @@ import trio
 
 _IDLE_MAX_S = 30.0          # pooled connections idle longer than this are discarded, not reused
 _RECV_SIZE = 65536
+MAX_RESPONSE_BYTES = 1 << 20  # webhook answers are read, never trusted to be small
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -54,6 +55,7 @@ class _ResponseReader:
         self.head_only = head_only
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
+        self.size = 0
         self.status = 0
         self.headers_done = False
         self.done = False
@@ -62,6 +64,7 @@ class _ResponseReader:
     def on_message_begin(self) -> None:
         self.headers = {}
         self.body = []
+        self.size = 0
         self.headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -77,6 +80,9 @@ class _ResponseReader:
             self.finish()
 
     def on_body(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > MAX_RESPONSE_BYTES:  # raised through httptools as HttpParserCallbackError
+            raise ValueError(f"response body over {MAX_RESPONSE_BYTES} bytes")
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
