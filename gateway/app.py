@@ -19,6 +19,8 @@ from gateway.api.admin import AdminApi, ProbesApi
 from gateway.api.errors import ApiError
 from gateway.api.messages import MessagesApi
 from gateway.clock import Clock
+from gateway.crypto.keydir import KeyDirError, key_dir_for, load_sealer
+from gateway.crypto.seal import Sealer
 from gateway.delivery import Delivery
 from gateway.http.auth import Authenticator, AuthError, authorize, mint_key
 from gateway.http.router import Router
@@ -50,6 +52,7 @@ class Gateway:
         self.clock = clock or Clock()
         self.clock_ms = self.clock.now_ms
         self.metrics = GatewayMetrics()
+        self.sealer = self._load_sealer(config)
         self.store: Store = open_store(config.store.data_dir, config.store.map_size_mb)
         self.writer = Writer(self.store.env, self.store.dbs, max_ops=config.store.group_commit_max_ops,
                              window_s=config.store.group_commit_window_ms / 1000.0)
@@ -172,6 +175,13 @@ class Gateway:
         self.scheduler.set_sender(number, rate, burst, self.clock.now())
         self.delivery.poke()
 
+    @staticmethod
+    def _load_sealer(cfg: C.Config, source: str = "<config>") -> Sealer:
+        try:
+            return load_sealer(key_dir_for(cfg.store.data_dir, cfg.store.key_dir))
+        except (KeyDirError, OSError) as exc:
+            raise C.ConfigError(source, [f"store.key_dir: {exc}"]) from None
+
     def _webhook_endpoints(self, cfg: C.Config, source: str) -> list[Endpoint]:
         """The endpoints of a config, their secrets read now; ConfigError if one is unreadable."""
         endpoints = []
@@ -205,7 +215,11 @@ class Gateway:
         new = C.load_config(self.config_path)
         new = C.with_overrides(new, listen=self.config.server.listen, data_dir=self.config.store.data_dir)
         endpoints = self._webhook_endpoints(new, self.config_path)
+        sealer = self._load_sealer(new, self.config_path)  # picks up a `gateway keys rotate`
         changes = [name for name in C.Config.__struct_fields__ if getattr(new, name) != getattr(self.config, name)]
+        if sealer.active != self.sealer.active:
+            changes.append("data_key")
+        self.sealer = sealer
         self._apply_config(new, endpoints)
         log.info("config reloaded from %s (%s)", self.config_path, ", ".join(changes) or "no changes")
         return changes

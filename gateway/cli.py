@@ -29,6 +29,7 @@ def cmd_run(args) -> int:
 
     from gateway import config as C
     from gateway.app import Gateway, ensure_admin_key
+    from gateway.crypto.keydir import init_keys, key_dir_for
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,6 +44,9 @@ def cmd_run(args) -> int:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
     os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)
+    key_dir = key_dir_for(cfg.store.data_dir, cfg.store.key_dir)
+    if init_keys(key_dir):
+        print(f"first start: data key for sealing at rest created in {os.path.abspath(key_dir)}", flush=True)
     try:
         gw = Gateway(cfg, config_path=args.config)
     except C.ConfigError as exc:
@@ -105,6 +109,41 @@ def cmd_keys_create(args) -> int:
     return 0
 
 
+def _key_dir(args) -> str | None:
+    from gateway import config as C
+    from gateway.crypto.keydir import key_dir_for
+
+    try:
+        cfg = _load(args.config, data_dir=args.data_dir)
+    except C.ConfigError as exc:
+        print(f"{exc.source}: {'; '.join(exc.problems)}", file=sys.stderr)
+        return None
+    return key_dir_for(cfg.store.data_dir, cfg.store.key_dir)
+
+
+def cmd_keys_init(args) -> int:
+    from gateway.crypto.keydir import init_keys
+
+    path = _key_dir(args)
+    if path is None:
+        return 2
+    made = init_keys(path)
+    print(f"{os.path.abspath(path)}: {'data key 1 created' if made else 'already has data keys'}")
+    return 0
+
+
+def cmd_keys_rotate(args) -> int:
+    from gateway.crypto.keydir import rotate
+
+    path = _key_dir(args)
+    if path is None:
+        return 2
+    key_id = rotate(path)
+    print(f"{os.path.abspath(path)}: data key {key_id} created and active for new records; "
+          "reload a running gateway (kill -HUP or POST /admin/v1/config/reload) to use it")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from gateway import config as C
     from gateway.schedule import buckets
@@ -138,6 +177,14 @@ def cmd_doctor(args) -> int:
         print(f"config        {path}: {'; '.join(exc.problems)}")
         ok = False
         data_dir = args.data_dir or "./var"
+    from gateway.crypto.keydir import KeyDirError, load_sealer
+
+    key_dir = _key_dir(args) or os.path.join(data_dir, "keys")
+    try:
+        sealer = load_sealer(key_dir)
+        print(f"key dir       {os.path.abspath(key_dir)}: data keys {sealer.key_ids}, active {sealer.active}")
+    except (KeyDirError, OSError) as exc:
+        print(f"key dir       {os.path.abspath(key_dir)}: {exc}")
     data_dir = os.path.abspath(data_dir)
     if os.path.isdir(data_dir):
         writable = os.access(data_dir, os.W_OK)
@@ -172,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     create.add_argument("--data-dir")
     create.set_defaults(func=cmd_keys_create)
+
+    for name, func, text in (("init", cmd_keys_init, "create the key directory and a first data key"),
+                             ("rotate", cmd_keys_rotate, "add a data key for new records; old ones stay readable")):
+        cmd = keys_sub.add_parser(name, help=text)
+        cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+        cmd.add_argument("--data-dir")
+        cmd.set_defaults(func=func)
 
     doctor = sub.add_parser("doctor", help="report the installation and the environment")
     doctor.add_argument("-c", "--config", default=DEFAULT_CONFIG)

@@ -34,6 +34,7 @@ class ServerConfig(Struct, frozen=True, forbid_unknown_fields=True):
 
 class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = "./var"
+    key_dir: str = ""  # data keys for sealing at rest; "" means <data_dir>/keys
     map_size_mb: PositiveInt = 4096
     group_commit_max_ops: PositiveInt = 4096
     group_commit_window_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0

@@ -12,6 +12,7 @@ import logging
 
 import trio
 
+from gateway.crypto.seal import SealError
 from gateway.network.frames import Ack, Receipt, ReceiptAck, Submit
 from gateway.network.link import LinkDown
 from gateway.schedule.scheduler import QueuedMessage, Scheduler
@@ -26,9 +27,6 @@ RECEIPT_STATUSES = frozenset(("delivered", "read", "failed"))
 MAX_AT_MS = 1 << 46  # year ~4200: anything later is not a time the network could mean
 
 
-def submit_frame(msg_id: str, rec: R.OutboxRecord) -> Submit:
-    """The Submit frame for a stored outbox record: sent and re-sent exactly as stored."""
-    return Submit(msg_id, rec.sender, rec.recipient, rec.payload, rec.priority)
 
 
 class Delivery:
@@ -41,6 +39,21 @@ class Delivery:
         self._throttled: list[tuple[float, str]] = []  # (wall time due, id)
         self._throttle_wake = trio.Event()
         self.dispatched = 0
+
+    def _frames(self, records) -> list[Submit]:
+        """Submit frames for stored outbox records (id, record): the payload is opened from its
+        seal; everything else is sent exactly as stored. A record whose data key is missing
+        stays in the outbox (logged) and goes once the key is back."""
+        open_ = self.gw.sealer.open
+        frames = []
+        for msg_id, rec in records:
+            try:
+                payload = open_(rec.payload, msg_id.encode())
+            except SealError as exc:
+                log.error("message %s cannot be sent: %s", msg_id, exc)
+                continue
+            frames.append(Submit(msg_id, rec.sender, rec.recipient, payload, rec.priority))
+        return frames
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -117,7 +130,7 @@ class Delivery:
     async def _send_moved(self, moved: list[tuple[str, bytes]]) -> None:
         """Send what the dispatch commit moved to the outbox (caller holds the send lock)."""
         decode = R.outbox_decoder.decode
-        frames = [submit_frame(msg_id, decode(raw)) for msg_id, raw in moved]
+        frames = self._frames((msg_id, decode(raw)) for msg_id, raw in moved)
         self.dispatched += len(frames)
         try:
             await self.link.send(frames)
@@ -135,9 +148,10 @@ class Delivery:
                 if not chunk:
                     return
                 after = chunk[-1][0]
-                frames = [submit_frame(k.decode(), r) for k, r in chunk]
-                self.gw.metrics.resent.inc(n=len(frames))
-                await self.link.send(frames)
+                frames = self._frames((k.decode(), r) for k, r in chunk)
+                if frames:
+                    self.gw.metrics.resent.inc(n=len(frames))
+                    await self.link.send(frames)
 
     def _outbox_after(self, after: bytes) -> list[tuple[bytes, R.OutboxRecord]]:
         out = []
@@ -232,12 +246,13 @@ class Delivery:
 
     async def _resend(self, ids: list[str]) -> None:
         store = self.gw.store
-        frames = []
+        records = []
         with store.env.begin(db=store.dbs["outbox"]) as txn:
             for msg_id in ids:
                 raw = txn.get(msg_id.encode())
                 if raw is not None:
-                    frames.append(submit_frame(msg_id, R.outbox_decoder.decode(raw)))
+                    records.append((msg_id, R.outbox_decoder.decode(raw)))
+        frames = self._frames(records)
         if not frames:
             return
         async with self._send_lock:

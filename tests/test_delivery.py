@@ -4,6 +4,7 @@ import trio
 
 from gateway.app import Gateway
 from gateway.config import parse_config
+from gateway.crypto.keydir import init_keys
 from gateway.network.frames import Ack, Receipt, ReceiptAck
 from gateway.store import ops
 from gateway.store import records as R
@@ -33,6 +34,7 @@ class RecordingLink:
 
 
 async def with_gateway(tmp_path, body):
+    init_keys(str(tmp_path / "keys"))
     gw = Gateway(parse_config(CONFIG.format(data_dir=tmp_path)))
     gw.delivery.link = link = RecordingLink()
     try:

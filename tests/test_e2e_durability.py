@@ -1,12 +1,16 @@
 """Durability through real processes: kill -9 mid-stream loses and duplicates nothing, a
 restart rebuilds the queue and the limiter state, a full store answers 503 and loses nothing."""
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+import uuid
 
 import pytest
 
-from tests.harness import Gateway, Netsim, Proxy
+from tests.harness import ROOT, Gateway, Netsim, Proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -135,5 +139,48 @@ def test_a_full_queue_answers_429_with_retry_after(tmp_path):
                 break
         assert statuses[-1] == 429 and reply["error"]["code"] == "queue_full"
         assert int(gw.last_headers["Retry-After"]) > 0
+    finally:
+        gw.stop()
+
+
+def files_containing(root, needle: bytes) -> list[str]:
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                if needle in f.read():
+                    found.append(os.path.join(folder, name))
+    return found
+
+
+def test_message_text_is_in_no_file_under_the_data_directory(tmp_path):
+    marker = f"marker-{uuid.uuid4().hex}"
+    gw = Gateway(tmp_path, sim="latency_ms_median = 5.0").start()
+    try:
+        held = gw.send("+14155550101", marker, **{"from": "+15550000002"})  # standard tier: sent
+        assert gw.request("PATCH", "/admin/v1/senders/+15550000002", {"rate_per_minute": 1, "burst": 1})[0] == 200
+        pending = [gw.send(f"+1415563{i:04d}", marker, **{"from": "+15550000002"}) for i in range(3)]
+        gw.wait_status(held, {"delivered", "read"})
+        assert files_containing(gw.data_dir, marker.encode()) == []  # pending and delivered alike
+        assert gw.request("GET", f"/v1/messages/{pending[-1]}")[1]["status"] == "accepted"
+    finally:
+        gw.stop()
+    assert files_containing(gw.data_dir, marker.encode()) == []
+
+
+def test_rotated_data_key_seals_new_messages_and_old_ones_still_go(tmp_path):
+    gw = Gateway(tmp_path, sim="latency_ms_median = 5.0").start()
+    try:
+        assert gw.request("PATCH", "/admin/v1/senders/+15550000002", {"rate_per_minute": 1, "burst": 1})[0] == 200
+        old = [gw.send(f"+1415564{i:04d}", "old", **{"from": "+15550000002"}) for i in range(3)]
+        out = subprocess.run([sys.executable, "-m", "gateway", "keys", "rotate", "-c", str(gw.config_path)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert out.returncode == 0 and "data key 2" in out.stdout, out.stderr
+        status, reply = gw.request("POST", "/admin/v1/config/reload")
+        assert status == 200 and "data_key" in reply["changes"]
+        new = gw.send("+14155640099", "new", **{"from": "+15550000002"})
+        assert gw.request("PATCH", "/admin/v1/senders/+15550000002", {"reset": True})[0] == 200
+        for msg_id in old + [new]:
+            gw.wait_status(msg_id, {"delivered", "read"})
     finally:
         gw.stop()

@@ -84,7 +84,8 @@ class MessagesApi:
         msg_id = self.gw.ids.new()
         record = R.MessageRecord(workspace, sender, req.to, priority, req.client_ref, "accepted",
                                  [("accepted", now_ms)])
-        payload = ops.encode(R.TextPayload(req.text.body))
+        # sealed at rest, bound to its message id; opened only to build the frame that is sent
+        payload = self.gw.sealer.seal(ops.encode(R.TextPayload(req.text.body)), msg_id.encode())
         pending = R.PendingRecord(sender, req.to, priority, payload)
         item = ops.AcceptItem(msg_id, ops.encode(record), ops.encode(pending))
         return Prepared(item, QueuedMessage(msg_id, sender, req.to, priority))
