@@ -1,0 +1,155 @@
+"""The sensitive-word scanner: an immutable Aho-Corasick automaton over the skeletons of categorised
+terms, finding hits whose spans index the original text, and masking them. Pure, with no per-message
+state; a built Scanner is never changed (beyond a memo of compiled regexes), so its holder may swap
+it atomically.
+
+Whole-word terms are stored as " skeleton " (the text skeleton is space-padded and every non-word
+character is a space), so word boundaries cost nothing at scan time; substring terms (the default
+for scripts written without spaces) are stored bare. Runs collapsed in the skeleton are checked
+against the term's own run lengths, so "ass" finds "asssss" but not "as", and "boob" not "Bob".
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+
+import ahocorasick
+import msgspec
+
+from gateway.policy.normalize import fold_char, is_unspaced, run_lengths, skeleton_map, skeleton_pair
+
+
+class Term(msgspec.Struct, frozen=True):
+    """A sensitive term; `whole_word` None means: whole-word unless written in an unspaced script."""
+
+    text: str
+    whole_word: bool | None = None
+
+
+class Hit(msgspec.Struct, frozen=True):
+    """One match: `text[start:end]` of the scanned text is an occurrence of `term` (as given)."""
+
+    term: str
+    category: str
+    start: int
+    end: int
+
+
+class _Entry(msgspec.Struct, frozen=True, array_like=True):
+    term: str
+    category: str
+    need: tuple[int, ...] | None  # minimum run length per skeleton character, None if all are 1
+
+
+class _Key(msgspec.Struct, frozen=True, array_like=True):
+    lead: int  # 1 for whole-word keys (" core "), 0 for substring keys
+    size: int  # len(core)
+    entries: tuple[_Entry, ...]
+    confirm: str | None  # regex over the joined text proving some entry's run lengths, None if any entry has none
+
+
+def _core(text: str) -> tuple[str, tuple[int, ...] | None]:
+    joined, skeleton = skeleton_pair(text)
+    if len(joined) == len(skeleton):
+        return skeleton[1:-1], None
+    return skeleton[1:-1], tuple(run_lengths(joined)[1:-1])
+
+
+def _confirm_pattern(core: str, lead: int, needs: Iterable[tuple[int, ...]]) -> str:
+    alternatives = ["".join(f"{re.escape(c)}{{{n},}}" for c, n in zip(core, need)) for need in sorted(set(needs))]
+    body = "(?:" + "|".join(alternatives) + ")"
+    return f" {body}(?= )" if lead else body
+
+
+class Scanner:
+    """Built once from {category: [Term, ...]}; `scan` is safe to call from any number of threads."""
+
+    __slots__ = ("_automaton", "_terms", "_confirm")
+
+    def __init__(self, automaton, terms: int) -> None:
+        self._automaton = automaton
+        self._terms = terms
+        self._confirm: dict[str, re.Pattern] = {}
+
+    @classmethod
+    def build(cls, terms: Mapping[str, Iterable[Term]]) -> Scanner:
+        """Raises ValueError for a term with no letter or digit (it would match everywhere or nowhere)."""
+        keys: dict[str, tuple[int, int, dict[_Entry, None]]] = {}
+        count = 0
+        for category, items in terms.items():
+            for term in items:
+                whole = term.whole_word if term.whole_word is not None else not is_unspaced(term.text)
+                core, need = _core(term.text)
+                if not core.strip(" "):
+                    raise ValueError(f"term {term.text!r} in {category!r} has no letter or digit")
+                count += 1
+                variants = [(core, need)]
+                if whole and " " in core:  # "free money" also as "freemoney"
+                    variants.append(_core(core.replace(" ", "")))
+                for v_core, v_need in variants:
+                    key = f" {v_core} " if whole else v_core
+                    slot = keys.setdefault(key, (int(whole), len(v_core), {}))
+                    slot[2][_Entry(term.text, category, v_need)] = None
+        automaton = None
+        if keys:
+            automaton = ahocorasick.Automaton()
+            for key, (lead, size, entries) in keys.items():
+                needs = [e.need for e in entries]
+                confirm = None if None in needs else _confirm_pattern(key[lead:len(key) - lead], lead, needs)
+                automaton.add_word(key, _Key(lead, size, tuple(entries), confirm))
+            automaton.make_automaton()
+        return cls(automaton, count)
+
+    def __len__(self) -> int:
+        """The number of terms it was built from."""
+        return self._terms
+
+    def scan(self, text: str) -> list[Hit]:
+        """Every hit in `text`, ordered by span; spans index `text` itself."""
+        if self._automaton is None:
+            return []
+        joined, skeleton = skeleton_pair(text)
+        for _, key in self._automaton.iter(skeleton):
+            pattern = key.confirm
+            if pattern is None:
+                return self._exact_hits(text)
+            compiled = self._confirm.get(pattern)
+            if compiled is None:  # compiled on first use: most keys with runs never match
+                compiled = self._confirm[pattern] = re.compile(pattern)
+            if compiled.search(joined) is not None:
+                return self._exact_hits(text)
+        return []
+
+    def _exact_hits(self, text: str) -> list[Hit]:
+        sk = skeleton_map(text)
+        hits: set[Hit] = set()
+        for last, key in self._automaton.iter(sk.text):
+            a = last - key.lead - key.size + 1
+            b = a + key.size
+            counts = sk.counts[a:b]
+            for e in key.entries:
+                if e.need is None or all(c >= n for c, n in zip(counts, e.need)):
+                    hits.add(Hit(e.term, e.category, sk.starts[a], sk.ends[b - 1]))
+        return sorted(hits, key=lambda h: (h.start, h.end, h.category, h.term))
+
+
+def _visible(c: str) -> bool:
+    return unicodedata.category(c)[0] != "M" and fold_char(c) != ""
+
+
+def mask(text: str, hits: Iterable[Hit], char: str = "*") -> str:
+    """`text` with every code point inside a hit's span replaced by `char`, except combining marks and
+    invisible format characters there, which go with the letter they belong to; all else is kept."""
+    spans = sorted((h.start, h.end) for h in hits)
+    out: list[str] = []
+    pos = 0
+    for start, end in spans:
+        start = max(start, pos)
+        if end <= start:
+            continue
+        out.append(text[pos:start])
+        out.append("".join(char for c in text[start:end] if _visible(c)))
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
