@@ -6,13 +6,13 @@ or the wall clock inside the measured code, and it reports targets rather than f
 from __future__ import annotations
 
 import gc
-import json
 import sys
 import time
 from array import array
 
 from gateway.schedule import buckets
 from gateway.schedule.scheduler import NORMAL, QueuedMessage, Scheduler
+from bench.common import micro_main
 
 NATIVE_TARGET = 5_000_000  # decisions/s
 RATIO_TARGET = 10.0  # native / pure
@@ -148,13 +148,7 @@ def print_table(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    result = run(scale=0.1 if "--quick" in argv else 1.0)
-    if "--json" in argv:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    return micro_main(run, print_table, argv)
 
 
 if __name__ == "__main__":

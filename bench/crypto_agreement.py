@@ -5,8 +5,6 @@ the target rather than failing on it."""
 from __future__ import annotations
 
 import gc
-import json
-import os
 import sys
 import time
 
@@ -14,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM1024PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from bench.common import micro_main
 from gateway.crypto import agreement, identity
 from gateway.crypto.agreement import InitialHeader, SignatureCache, initiate, respond
 from gateway.crypto.identity import (
@@ -165,15 +164,7 @@ def print_table(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[-1]})
-    result = run(scale=0.1 if "--quick" in argv else 1.0)
-    if "--json" in argv:
-        print(json.dumps(result, indent=2))
-    else:
-        print_table(result)
-    return 0
+    return micro_main(run, print_table, argv)
 
 
 if __name__ == "__main__":

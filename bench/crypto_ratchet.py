@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import hmac
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.crypto.ratchet import Session
+from bench.common import micro_main
 
 ENCRYPT_TARGET = 50_000  # encryptions/s of a 100-byte plaintext, one core
 PLAINTEXT = bytes(range(100))
@@ -143,7 +143,4 @@ def print_table(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    results = run()
-    print_table(results)
-    json.dump(results, sys.stdout)
-    print()
+    sys.exit(micro_main(run, print_table))

@@ -8,7 +8,6 @@ store, and it reports targets rather than failing on them.
 from __future__ import annotations
 
 import gc
-import json
 import random
 import sys
 import time
@@ -16,6 +15,7 @@ import time
 import ahocorasick
 
 from gateway.policy.scanner import Scanner, Term
+from bench.common import micro_main
 
 SCAN_TARGET = 100_000  # messages/s, one core
 MESSAGE_BYTES = 200
@@ -122,7 +122,4 @@ def print_table(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    res = run()
-    print_table(res)
-    if "--json" in sys.argv:
-        print(json.dumps(res, indent=2))
+    sys.exit(micro_main(run, print_table))

@@ -122,40 +122,40 @@ def ed25519_seed_to_x25519(ed25519_seed: bytes) -> bytes:
 
 # --- Encodings: EncodeEC / EncodeKEM of the X3DH and PQXDH specs (pairwise-disjoint by type byte) ---
 
+def _encode_typed(raw: bytes, type_byte: int, length: int, what: str) -> bytes:
+    if len(raw) != length:
+        raise InvalidKey(f"{what} must be {length} bytes, got {len(raw)}")
+    return bytes((type_byte,)) + bytes(raw)
+
+
+def _decode_typed(encoded: bytes, type_byte: int, length: int, what: str) -> bytes:
+    if len(encoded) != length + 1 or encoded[0] != type_byte:
+        raise InvalidKey(f"not an encoded {what} (0x{type_byte:02X} || {length} bytes)")
+    return bytes(encoded[1:])
+
+
 def encode_ec(x25519_public: bytes) -> bytes:
-    if len(x25519_public) != KEY_LEN:
-        raise InvalidKey(f"X25519 public key must be {KEY_LEN} bytes, got {len(x25519_public)}")
-    return bytes((DJB_TYPE,)) + bytes(x25519_public)
+    return _encode_typed(x25519_public, DJB_TYPE, KEY_LEN, "X25519 public key")
 
 
 def decode_ec(encoded: bytes) -> bytes:
-    if len(encoded) != ENCODED_EC_LEN or encoded[0] != DJB_TYPE:
-        raise InvalidKey("not an encoded X25519 public key (0x05 || 32 bytes)")
-    return bytes(encoded[1:])
+    return _decode_typed(encoded, DJB_TYPE, KEY_LEN, "X25519 public key")
 
 
 def encode_kem(mlkem_public: bytes) -> bytes:
-    if len(mlkem_public) != MLKEM1024_PUBLIC_LEN:
-        raise InvalidKey(f"ML-KEM-1024 public key must be {MLKEM1024_PUBLIC_LEN} bytes")
-    return bytes((MLKEM1024_TYPE,)) + bytes(mlkem_public)
+    return _encode_typed(mlkem_public, MLKEM1024_TYPE, MLKEM1024_PUBLIC_LEN, "ML-KEM-1024 public key")
 
 
 def decode_kem(encoded: bytes) -> bytes:
-    if len(encoded) != ENCODED_KEM_LEN or encoded[0] != MLKEM1024_TYPE:
-        raise InvalidKey("not an encoded ML-KEM-1024 public key (0x0A || 1568 bytes)")
-    return bytes(encoded[1:])
+    return _decode_typed(encoded, MLKEM1024_TYPE, MLKEM1024_PUBLIC_LEN, "ML-KEM-1024 public key")
 
 
 def encode_kem_ciphertext(ciphertext: bytes) -> bytes:
-    if len(ciphertext) != MLKEM1024_CIPHERTEXT_LEN:
-        raise InvalidKey(f"ML-KEM-1024 ciphertext must be {MLKEM1024_CIPHERTEXT_LEN} bytes")
-    return bytes((MLKEM1024_TYPE,)) + bytes(ciphertext)
+    return _encode_typed(ciphertext, MLKEM1024_TYPE, MLKEM1024_CIPHERTEXT_LEN, "ML-KEM-1024 ciphertext")
 
 
 def decode_kem_ciphertext(encoded: bytes) -> bytes:
-    if len(encoded) != ENCODED_KEM_CIPHERTEXT_LEN or encoded[0] != MLKEM1024_TYPE:
-        raise InvalidKey("not an encoded ML-KEM-1024 ciphertext (0x0A || 1568 bytes)")
-    return bytes(encoded[1:])
+    return _decode_typed(encoded, MLKEM1024_TYPE, MLKEM1024_CIPHERTEXT_LEN, "ML-KEM-1024 ciphertext")
 
 
 def x25519_dh(private: X25519PrivateKey, their_public: bytes) -> bytes:
