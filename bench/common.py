@@ -2,9 +2,11 @@
 smaller run where the bench supports it, `--json` for the raw result."""
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import sys
+import time
 
 from bench.procs import pin_load_side
 
@@ -21,3 +23,19 @@ def micro_main(run, print_table, argv: list[str] | None = None) -> int:
     else:
         print_table(result)
     return 0
+
+
+def best_rate(n: int, run_once, repeats: int = 3) -> float:
+    """n / the fastest of `repeats` timed calls of run_once() (which does n operations), with the
+    garbage collector off while timing: noise only ever makes a run slower."""
+    best = float("inf")
+    for _ in range(repeats):
+        gc.collect()
+        gc.disable()
+        try:
+            t0 = time.perf_counter()
+            run_once()
+            best = min(best, time.perf_counter() - t0)
+        finally:
+            gc.enable()
+    return n / best

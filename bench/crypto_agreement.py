@@ -4,15 +4,13 @@ responder. It measures in-process CPU cost only, must never touch the network or
 the target rather than failing on it."""
 from __future__ import annotations
 
-import gc
 import sys
-import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM1024PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from bench.common import micro_main
+from bench.common import best_rate, micro_main
 from gateway.crypto import agreement, identity
 from gateway.crypto.agreement import InitialHeader, SignatureCache, initiate, respond
 from gateway.crypto.identity import (
@@ -33,18 +31,12 @@ REPEATS = 3
 
 def _rate(fn, n: int) -> float:
     """Best of REPEATS runs of fn(i) for i in range(n), in calls per second."""
-    best = float("inf")
-    for _ in range(REPEATS):
-        gc.collect()
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            for i in range(n):
-                fn(i)
-            best = min(best, time.perf_counter() - t0)
-        finally:
-            gc.enable()
-    return n / best
+
+    def once() -> None:
+        for i in range(n):
+            fn(i)
+
+    return best_rate(n, once, REPEATS)
 
 
 def _responders(count: int) -> list[tuple[IdentityKeyPair, SignedPrekey, OneTimePrekey, PqPrekey]]:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.crypto.ratchet import Session
-from bench.common import micro_main
+from bench.common import best_rate, micro_main
 
 ENCRYPT_TARGET = 50_000  # encryptions/s of a 100-byte plaintext, one core
 PLAINTEXT = bytes(range(100))
@@ -29,17 +29,7 @@ REPEATS = 3
 
 
 def _best_rate(n: int, fn) -> float:
-    best = float("inf")
-    for _ in range(REPEATS):
-        gc.collect()
-        gc.disable()
-        try:
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        finally:
-            gc.enable()
-    return n / best
+    return best_rate(n, fn, REPEATS)
 
 
 def _pair() -> tuple[Session, Session]:

@@ -238,28 +238,6 @@ def _check_id(prekey_id: int) -> int:
     return prekey_id
 
 
-class SignedPrekey:
-    """X25519 medium-term prekey; `signature` = Ed25519(identity, Encode(public))."""
-
-    __slots__ = ("id", "public", "signature", "_private")
-
-    def __init__(self, prekey_id: int, private: X25519PrivateKey, signature: bytes) -> None:
-        self.id = _check_id(prekey_id)
-        self._private = private
-        self.public = private.public_key().public_bytes_raw()
-        self.signature = bytes(signature)
-
-    @property
-    def encoded(self) -> bytes:
-        return encode_ec(self.public)
-
-    def dh(self, their_x25519_public: bytes) -> bytes:
-        return x25519_dh(self._private, their_x25519_public)
-
-    def __repr__(self) -> str:
-        return f"SignedPrekey(id={self.id}, public={self.public.hex()})"
-
-
 class OneTimePrekey:
     """X25519 prekey meant for exactly one incoming session."""
 
@@ -278,7 +256,17 @@ class OneTimePrekey:
         return x25519_dh(self._private, their_x25519_public)
 
     def __repr__(self) -> str:
-        return f"OneTimePrekey(id={self.id}, public={self.public.hex()})"
+        return f"{type(self).__name__}(id={self.id}, public={self.public.hex()})"
+
+
+class SignedPrekey(OneTimePrekey):
+    """X25519 medium-term prekey; `signature` = Ed25519(identity, Encode(public))."""
+
+    __slots__ = ("signature",)
+
+    def __init__(self, prekey_id: int, private: X25519PrivateKey, signature: bytes) -> None:
+        super().__init__(prekey_id, private)
+        self.signature = bytes(signature)
 
 
 class PqPrekey:
