@@ -140,3 +140,24 @@ async def test_an_op_that_fails_after_writing_leaves_nothing_behind(store):
         nursery.cancel_scope.cancel()
     assert store.get("messages", b"half") is None
     assert store.get("messages", b"before") == b"v" and store.get("messages", b"after") == b"v"
+
+
+async def test_an_idle_writer_holds_no_write_lock(store):
+    """Write transactions are begun only for waiting work, so another writer (the `gateway keys
+    create` CLI, say) is never locked out by an idle gateway."""
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+
+    def write_elsewhere():
+        with store.env.begin(write=True) as txn:
+            txn.put(b"cli", b"v", db=store.dbs["messages"])
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as senders:
+            for i in range(20):
+                senders.start_soon(writer.write, put, (b"k%03d" % i, b"v"))
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(write_elsewhere, abandon_on_cancel=True)
+        await writer.write(put, (b"after", b"v"))
+        nursery.cancel_scope.cancel()
+    assert store.get("messages", b"cli") == b"v" and store.get("messages", b"after") == b"v"

@@ -1,16 +1,23 @@
 """The single LMDB writer: callers hand it operations, it applies many of them in one write
-transaction and commits (with fsync) in its own long-lived thread, then wakes every caller at once.
+transaction and commits (with fsync) off the event loop, then wakes every caller at once.
 
 A batch closes when it holds `max_ops` operations, when `window_s` has passed since its first
 operation, or as soon as a scheduling round passes without adding to it. While a commit is running,
-new operations gather in the next batch; the writer thread starts that one as soon as the commit
-returns, so under load the event loop and the disk work side by side instead of in turn.
-Nothing is reported written before its commit returned; a full map fails the whole batch with
-StorageFull and writes none of it.
+new operations gather in the next batch, which is applied as soon as the commit returns, so under
+load the event loop and the disk work side by side instead of in turn.
+
+Who does what: LMDB ties the write lock to the thread that begins a write transaction, so a
+long-lived writer thread begins, commits and aborts every write transaction. The operations
+themselves (the puts) run on the event loop's thread, in one synchronous pass per batch, while the
+writer thread waits: py-lmdb releases the GIL around every put, and running them in a second thread
+on the same core turned each of them into a GIL hand-over. Only the commit (and its fsync) runs
+beside the event loop. Nothing is reported written before its commit returned; a full map fails the
+whole batch with StorageFull and writes none of it.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import deque
 from typing import Any, Callable
@@ -43,6 +50,24 @@ class _Batch:
         self.opened = 0.0
 
 
+class _Reply:
+    """One answer from the writer thread, delivered on the event loop's thread."""
+
+    __slots__ = ("event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+
+    def set(self, value: Any) -> None:
+        self.value = value
+        self.event.set()
+
+
+# Commands to the writer thread.
+_BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
+
+
 class Writer:
     def __init__(self, env: lmdb.Environment, dbs: dict, *, max_ops: int = 4096,
                  window_s: float = 0.002) -> None:
@@ -53,13 +78,7 @@ class Writer:
         self._batch = _Batch()
         self._closed: deque[_Batch] = deque()  # full batches waiting for their commit
         self._work = trio.Event()
-        # Shared with the writer thread, always under _lock: the open batch, _closed, _busy and
-        # _stopping. _busy: the thread holds a batch and will take the next one itself.
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._handed: _Batch | None = None  # a batch handed to the idle thread
-        self._busy = False
-        self._stopping = False
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._token: trio.lowlevel.TrioToken | None = None
         self.commits = 0
         self.ops_committed = 0
@@ -80,66 +99,63 @@ class Writer:
         return self._enqueue(op, arg)[0]
 
     def _enqueue(self, op: Op, arg: Any) -> tuple[_Batch, int]:
-        with self._lock:
-            batch = self._batch
-            ops = batch.ops
-            if not ops:
-                batch.opened = trio.current_time()
-                if not self._busy:
-                    self._work.set()
-            ops.append(op)
-            batch.args.append(arg)
-            index = len(ops) - 1
-            if index + 1 >= self._max_ops:
-                self._closed.append(batch)
-                self._batch = _Batch()
+        batch = self._batch
+        ops = batch.ops
+        if not ops:
+            batch.opened = trio.current_time()
+            self._work.set()
+        ops.append(op)
+        batch.args.append(arg)
+        index = len(ops) - 1
+        if index + 1 >= self._max_ops:
+            self._closed.append(batch)
+            self._batch = _Batch()
         return batch, index
+
+    def _has_work(self) -> bool:
+        # Read by the writer thread as a hint; only the event loop's thread ever takes work away,
+        # and it is waiting for that thread's answer when the hint is read.
+        return bool(self._closed) or bool(self._batch.ops)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        with self._lock:
-            self._stopping = False
         thread = threading.Thread(target=self._thread_main, name="gateway-writer", daemon=True)
         thread.start()
         task_status.started()
+        txn = None  # a write transaction the thread began for work that was already waiting
         try:
             while True:
-                await self._work.wait()
-                if not self._closed:
-                    await self._linger()
-                with self._lock:
-                    self._work = trio.Event()
-                    if self._busy:  # the thread took the batch itself meanwhile
+                if txn is None:
+                    if not self._has_work():
+                        self._work = trio.Event()
+                        await self._work.wait()
+                    if not self._closed:
+                        await self._linger()
+                    txn = await self._call(_BEGIN)
+                    if isinstance(txn, Exception):
+                        self._fail(self._next(), StorageError(str(txn)))
+                        txn = None
                         continue
-                    batch = self._next_locked()
-                    if batch is None:
-                        continue
-                    self._busy = True
-                    self._handed = batch
-                    self._wake.notify()
+                txn = await self._commit(self._next(), txn)
         finally:
-            with self._lock:
-                self._stopping = True
-                self._wake.notify()
+            self._requests.put((_STOP, None, None))
             # A commit in flight must finish before the environment may be closed.
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(thread.join)
 
-    def _next_locked(self) -> _Batch | None:
-        """The next batch to commit (a full one first), or None; caller holds _lock."""
+    def _next(self) -> _Batch:
+        """The next batch to commit: a full one first, else the open one (which closes now)."""
         if self._closed:
             return self._closed.popleft()
         batch = self._batch
-        if not batch.ops:
-            return None
         self._batch = _Batch()
         return batch
 
     async def _linger(self) -> None:
         """Let the tasks that are runnable now (woken by the same network events) join the batch:
         one scheduling round, and more only while each round still brings new operations, never
-        past the window. Under load the writer thread takes each batch as soon as the previous
-        commit returned, so this only runs when the writer was idle."""
+        past the window. Under load each batch is applied as soon as the previous commit
+        returned, so this only runs when the writer was idle."""
         deadline = self._batch.opened + self._window_s
         while not self._closed and trio.current_time() < deadline:
             before = len(self._batch.ops)
@@ -147,73 +163,129 @@ class Writer:
             if len(self._batch.ops) == before:
                 return
 
+    async def _call(self, command: int, arg: Any = None) -> Any:
+        """Hand a command to the writer thread and wait for its answer (never cancelled midway:
+        the thread would go on with a transaction nobody waits for)."""
+        reply = _Reply()
+        self._requests.put((command, arg, reply.set))
+        with trio.CancelScope(shield=True):
+            await reply.event.wait()
+        return reply.value
+
+    async def _commit(self, batch: _Batch, txn) -> Any:
+        """Apply the batch in `txn` and commit it; returns the next transaction if the thread
+        began one for work that is already waiting, else None."""
+        failed: dict[int, Exception] = {}
+        while True:
+            try:
+                results = self._apply(txn, batch.ops, batch.args, failed)
+            except lmdb.MapFullError:
+                log.warning("LMDB map full: %d operations refused", len(batch.ops))
+                await self._call(_ABORT)
+                self._fail(batch, StorageFull())
+                return None
+            except BaseException as exc:  # an lmdb error: nothing of the batch is kept
+                if isinstance(exc, lmdb.Error):
+                    log.error("LMDB write failed: %s", exc)
+                else:
+                    log.exception("group commit failed")
+                await self._call(_ABORT)
+                self._fail(batch, StorageError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                return None
+            if results is not None:
+                break
+            # An op failed: start over without it, so it leaves none of its writes behind.
+            txn = await self._call(_RESTART)
+            if isinstance(txn, Exception):
+                self._fail(batch, StorageError(str(txn)))
+                return None
+        error, next_txn = await self._call(_COMMIT)
+        if error is None:
+            self.commits += 1
+            self.ops_committed += len(batch.ops)
+            batch.results = results
+            batch.done.set()
+        else:
+            self._fail(batch, error)
+        return next_txn
+
+    @staticmethod
+    def _fail(batch: _Batch, error: BaseException) -> None:
+        batch.error = error
+        batch.done.set()
+
+    def _apply(self, txn, ops: list[Op], args: list[Any], failed: dict[int, Exception]) -> list | None:
+        """Run every op in one pass; None if an op failed (it is recorded in `failed`).
+        lmdb errors propagate: they fail the whole batch."""
+        dbs = self._dbs
+        results: list[Any] = []
+        append = results.append
+        for i, (op, arg) in enumerate(zip(ops, args)):
+            if i in failed:
+                append(failed[i])
+                continue
+            try:
+                append(op(txn, dbs, arg))
+            except lmdb.Error:
+                raise
+            except Exception as exc:
+                log.exception("store operation %s failed", getattr(op, "__name__", op))
+                failed[i] = exc
+                return None
+        return results
+
     # -- the writer thread ----------------------------------------------------------------
 
     def _thread_main(self) -> None:
-        lock, wake = self._lock, self._wake
+        env, requests, token = self._env, self._requests, self._token
+        txn = None
         while True:
-            with lock:
-                while self._handed is None and not self._stopping:
-                    wake.wait()
-                if self._stopping:
-                    self._busy = False
-                    return
-                batch, self._handed = self._handed, None
-            while batch is not None:
-                self._commit(batch)
-                with lock:
-                    batch = None if self._stopping else self._next_locked()
-                    if batch is None:
-                        self._busy = False
+            command, _, answer = requests.get()
+            if command == _STOP:
+                if txn is not None:
+                    txn.abort()
+                return
+            try:
+                if command == _BEGIN:
+                    txn = value = env.begin(write=True)
+                elif command == _COMMIT:
+                    value = self._commit_in_thread(txn)
+                    txn = value[1]
+                elif command == _RESTART:
+                    txn.abort()
+                    txn = None
+                    txn = value = env.begin(write=True)
+                else:  # _ABORT
+                    txn.abort()
+                    txn = value = None
+            except Exception as exc:  # begin failed: the event loop fails the batch
+                log.error("LMDB transaction could not be started: %s", exc)
+                value = exc
+            try:
+                token.run_sync_soon(answer, value)
+            except trio.RunFinishedError:
+                if txn is not None:
+                    txn.abort()
+                return
 
-    def _commit(self, batch: _Batch) -> None:
+    def _commit_in_thread(self, txn) -> tuple[BaseException | None, Any]:
         try:
-            batch.results = self._apply(batch.ops, batch.args)
-            self.commits += 1
-            self.ops_committed += len(batch.ops)
+            txn.commit()
         except lmdb.MapFullError:
-            log.warning("LMDB map full: %d operations refused", len(batch.ops))
-            batch.error = StorageFull()
+            log.warning("LMDB map full at commit")
+            return StorageFull(), None
         except lmdb.Error as exc:
             log.error("LMDB commit failed: %s", exc)
-            batch.error = StorageError(str(exc))
-        except BaseException as exc:  # never leave callers waiting
-            log.exception("group commit failed")
-            batch.error = StorageError(str(exc))
+            return StorageError(str(exc)), None
+        if not self._has_work():
+            return None, None
+        # Work that arrived during the commit gets its transaction without another round trip.
         try:
-            self._token.run_sync_soon(batch.done.set)
-        except trio.RunFinishedError:
-            pass
-
-    def _apply(self, ops: list[Op], args: list[Any]) -> list[Any]:
-        """Apply every op in one transaction and commit. An op that raises is left out whole: the
-        transaction is aborted and the batch applied again without it, so a failing op never
-        leaves half its writes behind (this only costs anything when an op fails)."""
-        failed: dict[int, Exception] = {}
-        while True:
-            results: list[Any] = []
-            append = results.append
-            txn = self._env.begin(write=True)
-            try:
-                for i, (op, arg) in enumerate(zip(ops, args)):
-                    if i in failed:
-                        append(failed[i])
-                        continue
-                    try:
-                        append(op(txn, self._dbs, arg))
-                    except lmdb.Error:
-                        raise
-                    except Exception as exc:
-                        log.exception("store operation %s failed", getattr(op, "__name__", op))
-                        failed[i] = exc
-                        break
-                else:
-                    txn.commit()
-                    return results
-                txn.abort()
-            except BaseException:
-                txn.abort()
-                raise
+            return None, self._env.begin(write=True)
+        except lmdb.Error:
+            return None, None  # the event loop asks again with _BEGIN and fails that batch cleanly
 
 
 async def write_until_stored(writer: Writer, op: Op, arg: Any = None, pause_s: float = 1.0) -> Any:
