@@ -18,16 +18,21 @@ from gateway import config as C
 from gateway.api.admin import AdminApi, ProbesApi
 from gateway.api.errors import ApiError
 from gateway.api.messages import MessagesApi
+from gateway.api.policy import PolicyApi
+from gateway.api.reviews import ReviewsApi
 from gateway.clock import Clock
 from gateway.crypto.keydir import KeyDirError, key_dir_for, load_sealer
 from gateway.crypto.seal import Sealer
 from gateway.delivery import Delivery
+from gateway.e2e.keyring import Keyring
+from gateway.e2e.keys import KeyFileError
 from gateway.http.auth import Authenticator, AuthError, authorize, mint_key
 from gateway.http.router import Router
 from gateway.http.server import Request, Response, ServerLimits, serve_http
 from gateway.ids import IdGenerator
 from gateway.metrics import GatewayMetrics
 from gateway.network.link import NetworkLink, parse_url
+from gateway.policy.service import PolicyService
 from gateway.schedule.scheduler import Scheduler
 from gateway.store import ops
 from gateway.store import records as R
@@ -42,7 +47,7 @@ ADMIN = ("admin",)
 READERS = ("app", "admin", "supervisor")
 HOUSEKEEPING_S = 60.0
 # The listener, the LMDB environment and the network link are built once, at start.
-RESTART_SECTIONS = ("server", "store", "network")
+RESTART_SECTIONS = ("server", "store", "network", "crypto")
 
 
 class Gateway:
@@ -61,9 +66,13 @@ class Gateway:
         sc = config.scheduler
         self.scheduler = Scheduler(pair_rate_per_minute=sc.pair_rate_per_minute, pair_burst=sc.pair_burst,
                                    starvation_guard=sc.starvation_guard)
-        self.delivery = Delivery(self, self.scheduler)
+        self.keyring = self._keyring(config)
+        self.delivery = Delivery(self, self.scheduler, self.keyring)
         self.webhooks = WebhookDispatcher(self)
         self.auth = Authenticator(self._load_key)
+        self.policy = PolicyService(self)  # sensitive words, opt-outs (before the APIs that screen)
+        self.policy_api = PolicyApi(self)
+        self.reviews = ReviewsApi(self)
         self.messages = MessagesApi(self)
         self.admin = AdminApi(self)
         self.probes = ProbesApi(self)
@@ -87,10 +96,27 @@ class Gateway:
         r.add("GET", "/admin/v1/senders", a.list_senders, ADMIN)
         r.add("PATCH", "/admin/v1/senders/{number}", a.patch_sender, ADMIN)
         r.add("POST", "/admin/v1/config/reload", a.reload, ADMIN)
+        r.add("GET", "/admin/v1/senders/{number}/safety-number/{recipient}", a.safety_number, ("admin", "supervisor"))
         r.add("GET", "/healthz", p.healthz, None)
         r.add("GET", "/readyz", p.readyz, None)
         r.add("GET", "/metrics", p.metrics, None)
+        self._policy_routes(r)
         return r
+
+    def _policy_routes(self, r: Router) -> None:
+        pol, rev = self.policy_api, self.reviews
+        r.add("GET", "/admin/v1/sensitive-words", pol.list_words, ADMIN)
+        r.add("GET", "/admin/v1/sensitive-words/{category}", pol.get_words, ADMIN)
+        r.add("PUT", "/admin/v1/sensitive-words/{category}", pol.put_words, ADMIN)
+        r.add("DELETE", "/admin/v1/sensitive-words/{category}", pol.delete_words, ADMIN)
+        r.add("GET", "/admin/v1/opt-outs/{sender}/{contact}", pol.get_opt_out, ("admin", "supervisor"))
+        r.add("PUT", "/admin/v1/opt-outs/{sender}/{contact}", pol.put_opt_out, ADMIN)
+        r.add("DELETE", "/admin/v1/opt-outs/{sender}/{contact}", pol.delete_opt_out, ADMIN)
+        r.add("GET", "/admin/v1/policy-events", pol.policy_events, ("admin", "supervisor"))
+        r.add("GET", "/admin/v1/audit", pol.audit, ADMIN)
+        r.add("GET", "/admin/v1/reviews", rev.list, ("admin", "supervisor"))
+        r.add("POST", "/admin/v1/reviews/{id}/approve", rev.approve, ("admin", "supervisor"))
+        r.add("POST", "/admin/v1/reviews/{id}/reject", rev.reject, ("admin", "supervisor"))
 
     async def handle(self, request: Request) -> Response:
         route, params, known = self.router.match(request.method, request.path)
@@ -182,6 +208,21 @@ class Gateway:
         except (KeyDirError, OSError) as exc:
             raise C.ConfigError(source, [f"store.key_dir: {exc}"]) from None
 
+    def _keyring(self, cfg: C.Config) -> Keyring:
+        c = cfg.crypto
+        keyring = Keyring(key_dir_for(cfg.store.data_dir, cfg.store.key_dir), pool=c.one_time_prekeys,
+                          low=c.one_time_prekeys_low, rotation_ms=int(c.signed_prekey_rotation_h * 3_600_000),
+                          grace_ms=int(c.signed_prekey_grace_h * 3_600_000))
+        self._ensure_identities(keyring, cfg)
+        return keyring
+
+    def _ensure_identities(self, keyring: Keyring, cfg: C.Config, source: str = "<config>") -> list[str]:
+        """Every configured sender's identity and prekeys, created in the key directory if new."""
+        try:
+            return keyring.ensure([s.number for s in cfg.senders], self.clock_ms())
+        except (KeyFileError, OSError) as exc:
+            raise C.ConfigError(source, [f"store.key_dir: {exc}"]) from None
+
     def _webhook_endpoints(self, cfg: C.Config, source: str) -> list[Endpoint]:
         """The endpoints of a config, their secrets read now; ConfigError if one is unreadable."""
         endpoints = []
@@ -216,7 +257,11 @@ class Gateway:
         new = C.with_overrides(new, listen=self.config.server.listen, data_dir=self.config.store.data_dir)
         endpoints = self._webhook_endpoints(new, self.config_path)
         sealer = self._load_sealer(new, self.config_path)  # picks up a `gateway keys rotate`
+        self._ensure_identities(self.keyring, new, self.config_path)  # new senders get keys (published soon)
+        words_changed = self.policy.configure(new, self.config_path)  # bad word files refuse the reload here
         changes = [name for name in C.Config.__struct_fields__ if getattr(new, name) != getattr(self.config, name)]
+        if words_changed:
+            changes.append("sensitive_words")
         if sealer.active != self.sealer.active:
             changes.append("data_key")
         self.sealer = sealer
@@ -266,6 +311,7 @@ class Gateway:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.writer.run)
+                await nursery.start(self.policy.run)
                 host, port = await self._network_target(nursery)
                 self.link = NetworkLink(
                     host, port, on_connected=self.delivery.on_connected, on_frames=self.delivery.on_frames,
@@ -322,6 +368,7 @@ class Gateway:
         since_idempotency = 0.0
         while True:
             await trio.sleep(1.0)
+            await self.delivery.rotate_keys()
             dropped = self.scheduler.forget_full_pairs(self.clock.now())
             if dropped:
                 keys = [R.limiter_pair_key(sender, recipient) for sender, recipient in dropped]

@@ -71,14 +71,17 @@ def cmd_run(args) -> int:
 def cmd_check_config(args) -> int:
     from gateway import config as C
 
+    from gateway.policy.service import load_word_files, words_dir
+
     try:
         cfg = C.load_config(args.path)
+        word_lists = load_word_files(words_dir(cfg, args.path))
     except C.ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
         return 1
     print(f"{args.path}: ok ({len(cfg.workspaces)} workspaces, {len(cfg.senders)} senders, "
-          f"{len(cfg.tiers)} tiers)")
+          f"{len(cfg.tiers)} tiers, {len(word_lists)} sensitive-word lists)")
     return 0
 
 
@@ -122,13 +125,24 @@ def _key_dir(args) -> str | None:
 
 
 def cmd_keys_init(args) -> int:
+    import time
+
     from gateway.crypto.keydir import init_keys
+    from gateway.e2e.keys import KeyFileError, load_or_create
 
     path = _key_dir(args)
     if path is None:
         return 2
     made = init_keys(path)
     print(f"{os.path.abspath(path)}: {'data key 1 created' if made else 'already has data keys'}")
+    cfg = _load(args.config, data_dir=args.data_dir)
+    for sender in cfg.senders:
+        try:
+            _, created = load_or_create(path, sender.number, time.time_ns() // 1_000_000, cfg.crypto.one_time_prekeys)
+        except (KeyFileError, OSError) as exc:
+            print(f"{sender.number}: {exc}", file=sys.stderr)
+            return 1
+        print(f"{sender.number}: identity key and prekeys {'created' if created else 'already present'}")
     return 0
 
 
@@ -220,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir")
     create.set_defaults(func=cmd_keys_create)
 
-    for name, func, text in (("init", cmd_keys_init, "create the key directory and a first data key"),
+    for name, func, text in (("init", cmd_keys_init, "create the key directory, a first data key and every "
+                                                     "sender's identity key and prekeys"),
                              ("rotate", cmd_keys_rotate, "add a data key for new records; old ones stay readable")):
         cmd = keys_sub.add_parser(name, help=text)
         cmd.add_argument("-c", "--config", default=DEFAULT_CONFIG)

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from loadtest.netsim.config import NetsimConfig
+from gateway.policy.settings import PolicyConfig
 
 E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
 Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -68,7 +69,7 @@ class WebhookEndpoint(Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     secret_file: str | None = None
     secret_env: str | None = None
-    events: list[str] = msgspec.field(default_factory=lambda: ["message.status"])
+    events: list[str] = msgspec.field(default_factory=lambda: ["message.status", "policy.flagged"])
 
 
 class WorkspaceConfig(Struct, frozen=True, forbid_unknown_fields=True):
@@ -94,12 +95,24 @@ class NetworkConfig(Struct, frozen=True, forbid_unknown_fields=True):
     sim: NetsimConfig = msgspec.field(default_factory=NetsimConfig)
 
 
+class CryptoConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    signed_prekey_rotation_h: PositiveFloat = 168.0
+    signed_prekey_grace_h: PositiveFloat = 720.0
+    one_time_prekeys: Annotated[int, Meta(ge=1, le=4000)] = 100
+    one_time_prekeys_low: Annotated[int, Meta(ge=0)] = 25
+    session_cache: PositiveInt = 200_000
+    new_sessions_per_round: Annotated[int, Meta(ge=1, le=65_536)] = 256
+    bundle_timeout_s: PositiveFloat = 5.0
+
+
 class Config(Struct, frozen=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     scheduler: SchedulerConfig = msgspec.field(default_factory=SchedulerConfig)
     network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
     webhooks: WebhookDelivery = msgspec.field(default_factory=WebhookDelivery)
+    crypto: CryptoConfig = msgspec.field(default_factory=CryptoConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     tiers: dict[Name, Tier] = msgspec.field(default_factory=dict)
     workspaces: list[WorkspaceConfig] = msgspec.field(default_factory=list)
     senders: list[SenderConfig] = msgspec.field(default_factory=list)
@@ -159,6 +172,8 @@ def _locate_in_tiers(raw: dict, problem: str) -> str:
 
 def _semantic_problems(cfg: Config) -> list[str]:
     problems = []
+    if cfg.crypto.one_time_prekeys_low >= cfg.crypto.one_time_prekeys:
+        problems.append("crypto.one_time_prekeys_low: must be below crypto.one_time_prekeys")
     names = [ws.name for ws in cfg.workspaces]
     for i, ws in enumerate(cfg.workspaces):
         if names.index(ws.name) != i:

@@ -1,9 +1,11 @@
-"""The outbound path after acceptance: scheduler -> outbox commit -> network link, and the
-network's answers (acks, receipts) -> status changes.
+"""The outbound path after acceptance: scheduler -> session (bundles fetched in one request per
+round, PQXDH on first contact) -> ratchet encryption -> outbox commit -> network link, and the
+network's answers (acks, receipts, bundles, prekey counts) -> status changes.
 
 Invariant: a Submit frame leaves only after the commit that moved its message from pending to
-the outbox; after a reconnect or restart the stored outbox entries are sent again as stored,
-never rebuilt. Receipts are acknowledged to the network only after their status is committed.
+the outbox together with the ratchet state that produced its ciphertext; after a reconnect or
+restart the stored outbox entries are sent again as stored, never encrypted again. Receipts are
+acknowledged to the network only after their status is committed.
 """
 from __future__ import annotations
 
@@ -12,8 +14,14 @@ import logging
 
 import trio
 
+from gateway.crypto.identity import InvalidKey, MalformedMessage, PrekeyBundle
+from gateway.crypto.agreement import BadSignature, SignatureCache
+from gateway.crypto.ratchet import RatchetError
 from gateway.crypto.seal import SealError
-from gateway.network.frames import Ack, Receipt, ReceiptAck, Submit
+from gateway.e2e.bundles import BundleRequests, BundleTimeout
+from gateway.e2e.keyring import Keyring
+from gateway.e2e.sessions import SessionCache, load_many, session_key, start_session
+from gateway.network.frames import Ack, BundleReply, PrekeyCount, Receipt, ReceiptAck, Submit
 from gateway.network.link import LinkDown
 from gateway.schedule.scheduler import QueuedMessage, Scheduler
 from gateway.store import ops
@@ -30,15 +38,22 @@ MAX_AT_MS = 1 << 46  # year ~4200: anything later is not a time the network coul
 
 
 class Delivery:
-    def __init__(self, gw, scheduler: Scheduler) -> None:
+    def __init__(self, gw, scheduler: Scheduler, keyring: Keyring) -> None:
         self.gw = gw
         self.scheduler = scheduler
+        self.keyring = keyring
+        self.sessions = SessionCache(gw.config.crypto.session_cache)
+        self.signatures = SignatureCache(4096)
+        self.bundles = BundleRequests()
         self.link = None  # set by the composition root before run()
         self._pushed = trio.Event()
         self._send_lock = trio.Lock()  # dispatch and outbox resend never interleave
         self._throttled: list[tuple[float, str]] = []  # (wall time due, id)
         self._throttle_wake = trio.Event()
+        self._no_session: dict[bytes, str] = {}  # pair -> why it cannot get a session (this round)
+        self._bundles_failed = False
         self.dispatched = 0
+        self.sessions_started = 0
 
     def _frames(self, records) -> list[Submit]:
         """Submit frames for stored outbox records (id, record): the payload is opened from its
@@ -107,6 +122,55 @@ class Delivery:
 
     async def _dispatch(self, batch: list[QueuedMessage], now: float) -> None:
         sched = self.scheduler
+        now_ms = self.gw.clock.now_ms()
+        keys = [session_key(m.sender, m.recipient) for m in batch]
+        live = self._cached_sessions(keys)
+        failed: list[tuple[str, str, int]] = []
+        later: list[QueuedMessage] = []
+        if len(live) < len(set(keys)):
+            await self._new_sessions(batch, keys, live, now_ms)
+        go = []
+        for m, key in zip(batch, keys):
+            session = live.get(key)
+            if session is None:
+                reason = self._no_session.get(key)
+                if reason is None:
+                    later.append(m)
+                else:
+                    failed.append((m.id, reason, now_ms))
+            else:
+                go.append((m, key, session))
+        self._no_session.clear()
+        if later:
+            sched.requeue(later, now)
+        items, frames, touched = self._encrypt(go, failed, now_ms)
+        limiter = self._limiter_state(batch)
+        sealer = self.gw.sealer
+        blobs = [(key, session.seal(sealer, key)) for key, session in touched.items()]
+        arg = ops.DispatchArg(items, blobs, limiter, failed, self.gw.webhook_targets() if failed else None,
+                              self.gw.event_ids)
+        async with self._send_lock:
+            try:
+                result = await self.gw.writer.write(ops.dispatch, arg)
+            except (StorageFull, StorageError):
+                result = None
+            if result is not None:
+                moved = set(result.moved)
+                await self._send([f for f in frames if f.id in moved])
+        if result is None:
+            waiting = {m.id for m in later}
+            sched.requeue([m for m in batch if m.id not in waiting], now)
+            await trio.sleep(1.0)  # the store refused: nothing moved; try again shortly
+            return
+        self.sessions.trim()
+        if result.changes:
+            self._after_changes(result.changes)
+        if self._bundles_failed:
+            self._bundles_failed = False
+            await trio.sleep(0.2)  # bundles did not come: let the link settle before asking again
+
+    def _limiter_state(self, batch: list[QueuedMessage]) -> list:
+        sched = self.scheduler
         limiter = []
         seen_senders = set()
         for m in batch:
@@ -116,30 +180,163 @@ class Delivery:
             state = sched.pair_state(m.sender, m.recipient)
             if state is not None:
                 limiter.append((R.limiter_pair_key(m.sender, m.recipient), state))
-        async with self._send_lock:
-            try:
-                moved = await self.gw.writer.write(ops.dispatch, ops.DispatchArg([m.id for m in batch], limiter))
-            except (StorageFull, StorageError):
-                moved = None
-            if moved is not None:
-                await self._send_moved(moved)
-                return
-        sched.requeue(batch, now)
-        await trio.sleep(1.0)  # the store refused: nothing moved; try again shortly
+        return limiter
 
-    async def _send_moved(self, moved: list[tuple[str, bytes]]) -> None:
+    # -- sessions ---------------------------------------------------------------------------
+
+    def _cached_sessions(self, keys: list[bytes]) -> dict:
+        """The live sessions of these pairs: the hot cache first, then the sessions table."""
+        cache = self.sessions
+        live = {}
+        misses = []
+        for key in keys:
+            if key in live:
+                continue
+            session = cache.get(key)
+            if session is None:
+                misses.append(key)
+            else:
+                live[key] = session
+        if misses:
+            store = self.gw.store
+            with store.env.begin(db=store.dbs["sessions"], buffers=False) as txn:
+                found, bad = load_many(txn, store.dbs["sessions"], self.gw.sealer, list(dict.fromkeys(misses)))
+            for key in bad:
+                log.error("stored session %s cannot be opened; it is left untouched",
+                          key.replace(b"\0", b" -> ").decode(errors="replace"))
+                self._no_session[key] = "session_unreadable"
+            for key, session in found.items():
+                cache.put(key, session)
+                live[key] = session
+        return live
+
+    async def _new_sessions(self, batch, keys, live: dict, now_ms: int) -> None:
+        """Agree sessions for the pairs that have none: one BundleRequest frame for their
+        recipients (at most `new_sessions_per_round` pairs; the rest wait for the next round),
+        then PQXDH. Pairs that cannot get a session get a reason in self._no_session; pairs
+        left without either are requeued."""
+        cap = self.gw.config.crypto.new_sessions_per_round
+        wanted: dict[bytes, tuple[str, str]] = {}
+        for m, key in zip(batch, keys):
+            if key in live or key in wanted or key in self._no_session:
+                continue
+            if self.keyring.identity(m.sender) is None:
+                self._no_session[key] = "sender_keys_missing"
+                continue
+            if len(wanted) < cap:
+                wanted[key] = (m.sender, m.recipient)
+        if not wanted:
+            return
+        numbers = list(dict.fromkeys(recipient for _, recipient in wanted.values()))
+        req_id, frame = self.bundles.request(numbers)
+        try:
+            await self.link.send([frame])
+            bundles, unknown = await self.bundles.wait(req_id, self.gw.config.crypto.bundle_timeout_s)
+        except (LinkDown, BundleTimeout) as exc:
+            self.bundles.forget(req_id)
+            self._bundles_failed = True
+            log.warning("no bundles for %d recipients this round: %s", len(numbers), exc)
+            return
+        parsed: dict[str, PrekeyBundle | None] = {}
+        for n, (key, (sender, recipient)) in enumerate(wanted.items()):
+            if n % 16 == 15:
+                await trio.lowlevel.checkpoint()  # each agreement costs ~1 ms: let the API breathe
+            if recipient in unknown:
+                self._no_session[key] = "recipient_not_registered"
+                continue
+            raw = bundles.get(recipient)
+            if raw is None:
+                continue
+            if recipient not in parsed:
+                try:
+                    parsed[recipient] = PrekeyBundle.decode(raw)
+                except MalformedMessage:
+                    parsed[recipient] = None
+            bundle = parsed[recipient]
+            try:
+                if bundle is None:
+                    raise InvalidKey("malformed bundle")
+                session = start_session(self.keyring.identity(sender), bundle, now_ms, self.signatures)
+            except (BadSignature, InvalidKey, RatchetError) as exc:
+                log.warning("bundle of %s refused: %s", recipient, exc)
+                self._no_session[key] = "bad_prekey_bundle"
+                continue
+            self.sessions.put(key, session)
+            live[key] = session
+            self.sessions_started += 1
+
+    def _encrypt(self, go, failed: list, now_ms: int):
+        """Ratchet-encrypt each message still pending, in batch order: (outbox items, Submit
+        frames, the sessions they advanced)."""
+        store, sealer = self.gw.store, self.gw.sealer
+        seal, open_ = sealer.seal, sealer.open
+        decode = R.pending_decoder.decode
+        encode = ops.encode
+        items, frames, touched = [], [], {}
+        with store.env.begin(db=store.dbs["pending"], buffers=False) as txn:
+            get = txn.get
+            for m, key, session in go:
+                id_bytes = m.id.encode()
+                raw = get(id_bytes)
+                if raw is None:
+                    continue  # no longer pending
+                rec = decode(raw)
+                try:
+                    plaintext = open_(rec.payload, id_bytes)
+                except SealError as exc:
+                    log.error("message %s cannot be sent: %s", m.id, exc)
+                    continue  # stays pending; goes after a restart once its data key is back
+                try:
+                    env = session.encrypt(plaintext)
+                except RatchetError:
+                    failed.append((m.id, "session_exhausted", now_ms))
+                    continue
+                touched[key] = session
+                items.append((m.id, encode(R.OutboxRecord(rec.sender, rec.recipient, rec.priority,
+                                                          seal(env, id_bytes)))))
+                frames.append(Submit(m.id, rec.sender, rec.recipient, env, rec.priority))
+        return items, frames, touched
+
+    async def _send(self, frames: list[Submit]) -> None:
         """Send what the dispatch commit moved to the outbox (caller holds the send lock)."""
-        decode = R.outbox_decoder.decode
-        frames = self._frames((msg_id, decode(raw)) for msg_id, raw in moved)
         self.dispatched += len(frames)
         try:
             await self.link.send(frames)
         except LinkDown:
             pass  # committed to the outbox: on_connected sends them again
 
+    def _confirm_sessions(self, changes) -> None:
+        """A delivered or read receipt means the recipient's device processed a message of the
+        session: later messages no longer carry the initial header."""
+        cache = self.sessions
+        for ch in changes:
+            if ch.status in ("delivered", "read") and ch.sender:
+                session = cache.get(session_key(ch.sender, ch.recipient))
+                if session is not None and session.header is not None:
+                    session.confirm()
+
+    def remote_identity(self, sender: str, recipient: str) -> bytes | None:
+        """The recipient's identity key (raw Ed25519) as learned from its bundle, or None."""
+        key = session_key(sender, recipient)
+        session = self.sessions.get(key) or self._cached_sessions([key]).get(key)
+        return None if session is None else session.remote_identity
+
+    # -- keys -------------------------------------------------------------------------------
+
+    async def rotate_keys(self) -> None:
+        """Rotate the prekeys that are due and publish the new bundles (housekeeping calls this)."""
+        frames = self.keyring.tick(self.gw.clock.now_ms())
+        if frames and self.link is not None:
+            try:
+                await self.link.send(frames)
+            except LinkDown:
+                pass  # every bundle is published again after the reconnect
+
     # -- reconnect: resend the outbox ------------------------------------------------------
 
     async def on_connected(self) -> None:
+        self.bundles.fail_all()  # requests on the old connection will never be answered
+        await self.link.send(self.keyring.publish_all())
         async with self._send_lock:
             self._throttled.clear()  # the whole outbox, throttled messages included, goes now
             after = b""
@@ -176,8 +373,13 @@ class Delivery:
         updates = []
         receipt_ids = []
         throttled = []
+        publish = []
         for f in frames:
-            if isinstance(f, Receipt):
+            if isinstance(f, BundleReply):
+                self.bundles.on_reply(f)
+            elif isinstance(f, PrekeyCount):
+                publish += self.keyring.on_prekey_count(f)
+            elif isinstance(f, Receipt):
                 receipt_ids.append(f.id)  # acknowledged even when unusable, or it comes back forever
                 if f.status not in RECEIPT_STATUSES:
                     log.warning("receipt for %s with unknown status %r ignored", f.id, f.status[:40])
@@ -195,9 +397,9 @@ class Delivery:
             await self._on_throttled(throttled, now_ms, updates)
         if updates:
             await self._apply(updates)
-        if receipt_ids:
+        if receipt_ids or publish:
             try:
-                await self.link.send([ReceiptAck(receipt_ids)])
+                await self.link.send(publish + ([ReceiptAck(receipt_ids)] if receipt_ids else []))
             except LinkDown:
                 pass  # the network re-sends unacknowledged receipts after the reconnect
 
@@ -205,6 +407,10 @@ class Delivery:
         # Nothing is acknowledged to the network until stored: keep trying through a full store.
         arg = ops.StatusArg(updates, self.gw.webhook_targets(), self.gw.event_ids)
         changes = await write_until_stored(self.gw.writer, ops.apply_status, arg)
+        self._after_changes(changes)
+
+    def _after_changes(self, changes) -> None:
+        self._confirm_sessions(changes)
         metrics = self.gw.metrics
         touched = set()
         for ch in changes:

@@ -24,14 +24,15 @@ def free_port() -> int:
 
 
 class Netsim:
-    def __init__(self, *args: str, port: int = 0) -> None:
+    def __init__(self, *args: str, port: int = 0, module: str = "loadtest.netsim") -> None:
         self.args = list(args)
         self.proc: subprocess.Popen | None = None
         self.port = port
+        self.module = module  # e.g. tests.netsim_text: netsim with the decrypted text in --record
 
     def start(self) -> "Netsim":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loadtest.netsim", "--listen", f"127.0.0.1:{self.port}", *self.args],
+            [sys.executable, "-m", self.module, "--listen", f"127.0.0.1:{self.port}", *self.args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()

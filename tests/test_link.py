@@ -10,7 +10,7 @@ from gateway.network.link import LinkDown, NetworkLink, parse_url
 from loadtest.netsim.config import NetsimConfig
 from loadtest.netsim.server import NetsimServer, fetch_stats
 
-FAST = NetsimConfig(latency_ms_median=1.0, latency_sigma=0.0, read_share=1.0, read_delay_ms_median=5.0)
+FAST = NetsimConfig(latency_ms_median=1.0, latency_sigma=0.0, read_share=1.0, read_delay_ms_median=5.0, e2e=False)
 
 
 class Recorder:
@@ -162,7 +162,7 @@ async def test_concurrent_senders_never_interleave_frames(nursery):
 
 
 async def test_an_observer_connection_does_not_take_receipts_away_from_the_gateway(nursery):
-    server, port = await start_server(nursery, NetsimConfig(latency_ms_median=50.0, latency_sigma=0.0,
+    server, port = await start_server(nursery, NetsimConfig(latency_ms_median=50.0, latency_sigma=0.0, e2e=False,
                                                             read_share=0.0))
     rec = Recorder()
     link = await start_link(nursery, port, rec)

@@ -7,7 +7,8 @@ from gateway.network.frames import Ack, Receipt, Submit
 from loadtest.netsim.config import NetsimConfig, config_from_mapping, load_config
 from loadtest.netsim.core import Network
 
-FIXED = dict(latency_ms_median=20.0, latency_sigma=0.0, read_delay_ms_median=200.0, read_share=0.0)
+# e2e off: these specify the network model with opaque payloads (tests/test_netsim_crypto.py covers decryption)
+FIXED = dict(latency_ms_median=20.0, latency_sigma=0.0, read_delay_ms_median=200.0, read_share=0.0, e2e=False)
 
 
 def net(**overrides) -> Network:
@@ -123,7 +124,7 @@ def test_empty_recipient_is_rejected_permanently():
 
 
 def run_scenario(seed: int) -> list:
-    n = Network(NetsimConfig(seed=seed, latency_sigma=0.8, read_share=0.5, unregistered_share=0.2,
+    n = Network(NetsimConfig(seed=seed, e2e=False, latency_sigma=0.8, read_share=0.5, unregistered_share=0.2,
                              offline_share=0.2, offline_expire_share=0.5, throttle_share=0.2))
     acks = [n.on_submit(sub(f"m{i}", recipient=f"+1555{i:07d}"), now_ms=i)[0] for i in range(300)]
     return acks + n.due(10**9)

@@ -46,13 +46,33 @@ def test_reused_idempotency_key_returns_the_first_record_and_writes_nothing(stor
     assert store.count("pending") == 1
 
 
-def test_dispatch_moves_pending_to_outbox_with_limiter_state(store):
+def outbox_item(msg_id, payload=b"ciphertext"):
+    return msg_id, ops.encode(R.OutboxRecord("+15550000001", "+14155550100", 1, payload))
+
+
+def test_dispatch_moves_pending_to_outbox_with_ciphertext_session_and_limiter_state(store):
     accept_one(store)
-    moved = run(store, ops.dispatch, ops.DispatchArg(["01M80G6YDF0AVP1GGNM3839WG0", "01M80G6YDF0AVP1GGNM3839WZZ"],
-                                                     [(R.limiter_sender_key("+15550000001"), (3.0, 99.0))]))
-    assert [m for m, _ in moved] == ["01M80G6YDF0AVP1GGNM3839WG0"]
+    result = run(store, ops.dispatch, ops.DispatchArg(
+        [outbox_item("01M80G6YDF0AVP1GGNM3839WG0"), outbox_item("01M80G6YDF0AVP1GGNM3839WZZ")],
+        [(b"+15550000001\0+14155550100", b"sealed-state")],
+        [(R.limiter_sender_key("+15550000001"), (3.0, 99.0))]))
+    assert result.moved == ["01M80G6YDF0AVP1GGNM3839WG0"] and result.changes == []
     assert store.count("pending") == 0 and store.count("outbox") == 1
+    assert R.outbox_decoder.decode(store.get("outbox", b"01M80G6YDF0AVP1GGNM3839WG0")).payload == b"ciphertext"
+    assert store.get("sessions", b"+15550000001\0+14155550100") == b"sealed-state"
     assert R.limiter_decoder.decode(store.get("limiter", b"s\0+15550000001")) == (3.0, 99.0)
+
+
+def test_dispatch_fails_the_messages_that_got_no_session_in_the_same_commit(store):
+    accept_one(store)
+    msg = "01M80G6YDF0AVP1GGNM3839WG0"
+    result = run(store, ops.dispatch, ops.DispatchArg([], [], [], [(msg, "recipient_not_registered", 1500)],
+                                                      {"default": [b"ep1"]}, IdGenerator()))
+    assert [(c.id, c.status) for c in result.changes] == [(msg, "failed")]
+    rec = store.message(msg)
+    assert (rec.status, rec.reason) == ("failed", "recipient_not_registered")
+    assert store.count("pending") == 0 and store.count("outbox") == 0
+    assert b'"reason":"recipient_not_registered"' in store.scan("webhook_outbox")[0][1]
 
 
 def test_statuses_move_only_forward_and_duplicates_change_nothing(store):
@@ -70,7 +90,7 @@ def test_statuses_move_only_forward_and_duplicates_change_nothing(store):
 def test_failed_receipt_ends_the_message_and_clears_the_outbox(store):
     accept_one(store)
     msg = "01M80G6YDF0AVP1GGNM3839WG0"
-    run(store, ops.dispatch, ops.DispatchArg([msg], []))
+    run(store, ops.dispatch, ops.DispatchArg([outbox_item(msg)], [], []))
     status(store, [(msg, "failed", 2000, "recipient_not_registered", False)])
     rec = store.message(msg)
     assert (rec.status, rec.reason) == ("failed", "recipient_not_registered")

@@ -7,12 +7,15 @@ a new API key is shown once, in the response, and never stored or logged in clea
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import unquote
 
 import msgspec
 from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
 from gateway.config import ConfigError, Name
+from gateway.crypto.fingerprint import format_safety_number, safety_number
+from gateway.crypto.identity import IdentityKey, InvalidKey
 from gateway.http.auth import ROLES, mint_key
 from gateway.http.server import Request, Response
 from gateway.store import ops
@@ -100,12 +103,37 @@ class AdminApi:
             burst = patch.burst
         return R.SenderOverride(rate, burst, patch.tier, self.gw.clock_ms())
 
+    async def safety_number(self, request: Request, principal, params) -> Response:
+        """The 60-digit safety number of a sender and a recipient it has a session with (Signal's
+        numeric fingerprint over both identity keys and numbers), for out-of-band verification."""
+        number, recipient = unquote(params[0]), unquote(params[1])
+        if self.gw.sender_workspace(number) is None:
+            raise ApiError(404, "sender_not_found", f"no sender {number} in the config")
+        identity = self.gw.keyring.identity(number)
+        remote = self.gw.delivery.remote_identity(number, recipient)
+        if identity is None or remote is None:
+            raise ApiError(404, "session_not_found", f"no session between {number} and {recipient} yet",
+                           {"sender": number, "recipient": recipient})
+        try:
+            remote_key = IdentityKey(remote)
+        except (InvalidKey, ValueError):
+            raise ApiError(404, "session_not_found", "the stored identity key of the recipient is unusable",
+                           {"sender": number, "recipient": recipient}) from None
+        digits = safety_number(number, identity.public, recipient, remote_key)
+        return Response.json(200, {
+            "sender": number, "recipient": recipient, "safety_number": digits,
+            "formatted": format_safety_number(digits),
+            "sender_identity_key": identity.public.encoded.hex(),
+            "recipient_identity_key": remote_key.encoded.hex(),
+        })
+
     async def reload(self, request: Request, principal, params) -> Response:
         try:
             changes = self.gw.reload()
         except ConfigError as exc:
             raise ApiError(422, "config_invalid", "the new config was refused; the old one stays",
                            {"file": exc.source, "problems": exc.problems}) from None
+        await self.gw.policy.settled()  # new word lists are built off the loop; answer once they apply
         return Response.json(200, {"status": "reloaded", "changes": changes,
                                    "restart_required": self.gw.restart_required(changes)})
 

@@ -16,8 +16,11 @@ from msgspec import Meta, Struct
 from gateway.api.errors import ApiError, from_decode_error
 from gateway.http.server import Request, Response
 from gateway.ids import is_id
+from gateway.policy.engine import Verdict
+from gateway.policy.service import Blocked
 from gateway.schedule.scheduler import QueuedMessage
 from gateway.store import ops
+from gateway.store import policy_ops as P
 from gateway.store import records as R
 from gateway.store.ops import rfc3339
 from gateway.store.writer import StorageError, StorageFull
@@ -48,12 +51,27 @@ _IDEM_MAX = 255
 
 
 class Prepared:
-    """A validated message, ready to be written."""
+    """A validated message, ready to be written: to send now (`item`, `queued`), or held for review
+    (`held`); `verdict` and the policy records when the sensitive-word lists hit."""
 
-    __slots__ = ("item", "queued")
+    __slots__ = ("item", "queued", "held", "verdict", "record", "flag", "view")
 
-    def __init__(self, item: ops.AcceptItem, queued: QueuedMessage) -> None:
-        self.item, self.queued = item, queued
+    def __init__(self, item: ops.AcceptItem | None, queued: QueuedMessage | None, held: P.HeldItem | None = None,
+                 verdict: Verdict | None = None, record: tuple[bytes, bytes] | None = None,
+                 flag: tuple[list[bytes], dict] | None = None, view: dict | None = None) -> None:
+        self.item, self.queued, self.held = item, queued, held
+        self.verdict, self.record, self.flag, self.view = verdict, record, flag, view
+
+    @property
+    def id(self) -> str:
+        return self.item.id if self.item is not None else self.held.id
+
+    def answer(self) -> dict:
+        """The 202 answer (or batch result) for this message."""
+        out = {"id": self.id, "status": "held" if self.held is not None else "accepted"}
+        if self.view is not None:
+            out["policy"] = self.view
+        return out
 
 
 class MessagesApi:
@@ -81,14 +99,40 @@ class MessagesApi:
                            f"{cfg.server.max_body_chars}",
                            {"path": "$.text.body", "limit": cfg.server.max_body_chars})
         priority = R.PRIORITY_BY_NAME[req.priority]
+        body = req.text.body
+        verdict = None
+        policy = self.gw.policy
+        if policy.screening(workspace):  # raises for an opted-out contact and for blocked terms
+            verdict = policy.screen(workspace, sender, req.to, priority, body, now_ms)
+            if verdict is not None:
+                body = verdict.text  # masked where a mask list hit
         msg_id = self.gw.ids.new()
-        record = R.MessageRecord(workspace, sender, req.to, priority, req.client_ref, "accepted",
-                                 [("accepted", now_ms)])
         # sealed at rest, bound to its message id; opened only to build the frame that is sent
-        payload = self.gw.sealer.seal(ops.encode(R.TextPayload(req.text.body)), msg_id.encode())
+        payload = self.gw.sealer.seal(ops.encode(R.TextPayload(body)), msg_id.encode())
+        if verdict is None:
+            record = R.MessageRecord(workspace, sender, req.to, priority, req.client_ref, "accepted",
+                                     [("accepted", now_ms)])
+            pending = R.PendingRecord(sender, req.to, priority, payload)
+            item = ops.AcceptItem(msg_id, ops.encode(record), ops.encode(pending))
+            return Prepared(item, QueuedMessage(msg_id, sender, req.to, priority))
+        return self._prepare_with_verdict(verdict, req, workspace, sender, priority, msg_id, payload, now_ms)
+
+    def _prepare_with_verdict(self, verdict: Verdict, req: SendRequest, workspace: str, sender: str, priority: int,
+                              msg_id: str, payload: bytes, now_ms: int) -> Prepared:
+        policy = self.gw.policy
+        record = policy.event_record(workspace, verdict, msg_id, sender, req.to, now_ms)
+        flag = policy.flag_event(workspace, verdict, msg_id, sender, req.to, req.client_ref, now_ms)
+        view = verdict.view(req.text.body)
+        if verdict.action == "review":
+            message = R.MessageRecord(workspace, sender, req.to, priority, req.client_ref, P.HELD, [(P.HELD, now_ms)])
+            review = P.ReviewRecord(workspace, sender, req.to, priority, req.client_ref, payload, verdict.hits, now_ms)
+            held = P.HeldItem(msg_id, ops.encode(message), ops.encode(review))
+            return Prepared(None, None, held, verdict, record, flag, view)
+        message = R.MessageRecord(workspace, sender, req.to, priority, req.client_ref, "accepted",
+                                  [("accepted", now_ms)])
         pending = R.PendingRecord(sender, req.to, priority, payload)
-        item = ops.AcceptItem(msg_id, ops.encode(record), ops.encode(pending))
-        return Prepared(item, QueuedMessage(msg_id, sender, req.to, priority))
+        item = ops.AcceptItem(msg_id, ops.encode(message), ops.encode(pending))
+        return Prepared(item, QueuedMessage(msg_id, sender, req.to, priority), None, verdict, record, flag, view)
 
     # -- handlers ---------------------------------------------------------------------------
 
@@ -98,8 +142,12 @@ class MessagesApi:
         except msgspec.DecodeError as exc:
             raise from_decode_error(exc) from None
         self.gw.check_capacity(1)
-        prepared = self.prepare(req, principal.workspace, self.gw.clock_ms())
-        body = orjson.dumps({"id": prepared.item.id, "status": "accepted"})
+        try:
+            prepared = self.prepare(req, principal.workspace, self.gw.clock_ms())
+        except Blocked as err:
+            await self.gw.policy.record_blocked([err.record])
+            raise
+        body = orjson.dumps(prepared.answer())
         return await self._commit(request, principal, [prepared], 202, body)
 
     async def send_batch(self, request: Request, principal, params) -> Response:
@@ -116,6 +164,7 @@ class MessagesApi:
         now_ms = self.gw.clock_ms()
         results: list[dict] = []
         prepared: list[Prepared] = []
+        blocked: list[tuple[bytes, bytes]] = []
         for index, raw in enumerate(batch.messages):
             try:
                 p = self.prepare(_send_decoder.decode(raw), principal.workspace, now_ms)
@@ -124,19 +173,23 @@ class MessagesApi:
                 results.append({"index": index, "error": _error_body(err)})
                 continue
             except ApiError as err:
+                if isinstance(err, Blocked):
+                    blocked.append(err.record)
+                    err.details = {**err.details, "path": f"$.messages[{index}].text.body"}
                 results.append({"index": index, "error": _error_body(err)})
                 continue
             prepared.append(p)
-            results.append({"index": index, "id": p.item.id, "status": "accepted"})
+            results.append({"index": index, **p.answer()})
         body = orjson.dumps({
-            "accepted": len(prepared),
+            "accepted": sum(1 for p in prepared if p.held is None),
+            "held": sum(1 for p in prepared if p.held is not None),
             "rejected": len(results) - len(prepared),
             "results": results,
         })
-        return await self._commit(request, principal, prepared, 202, body)
+        return await self._commit(request, principal, prepared, 202, body, blocked)
 
     async def _commit(self, request: Request, principal, prepared: list[Prepared], status: int,
-                      body: bytes) -> Response:
+                      body: bytes, blocked: list[tuple[bytes, bytes]] | None = None) -> Response:
         idem = request.headers.get("idempotency-key")
         idem_key = idem_record = None
         fingerprint = b""
@@ -148,9 +201,10 @@ class MessagesApi:
                                          + b"\n" + request.body).digest()
             idem_key = R.idempotency_key(principal.workspace, idem)
             idem_record = ops.encode(R.IdempotencyRecord(fingerprint, status, body, self.gw.clock_ms()))
-        arg = ops.AcceptArg([p.item for p in prepared], idem_key, idem_record)
+        op, arg = self._accept_op(prepared, ops.AcceptArg(
+            [p.item for p in prepared if p.item is not None], idem_key, idem_record), blocked)
         try:
-            earlier = await self.gw.writer.write(ops.accept, arg)
+            earlier = await self.gw.writer.write(op, arg)
         except StorageFull:
             self.gw.metrics.storage_full.inc()
             retry = self.gw.config.store.storage_full_retry_after_s
@@ -164,8 +218,20 @@ class MessagesApi:
                 raise ApiError(422, "idempotency_key_reused",
                                "this Idempotency-Key was used with a different request")
             return Response(earlier.status, earlier.body, headers=[("Idempotent-Replayed", "true")])
-        self.gw.enqueue([p.queued for p in prepared])
+        self.gw.enqueue([p.queued for p in prepared if p.queued is not None])
+        if op is P.accept_with_policy and arg.flags:
+            self.gw.webhooks_wake({principal.workspace})
         return Response(status, body)
+
+    def _accept_op(self, prepared: list[Prepared], accept: ops.AcceptArg, blocked):
+        """ops.accept when no list hit (the fast path); else the policy variant that also stores held
+        messages, the policy records and the policy.flagged webhook events in the same commit."""
+        if not blocked and all(p.verdict is None for p in prepared):
+            return ops.accept, accept
+        held = [p.held for p in prepared if p.held is not None]
+        records = list(blocked or ()) + [p.record for p in prepared if p.record is not None]
+        flags = [p.flag for p in prepared if p.flag is not None]
+        return P.accept_with_policy, P.PolicyAcceptArg(accept, held, records, flags, self.gw.event_ids)
 
     async def get(self, request: Request, principal, params) -> Response:
         msg_id = params[0]

@@ -13,6 +13,8 @@ from msgspec import Struct
 __all__ = [
     "MAX_FRAME",
     "Ack",
+    "BundleReply",
+    "BundleRequest",
     "Frame",
     "FrameDecoder",
     "FrameError",
@@ -20,6 +22,8 @@ __all__ = [
     "HelloOk",
     "Ping",
     "Pong",
+    "PrekeyCount",
+    "PublishKeys",
     "Receipt",
     "ReceiptAck",
     "StatsReply",
@@ -97,7 +101,40 @@ class Pong(_Frame, tag="pong"):
     n: int = 0
 
 
-Frame = Hello | HelloOk | Submit | Ack | Receipt | ReceiptAck | StatsRequest | StatsReply | Ping | Pong
+class PublishKeys(_Frame, tag="publish_keys"):
+    # A sender's public keys for the network to serve: `bundle` is an encoded PrekeyBundle without
+    # a one-time prekey (identity, signed prekey, ML-KEM prekey); `one_time_prekeys` are added to
+    # the sender's pool as (id, EncodeEC(public)) pairs. `replace` drops the pool held so far first.
+    sender: str
+    bundle: bytes
+    one_time_prekeys: list[tuple[int, bytes]] = []
+    replace: bool = False
+
+
+class PrekeyCount(_Frame, tag="prekey_count"):
+    # The network's answer to publish_keys, and its notice whenever it hands out one of the
+    # sender's one-time prekeys: how many are left in the pool.
+    sender: str
+    left: int
+
+
+class BundleRequest(_Frame, tag="bundle_request"):
+    # Ask for one prekey bundle per number (each hands out one one-time prekey when there is one).
+    id: int
+    numbers: list[str]
+
+
+class BundleReply(_Frame, tag="bundle_reply"):
+    # (number, encoded PrekeyBundle) pairs, and the numbers that have no keys (not registered).
+    # One request may be answered by several replies with the same id (a frame holds at most
+    # about 500 PQ bundles); together they name every requested number once.
+    id: int
+    bundles: list[tuple[str, bytes]] = []
+    unknown: list[str] = []
+
+
+Frame = (Hello | HelloOk | Submit | Ack | Receipt | ReceiptAck | StatsRequest | StatsReply | Ping | Pong
+         | PublishKeys | PrekeyCount | BundleRequest | BundleReply)
 
 _encoder = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder(Frame).decode
@@ -130,12 +167,15 @@ class FrameDecoder:
     After a FrameError the stream is desynchronised; discard the decoder and the connection.
     """
 
-    __slots__ = ("_buf", "_pos", "_max")
+    __slots__ = ("_buf", "_pos", "_max", "raw")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, *, keep_raw: bool = False) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max = max_frame
+        # keep_raw: after each feed(), `raw` holds the exact bytes (length prefix included) of
+        # every frame it returned, in the same order (for capture files)
+        self.raw: list[bytes] | None = [] if keep_raw else None
 
     @property
     def buffered(self) -> int:
@@ -149,9 +189,14 @@ class FrameDecoder:
         end_of_data = len(buf)
         out: list = []
         if end_of_data - pos < 4:
+            if self.raw is not None:
+                self.raw.clear()
             return out
         max_frame = self._max
         append = out.append
+        raw = self.raw
+        if raw is not None:
+            raw.clear()
         with memoryview(buf) as view:
             while end_of_data - pos >= 4:
                 (length,) = _unpack_len(buf, pos)
@@ -164,6 +209,8 @@ class FrameDecoder:
                     append(_decode(view[pos + 4 : end]))
                 except msgspec.DecodeError as exc:  # ValidationError is a subclass
                     raise FrameError(f"bad frame body: {exc}") from None
+                if raw is not None:
+                    raw.append(bytes(view[pos:end]))
                 pos = end
         if pos == end_of_data:
             buf.clear()

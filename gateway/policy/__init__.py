@@ -1,6 +1,9 @@
-"""Sensitive-word policy engine: Unicode folding of text and terms (`normalize`) and the immutable
-multi-term scanner that finds and masks matches on the original text (`scanner`).
+"""Outbound policy: Unicode folding of text and terms (`normalize`), the immutable multi-term
+scanner that finds and masks matches on the original text (`scanner`), word lists and verdicts
+(`engine`), opt-out keywords (`optout`), the `[policy]` config section (`settings`).
 
-This package owns matching only; it must never do I/O (beyond loading its packaged data), keep
-per-message state, or decide what happens to a message that matches.
+The pure cores (`normalize`, `scanner`, `engine`: what a text's verdict is; `optout`: STOP / START
+keywords) never do I/O (beyond loading packaged data) or keep per-message state; `service` is the
+thin trio shell that loads lists, builds them off the event loop, swaps them and writes through
+the writer.
 """

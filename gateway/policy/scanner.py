@@ -7,17 +7,25 @@ Whole-word terms are stored as " skeleton " (the text skeleton is space-padded a
 character is a space), so word boundaries cost nothing at scan time; substring terms (the default
 for scripts written without spaces) are stored bare. Runs collapsed in the skeleton are checked
 against the term's own run lengths, so "ass" finds "asssss" but not "as", and "boob" not "Bob".
+
+Keys are spread over automata of at most SHARD_KEYS keys each: pyahocorasick's `make_automaton`
+holds the GIL for ~0.4 µs per key, so a 100,000-term list built in a worker thread in one automaton
+would stall the event loop for ~50 ms; in shards it never holds it for more than ~2 ms at a time.
+Lists of up to SHARD_KEYS keys (every realistic one) scan with a single automaton.
 """
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import ahocorasick
 import msgspec
 
 from gateway.policy.normalize import fold_char, is_unspaced, run_lengths, skeleton_map, skeleton_pair
+
+SHARD_KEYS = 4096  # keys per automaton (see the module docstring)
+PAUSE_EVERY = 32  # terms normalized (or keys added) between two calls of `pause` while building
 
 
 class Term(msgspec.Struct, frozen=True):
@@ -36,13 +44,13 @@ class Hit(msgspec.Struct, frozen=True):
     end: int
 
 
-class _Entry(msgspec.Struct, frozen=True, array_like=True):
+class _Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     term: str
     category: str
     need: tuple[int, ...] | None  # minimum run length per skeleton character, None if all are 1
 
 
-class _Key(msgspec.Struct, frozen=True, array_like=True):
+class _Key(msgspec.Struct, frozen=True, array_like=True, gc=False):
     lead: int  # 1 for whole-word keys (" core "), 0 for substring keys
     size: int  # len(core)
     entries: tuple[_Entry, ...]
@@ -65,16 +73,18 @@ def _confirm_pattern(core: str, lead: int, needs: Iterable[tuple[int, ...]]) -> 
 class Scanner:
     """Built once from {category: [Term, ...]}; `scan` is safe to call from any number of threads."""
 
-    __slots__ = ("_automaton", "_terms", "_confirm")
+    __slots__ = ("_automata", "_terms", "_confirm")
 
-    def __init__(self, automaton, terms: int) -> None:
-        self._automaton = automaton
+    def __init__(self, automata: tuple, terms: int) -> None:
+        self._automata = automata
         self._terms = terms
         self._confirm: dict[str, re.Pattern] = {}
 
     @classmethod
-    def build(cls, terms: Mapping[str, Iterable[Term]]) -> Scanner:
-        """Raises ValueError for a term with no letter or digit (it would match everywhere or nowhere)."""
+    def build(cls, terms: Mapping[str, Iterable[Term]], pause: Callable[[], None] | None = None) -> Scanner:
+        """Raises ValueError for a term with no letter or digit (it would match everywhere or nowhere).
+        `pause`, when given, is called every PAUSE_EVERY terms and keys and after each automaton is made: a
+        builder running in a worker thread passes a call that releases the GIL (`time.sleep(0)`)."""
         keys: dict[str, tuple[int, int, dict[_Entry, None]]] = {}
         count = 0
         for category, items in terms.items():
@@ -84,6 +94,8 @@ class Scanner:
                 if not core.strip(" "):
                     raise ValueError(f"term {term.text!r} in {category!r} has no letter or digit")
                 count += 1
+                if pause is not None and count % PAUSE_EVERY == 0:
+                    pause()
                 variants = [(core, need)]
                 if whole and " " in core:  # "free money" also as "freemoney"
                     variants.append(_core(core.replace(" ", "")))
@@ -91,47 +103,68 @@ class Scanner:
                     key = f" {v_core} " if whole else v_core
                     slot = keys.setdefault(key, (int(whole), len(v_core), {}))
                     slot[2][_Entry(term.text, category, v_need)] = None
+        automata = []
         automaton = None
-        if keys:
-            automaton = ahocorasick.Automaton()
-            for key, (lead, size, entries) in keys.items():
-                needs = [e.need for e in entries]
-                confirm = None if None in needs else _confirm_pattern(key[lead:len(key) - lead], lead, needs)
-                automaton.add_word(key, _Key(lead, size, tuple(entries), confirm))
-            automaton.make_automaton()
-        return cls(automaton, count)
+        for n, (key, (lead, size, entries)) in enumerate(keys.items(), 1):
+            if pause is not None and n % PAUSE_EVERY == 0:
+                pause()
+            if automaton is None:
+                automaton = ahocorasick.Automaton()
+            needs = [e.need for e in entries]
+            confirm = None if None in needs else _confirm_pattern(key[lead:len(key) - lead], lead, needs)
+            automaton.add_word(key, _Key(lead, size, tuple(entries), confirm))
+            if len(automaton) >= SHARD_KEYS:
+                automata.append(_made(automaton, pause))
+                automaton = None
+        if automaton is not None:
+            automata.append(_made(automaton, pause))
+        return cls(tuple(automata), count)
 
     def __len__(self) -> int:
         """The number of terms it was built from."""
         return self._terms
 
+    @property
+    def shards(self) -> int:
+        """How many automata a scan walks (1 for lists of up to SHARD_KEYS keys, 0 when empty)."""
+        return len(self._automata)
+
     def scan(self, text: str) -> list[Hit]:
         """Every hit in `text`, ordered by span; spans index `text` itself."""
-        if self._automaton is None:
+        if not self._automata:
             return []
         joined, skeleton = skeleton_pair(text)
-        for _, key in self._automaton.iter(skeleton):
-            pattern = key.confirm
-            if pattern is None:
-                return self._exact_hits(text)
-            compiled = self._confirm.get(pattern)
-            if compiled is None:  # compiled on first use: most keys with runs never match
-                compiled = self._confirm[pattern] = re.compile(pattern)
-            if compiled.search(joined) is not None:
-                return self._exact_hits(text)
+        for automaton in self._automata:
+            for _, key in automaton.iter(skeleton):
+                pattern = key.confirm
+                if pattern is None:
+                    return self._exact_hits(text)
+                compiled = self._confirm.get(pattern)
+                if compiled is None:  # compiled on first use: most keys with runs never match
+                    compiled = self._confirm[pattern] = re.compile(pattern)
+                if compiled.search(joined) is not None:
+                    return self._exact_hits(text)
         return []
 
     def _exact_hits(self, text: str) -> list[Hit]:
         sk = skeleton_map(text)
         hits: set[Hit] = set()
-        for last, key in self._automaton.iter(sk.text):
-            a = last - key.lead - key.size + 1
-            b = a + key.size
-            counts = sk.counts[a:b]
-            for e in key.entries:
-                if e.need is None or all(c >= n for c, n in zip(counts, e.need)):
-                    hits.add(Hit(e.term, e.category, sk.starts[a], sk.ends[b - 1]))
+        for automaton in self._automata:
+            for last, key in automaton.iter(sk.text):
+                a = last - key.lead - key.size + 1
+                b = a + key.size
+                counts = sk.counts[a:b]
+                for e in key.entries:
+                    if e.need is None or all(c >= n for c, n in zip(counts, e.need)):
+                        hits.add(Hit(e.term, e.category, sk.starts[a], sk.ends[b - 1]))
         return sorted(hits, key=lambda h: (h.start, h.end, h.category, h.term))
+
+
+def _made(automaton, pause: Callable[[], None] | None):
+    automaton.make_automaton()
+    if pause is not None:
+        pause()
+    return automaton
 
 
 def _visible(c: str) -> bool:

@@ -61,27 +61,46 @@ def accept(txn, dbs, arg: AcceptArg):
 
 
 class DispatchArg(NamedTuple):
-    ids: list[str]
+    items: list[tuple[str, bytes]]  # (id, encoded OutboxRecord holding the sealed envelope)
+    sessions: list[tuple[bytes, bytes]]  # (sessions key, sealed session record after these messages)
     limiter: list[tuple[bytes, tuple[float, float]]]
+    failed: list[tuple[str, str, int]] = []  # (id, reason, at_ms): could not be encrypted, ends here
+    hooks: dict[str, list[bytes]] | None = None  # for the status changes of `failed`
+    events: IdGenerator | None = None
 
 
-def dispatch(txn, dbs, arg: DispatchArg) -> list[tuple[str, bytes]]:
-    """pending -> outbox for each id, plus the limiter state that let them go, in one commit.
-    Returns (id, outbox record bytes) for every id that was still pending."""
-    pending, outbox, limiter = dbs["pending"], dbs["outbox"], dbs["limiter"]
+class DispatchResult(NamedTuple):
+    moved: list[str]  # ids moved pending -> outbox (the others were no longer pending)
+    changes: list  # StatusChange of the `failed` ones
+
+
+def dispatch(txn, dbs, arg: DispatchArg) -> DispatchResult:
+    """pending -> outbox (with the ciphertext) for each id still pending, the session states that
+    produced those ciphertexts, and the limiter state that let them go, in one commit (invariant 3:
+    no ciphertext leaves before its ratchet state is durable). Messages in `failed` leave pending
+    and fail (messages, webhook_outbox) in the same commit."""
+    pending, outbox, limiter, sessions = dbs["pending"], dbs["outbox"], dbs["limiter"], dbs["sessions"]
     moved = []
     get, put, delete = txn.get, txn.put, txn.delete
-    for msg_id in arg.ids:
+    for msg_id, record in arg.items:
         key = msg_id.encode()
-        raw = get(key, db=pending)
-        if raw is None:
+        if get(key, db=pending) is None:
             continue
-        put(key, raw, db=outbox)
+        put(key, record, db=outbox)
         delete(key, db=pending)
-        moved.append((msg_id, raw))
+        moved.append(msg_id)
+    for key, blob in arg.sessions:
+        put(key, blob, db=sessions)
     for key, state in arg.limiter:
         put(key, _enc(state), db=limiter)
-    return moved
+    changes = []
+    if arg.failed:
+        updates = []
+        for msg_id, reason, at_ms in arg.failed:
+            if delete(msg_id.encode(), db=pending):
+                updates.append((msg_id, "failed", at_ms, reason, False))
+        changes = apply_status(txn, dbs, StatusArg(updates, arg.hooks or {}, arg.events))
+    return DispatchResult(moved, changes)
 
 
 # --- status changes ------------------------------------------------------------------------
@@ -93,6 +112,8 @@ class StatusChange(NamedTuple):
     at_ms: int
     accepted_ms: int
     workspace: str
+    sender: str = ""
+    recipient: str = ""
 
 
 class StatusArg(NamedTuple):
@@ -153,7 +174,7 @@ def apply_status(txn, dbs, arg: StatusArg) -> list[StatusChange]:
             rec.reason = reason
         put(key, _enc(rec), db=messages)
         accepted_ms = rec.events[0][1]
-        changes.append(StatusChange(msg_id, status, at_ms, accepted_ms, rec.workspace))
+        changes.append(StatusChange(msg_id, status, at_ms, accepted_ms, rec.workspace, rec.sender, rec.recipient))
         endpoints = arg.hooks.get(rec.workspace)
         if endpoints:
             event_id = arg.events.new()

@@ -18,6 +18,13 @@ TABLES = (
     "senders",  # number -> SenderOverride set at runtime through the admin API
     "webhook_outbox",  # endpoint id \0 event id -> event JSON
     "webhook_dead",  # endpoint id \0 event id -> DeadLetter
+    "sessions",  # sender \0 recipient -> sealed e2e.sessions.SessionRecord (ratchet state; holds keys)
+    # policy (records in store/policy_ops.py)
+    "word_lists",  # workspace \0 category -> WordListRecord (sensitive words set through the admin API)
+    "reviews",  # message id -> ReviewRecord (held for a supervisor; sealed payload, hits)
+    "policy_events",  # event id -> PolicyEventRecord (every block, mask, flag and review, with its terms)
+    "opt_outs",  # workspace \0 sender \0 contact -> OptOutRecord
+    "audit",  # event id -> AuditRecord (who changed what, when)
 )
 
 URGENT, NORMAL, BULK = 0, 1, 2
@@ -52,7 +59,7 @@ class OutboxRecord(Struct, array_like=True):
     sender: str
     recipient: str
     priority: int
-    payload: bytes
+    payload: bytes  # sealed at rest: the end-to-end envelope exactly as sent (never re-encrypted)
     not_before_ms: int = 0  # set after a throttle answer
 
 
@@ -86,7 +93,8 @@ class DeadLetter(Struct, array_like=True):
 
 
 class TextPayload(Struct, tag="text", tag_field="type"):
-    """What travels inside Submit.payload today (ciphertext of this, once encryption lands)."""
+    """The plaintext of a message: sealed in the pending record; the Double Ratchet encrypts these
+    bytes into the envelope that travels in Submit.payload."""
 
     body: str
 

@@ -41,6 +41,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline-share", type=float)
     p.add_argument("--throttle-share", type=float)
     p.add_argument("--record", help="append one JSON line per first accepted submit to this file")
+    p.add_argument("--capture", help="append every submit frame received, byte for byte as on the wire "
+                                     "(4-byte length + msgpack body), to this file")
+    p.add_argument("--no-e2e", action="store_true", help="take payloads as opaque bytes (no decryption)")
     return p
 
 
@@ -54,11 +57,11 @@ def _client_parser(name: str) -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(config: NetsimConfig, host: str, port: int, record: str | None) -> None:
+async def _serve(config: NetsimConfig, host: str, port: int, record: str | None, capture: str | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(lambda task_status: serve_netsim(
-                config, host, port, record_path=record, task_status=task_status))
+                config, host, port, record_path=record, capture_path=capture, task_status=task_status))
             print(f"netsim listening on {host}:{bound}", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
@@ -83,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config) if args.config else NetsimConfig()
         overrides = {field: getattr(args, flag) for flag, field in _FLAG_TO_FIELD.items()
                      if getattr(args, flag) is not None}
+        if args.no_e2e:
+            overrides["e2e"] = False
         config = validated(config, **overrides)
     except (msgspec.ValidationError, OSError, ValueError) as exc:
         print(f"netsim: bad configuration: {exc}", file=sys.stderr)
         return 2
-    trio.run(_serve, config, host, port, args.record)
+    trio.run(_serve, config, host, port, args.record, args.capture)
     return 0
 
 

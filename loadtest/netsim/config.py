@@ -27,6 +27,7 @@ class NetsimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     offline_expire_share: Share = 0.0  # of offline recipients: fail "recipient_offline_expired" instead
     throttle_share: Share = 0.0
     throttle_retry_after_ms: NonNegInt = 1000
+    e2e: bool = True  # decrypt every submit (Signal protocol); False takes payloads as opaque bytes
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> NetsimConfig:

@@ -12,6 +12,7 @@ import struct
 
 from gateway.network.frames import Ack, Receipt, Submit
 from loadtest.netsim.config import NetsimConfig
+from loadtest.netsim.devices import Devices
 
 __all__ = ["MAX_PAYLOAD", "Network", "RecipientTraits"]
 
@@ -62,6 +63,8 @@ class Network:
         self._cut_expire = _cut(config.offline_expire_share)
         self._cut_throttle = _cut(config.throttle_share)
         self._cut_read = _cut(config.read_share)
+        self.devices = Devices(config.seed) if config.e2e else None
+        self.last_plaintext: bytes | None = None  # of the last submit taken (None if not decrypted)
         self._traits: dict[str, RecipientTraits] = {}
         self._seen: dict[str, int] = {}
         self._throttles: dict[str, int] = {}  # id -> times throttled so far (the attempt number of its next try)
@@ -144,8 +147,14 @@ class Network:
         self._seen[msg_id] = 1
         traits = self.traits(sub.recipient)
         at = now_ms + latency
+        failure = plaintext = None
+        if traits.registered and self.devices is not None:
+            plaintext, failure = self.devices.receive(sub.sender, sub.recipient, sub.payload, now_ms / 1000.0)
+        self.last_plaintext = plaintext
         if not traits.registered:
             self._schedule(Receipt(id=msg_id, status="failed", at_ms=at, reason="recipient_not_registered"))
+        elif failure is not None:
+            self._schedule(Receipt(id=msg_id, status="failed", at_ms=at, reason="undecryptable_" + failure))
         elif traits.expires:
             at += int(cfg.offline_delay_ms)
             self._schedule(Receipt(id=msg_id, status="failed", at_ms=at, reason="recipient_offline_expired"))
@@ -156,6 +165,24 @@ class Network:
             if read:
                 self._schedule(Receipt(id=msg_id, status="read", at_ms=at + max(1, read_delay)))
         return [Ack(id=msg_id)]
+
+    def bundles(self, numbers: list[str]) -> tuple[list[tuple[str, bytes]], list[str], list[tuple[str, int]]]:
+        """Answer a bundle request: (number, bundle) pairs, the numbers without keys, and
+        (sender, one-time prekeys left) for every published sender whose pool was drawn on."""
+        found, unknown, drawn = [], [], {}
+        devices = self.devices
+        for number in numbers:
+            if not isinstance(number, str) or not number:
+                continue
+            if devices is not None and devices.is_published(number):
+                bundle, left = devices.sender_bundle(number)
+                found.append((number, bundle))
+                drawn[number] = left
+            elif devices is None or not self.traits(number).registered:
+                unknown.append(number)
+            else:
+                found.append((number, devices.recipient_bundle(number)))
+        return found, unknown, list(drawn.items())
 
     def _schedule(self, receipt: Receipt) -> None:
         at = receipt.at_ms
@@ -227,7 +254,8 @@ class Network:
         return self._seen.get(msg_id, 0)
 
     def stats(self) -> dict:
-        return {
+        crypto = self.devices.stats() if self.devices is not None else {}
+        return crypto | {
             "submits": self._submits,
             "unique": len(self._seen),
             "duplicates": self._duplicates,

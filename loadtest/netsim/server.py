@@ -15,12 +15,16 @@ import trio
 
 from gateway.network.frames import (
     Ack,
+    BundleReply,
+    BundleRequest,
     FrameDecoder,
     FrameError,
     Hello,
     HelloOk,
     Ping,
     Pong,
+    PrekeyCount,
+    PublishKeys,
     Receipt,
     ReceiptAck,
     StatsReply,
@@ -41,6 +45,8 @@ RECORD_FLUSH_S = 0.5
 MAX_PENDING_FRAMES = 2_000_000  # a client this far behind on reading is dropped
 RECV_SIZE = 256 * 1024
 WRITE_CHUNK_FRAMES = 20_000  # bounds the time spent encoding before a write
+BUNDLES_PER_REPLY = 400  # ~1.8 KB each with a PQ prekey: a reply frame stays well under 1 MiB
+MAX_BUNDLE_NUMBERS = 65_536  # numbers honoured per bundle request
 _payload_decode = msgspec.msgpack.Decoder().decode
 
 
@@ -82,8 +88,13 @@ class _Conn:
 class NetsimServer:
     """One Network shared by every connection; receipts go to the most recent live non-observer connection."""
 
-    def __init__(self, config: NetsimConfig, *, record_path: str | None = None, clock=_now_ms) -> None:
+    def __init__(self, config: NetsimConfig, *, record_path: str | None = None, capture_path: str | None = None,
+                 clock=_now_ms) -> None:
         self.network = Network(config)
+        self._capture_path = capture_path
+        self._capture = None
+        self._capture_chunks: list[bytes] = []
+        self._publishers: dict[str, _Conn] = {}  # sender -> the connection that published its keys
         self._clock = clock
         self._live: list[_Conn] = []  # in hello order; the last one receives receipts
         self._timer_wakeup = trio.Event()
@@ -119,10 +130,12 @@ class NetsimServer:
         bound_port = listeners[0].socket.getsockname()[1]
         if self._record_path is not None:
             self._record = open(self._record_path, "a", encoding="utf-8")
+        if self._capture_path is not None:
+            self._capture = open(self._capture_path, "ab")
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer)
-                if self._record is not None:
+                if self._record is not None or self._capture is not None:
                     nursery.start_soon(self._record_flusher)
                 await nursery.start(trio.serve_listeners, self._handle, listeners)
                 task_status.started(bound_port)
@@ -131,6 +144,9 @@ class NetsimServer:
             if self._record is not None:
                 self._record.close()
                 self._record = None
+            if self._capture is not None:
+                self._capture.close()
+                self._capture = None
 
     async def _record_flusher(self) -> None:
         while True:
@@ -138,6 +154,11 @@ class NetsimServer:
             self._flush_record()
 
     def _flush_record(self) -> None:
+        if self._capture is not None:
+            if self._capture_chunks:
+                self._capture.write(b"".join(self._capture_chunks))
+                self._capture_chunks.clear()
+            self._capture.flush()
         if self._record is None:
             return
         if self._record_lines:
@@ -152,6 +173,11 @@ class NetsimServer:
             body = _payload_decode(sub.payload)
         except (msgspec.DecodeError, ValueError):
             body = None
+        if self.network.last_plaintext is not None:
+            try:
+                body = _payload_decode(self.network.last_plaintext)
+            except (msgspec.DecodeError, ValueError):
+                body = None
         if isinstance(body, dict) and isinstance(body.get("type"), str):
             line["type"] = body["type"]
         self._record_lines.append(orjson.dumps(line).decode() + "\n")
@@ -195,7 +221,7 @@ class NetsimServer:
             await trio.aclose_forcefully(stream)
 
     async def _session(self, stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder()
+        decoder = FrameDecoder(keep_raw=self._capture is not None)
         backlog: list = []
         with trio.move_on_after(HELLO_TIMEOUT_S):
             while not backlog:
@@ -216,12 +242,12 @@ class NetsimServer:
                 if not observer:
                     self._resend_unacked(conn)
                 try:
-                    self._on_frames(conn, backlog[1:])
+                    self._on_frames(conn, backlog[1:], decoder.raw[1:] if decoder.raw is not None else None)
                     while conn.alive:
                         data = await stream.receive_some(RECV_SIZE)
                         if not data:
                             break
-                        self._on_frames(conn, decoder.feed(data))
+                        self._on_frames(conn, decoder.feed(data), decoder.raw)
                         await trio.lowlevel.checkpoint()
                 except (FrameError, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
@@ -233,6 +259,17 @@ class NetsimServer:
                 self._live.remove(conn)
                 if was_target and self._live:
                     self._resend_unacked(self._live[-1])  # what the dropped target never acknowledged
+
+    def _bundle_replies(self, req: BundleRequest) -> list:
+        found, unknown, drawn = self.network.bundles(req.numbers[:MAX_BUNDLE_NUMBERS])
+        replies = [BundleReply(req.id, found[i:i + BUNDLES_PER_REPLY]) for i in range(0, len(found), BUNDLES_PER_REPLY)]
+        if unknown or not replies:
+            replies.append(BundleReply(req.id, [], unknown))
+        for sender, left in drawn:
+            publisher = self._publishers.get(sender)
+            if publisher is not None and publisher.alive:
+                publisher.queue([PrekeyCount(sender, left)])
+        return replies
 
     def _resend_unacked(self, conn: _Conn) -> None:
         resend = self.network.unacked_receipts()
@@ -247,15 +284,17 @@ class NetsimServer:
         conn.alive = False
         scope.cancel()
 
-    def _on_frames(self, conn: _Conn, frames: list) -> None:
+    def _on_frames(self, conn: _Conn, frames: list, raw: list[bytes] | None = None) -> None:
         if not frames:
             return
         network = self.network
         now = self._clock()
         replies: list = []
         submitted = False
-        for frame in frames:
+        for i, frame in enumerate(frames):
             if type(frame) is Submit:
+                if raw is not None:
+                    self._capture_chunks.append(raw[i])
                 answer = network.on_submit(frame, now)
                 replies.extend(answer)
                 submitted = True
@@ -267,6 +306,15 @@ class NetsimServer:
                 replies.append(StatsReply(data=self.stats()))
             elif type(frame) is Ping:
                 replies.append(Pong(n=frame.n))
+            elif type(frame) is BundleRequest:
+                replies.extend(self._bundle_replies(frame))
+            elif type(frame) is PublishKeys:
+                left = None
+                if network.devices is not None:
+                    left = network.devices.publish(frame.sender, frame.bundle, frame.one_time_prekeys, frame.replace)
+                if left is not None:
+                    self._publishers[frame.sender] = conn
+                    replies.append(PrekeyCount(frame.sender, left))
             # anything else (a second Hello, server-side frames) is ignored
         if replies:
             conn.queue(replies)
@@ -275,9 +323,9 @@ class NetsimServer:
 
 
 async def serve_netsim(config: NetsimConfig, host: str, port: int, *, record_path: str | None = None,
-                       task_status=trio.TASK_STATUS_IGNORED) -> None:
+                       capture_path: str | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run a netsim server until cancelled; task_status.started(bound_port) once it listens."""
-    server = NetsimServer(config, record_path=record_path)
+    server = NetsimServer(config, record_path=record_path, capture_path=capture_path)
     await server.serve(host, port, task_status=task_status)
 
 
@@ -335,7 +383,7 @@ async def bench_submits(host: str, port: int, *, count: int, batch: int = 500, w
                         elif type(frame) is Receipt:
                             receipts += 1
                             ack_ids.append(frame.id)
-                            if frame.status == "delivered":
+                            if frame.status in ("delivered", "failed"):  # plaintext is undecryptable under e2e
                                 delivered += 1
                     if ack_ids:
                         async with send_lock:

@@ -1,0 +1,84 @@
+"""The sender key books of a running gateway: loaded from (or created in) the key directory at
+start and on reload, rotated on their period, republished to the network after every connect,
+and their one-time prekey pools refilled when the network reports them low.
+
+It returns the frames to send and never sends them itself; the key files are its only I/O.
+"""
+from __future__ import annotations
+
+import logging
+
+from gateway.crypto.identity import IdentityKeyPair
+from gateway.e2e import keys as K
+from gateway.network.frames import PrekeyCount, PublishKeys
+
+log = logging.getLogger("gateway.e2e")
+
+
+class Keyring:
+    def __init__(self, key_dir: str, *, pool: int, low: int, rotation_ms: int, grace_ms: int) -> None:
+        self.key_dir = key_dir
+        self.pool = pool
+        self.low = low
+        self.rotation_ms = rotation_ms
+        self.grace_ms = grace_ms
+        self._books: dict[str, K.SenderKeys] = {}
+        self._unpublished: set[str] = set()
+
+    def ensure(self, numbers, now_ms: int) -> list[str]:
+        """Load or create the key book of every number; returns the numbers created now.
+        Raises KeyFileError for an unreadable file (the gateway must not invent a new identity
+        over an existing one)."""
+        created = []
+        for number in numbers:
+            if number in self._books:
+                continue
+            book, made = K.load_or_create(self.key_dir, number, now_ms, self.pool)
+            self._books[number] = book
+            self._unpublished.add(number)
+            if made:
+                created.append(number)
+                log.info("identity key created for sender %s", number)
+        return created
+
+    def identity(self, number: str) -> IdentityKeyPair | None:
+        book = self._books.get(number)
+        return None if book is None else book.identity
+
+    def book(self, number: str) -> K.SenderKeys | None:
+        return self._books.get(number)
+
+    @property
+    def numbers(self) -> list[str]:
+        return list(self._books)
+
+    def publish_all(self) -> list[PublishKeys]:
+        """Every sender's bundle and whole one-time pool (after a connect: the network may have
+        restarted and forgotten them)."""
+        self._unpublished.clear()
+        return [book.publish_frame(replace=True) for book in self._books.values()]
+
+    def tick(self, now_ms: int) -> list[PublishKeys]:
+        """Rotate what is due; the frames that publish the new bundles (and those of senders
+        added since the last connect)."""
+        frames = [self._books[n].publish_frame(replace=True) for n in sorted(self._unpublished)]
+        self._unpublished.clear()
+        for book in self._books.values():
+            current = book.signed_prekey_ids[-1]
+            if book.rotate_if_due(now_ms, self.rotation_ms, self.grace_ms):
+                K.save(self.key_dir, book)
+                if book.signed_prekey_ids[-1] != current:
+                    log.info("signed prekey of %s rotated", book.number)
+                    frames.append(book.publish_frame())
+        return frames
+
+    def on_prekey_count(self, frame: PrekeyCount) -> list[PublishKeys]:
+        book = self._books.get(frame.sender)
+        if book is None or frame.left < 0:
+            return []
+        book.note_network_left(frame.left)
+        fresh = book.refill(self.pool, self.low)
+        if not fresh:
+            return []
+        K.save(self.key_dir, book)  # the privates exist on disk before the publics leave
+        return [book.publish_frame(fresh)]

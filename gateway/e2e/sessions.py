@@ -1,0 +1,141 @@
+"""Outbound sessions: one per (sender, recipient), agreed by X3DH/PQXDH from the recipient's
+bundle and advanced by the Double Ratchet; their stored form (sealed at rest, it holds keys) and
+the hot cache the dispatch path reads so that no record is decoded per message.
+
+Pure: no I/O beyond the read transaction a caller hands to `load_many`, no clock (time comes in).
+A session's state is written in the same commit as the ciphertexts it produced; the cache only
+ever runs ahead of the store between an encryption and that commit.
+"""
+from __future__ import annotations
+
+import msgspec
+
+from gateway.crypto import agreement
+from gateway.crypto.identity import IdentityKeyPair, PrekeyBundle, decode_ec
+from gateway.crypto.ratchet import RatchetError, Session
+from gateway.crypto.seal import SealError, Sealer
+from gateway.e2e import envelope
+
+RECORD_VERSION = 1
+
+
+class SessionRecord(msgspec.Struct, array_like=True):
+    version: int
+    state: bytes  # ratchet.Session.to_bytes()
+    ad: bytes  # Encode(IK_sender) || Encode(IK_recipient), 66 bytes
+    remote_identity: bytes  # the recipient's raw Ed25519 identity key, as its bundle carried it
+    header: bytes | None  # the encoded InitialHeader, sent with every message until confirmed
+    created_ms: int
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(SessionRecord).decode
+
+
+class SessionRecordError(Exception):
+    """A stored session that cannot be opened or decoded."""
+
+
+def session_key(sender: str, recipient: str) -> bytes:
+    return sender.encode() + b"\0" + recipient.encode()
+
+
+class LiveSession:
+    __slots__ = ("ratchet", "ad", "remote_identity", "header", "created_ms")
+
+    def __init__(self, ratchet: Session, ad: bytes, remote_identity: bytes, header: bytes | None,
+                 created_ms: int) -> None:
+        self.ratchet = ratchet
+        self.ad = ad
+        self.remote_identity = remote_identity
+        self.header = header
+        self.created_ms = created_ms
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """One ratchet step: the envelope to send (prekey kind while unconfirmed)."""
+        return envelope.encode(self.header, self.ratchet.encrypt(plaintext, self.ad))
+
+    def confirm(self) -> None:
+        """The recipient has processed a message of this session: stop sending the initial header."""
+        self.header = None
+
+    def to_bytes(self) -> bytes:
+        return _encode(SessionRecord(RECORD_VERSION, self.ratchet.to_bytes(), self.ad, self.remote_identity,
+                                     self.header, self.created_ms))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LiveSession:
+        try:
+            r = _decode(raw)
+            if r.version != RECORD_VERSION:
+                raise SessionRecordError(f"unknown session record version {r.version}")
+            return cls(Session.from_bytes(r.state), r.ad, r.remote_identity, r.header, r.created_ms)
+        except (msgspec.DecodeError, RatchetError) as exc:
+            raise SessionRecordError(f"corrupt session record: {exc}") from None
+
+    def seal(self, sealer: Sealer, key: bytes) -> bytes:
+        return sealer.seal(self.to_bytes(), key)
+
+    @classmethod
+    def open(cls, sealer: Sealer, key: bytes, blob: bytes) -> LiveSession:
+        try:
+            return cls.from_bytes(sealer.open(blob, key))
+        except SealError as exc:
+            raise SessionRecordError(str(exc)) from None
+
+
+def start_session(identity: IdentityKeyPair, bundle: PrekeyBundle, now_ms: int,
+                  signatures: agreement.SignatureCache | None = None) -> LiveSession:
+    """Alice's side of a new session: PQXDH (X3DH without a PQ prekey) from the recipient's bundle,
+    then RatchetInitAlice with the recipient's signed prekey as its first ratchet key. Raises
+    BadSignature / InvalidKey for a bundle that must not be used."""
+    init = agreement.initiate(identity, bundle, signatures=signatures)
+    ratchet = Session.init_alice(init.session.shared_key, decode_ec(bundle.signed_prekey))
+    return LiveSession(ratchet, init.session.associated_data, bundle.identity_key, init.header.encode(), now_ms)
+
+
+class SessionCache:
+    """Live sessions by (sender, recipient) key. Bounded: past `capacity` the oldest entries are
+    dropped (call `trim` only after a commit, when every entry equals its stored record)."""
+
+    __slots__ = ("capacity", "_live")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._live: dict[bytes, LiveSession] = {}
+
+    def get(self, key: bytes) -> LiveSession | None:
+        return self._live.get(key)
+
+    def put(self, key: bytes, live: LiveSession) -> None:
+        self._live[key] = live
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._live
+
+    def trim(self) -> int:
+        excess = len(self._live) - self.capacity
+        if excess <= 0:
+            return 0
+        live = self._live
+        for key in list(live)[:excess]:  # dict order: oldest inserted first
+            del live[key]
+        return excess
+
+
+def load_many(txn, db, sealer: Sealer, keys: list[bytes]) -> tuple[dict[bytes, LiveSession], list[bytes]]:
+    """Stored sessions for `keys` from a read transaction: (found, unreadable keys)."""
+    found: dict[bytes, LiveSession] = {}
+    bad: list[bytes] = []
+    for key in keys:
+        blob = txn.get(key, db=db)
+        if blob is None:
+            continue
+        try:
+            found[key] = LiveSession.open(sealer, key, bytes(blob))
+        except SessionRecordError:
+            bad.append(key)
+    return found, bad

@@ -1,0 +1,171 @@
+"""The sensitive-word policy as a pure core: word lists per category with their action, compiled per
+workspace into immutable `Rules`, and the verdict they give on one text (block, review, mask, flag;
+the hits with their spans in the text as sent; the text to send, masked where a mask list hit).
+
+No I/O, no clock, no per-message state: the shell (`policy/service.py`) loads the lists, builds
+`Rules` off the event loop and swaps them into the `Engine` whole, so a scan never sees half a change.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from gateway.policy.scanner import Hit, Scanner, Term, mask
+
+Action = Literal["block", "mask", "flag", "review"]
+# Strongest first: the verdict of a text is the strongest action among its hits.
+SEVERITY = {"block": 3, "review": 2, "mask": 1, "flag": 0}
+MAX_TERMS = 200_000
+MAX_TERM_CHARS = 200
+Category = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+class TermSpec(Struct, frozen=True, forbid_unknown_fields=True):
+    """A term with its own matching option; a bare string in a list is a term with the list's."""
+
+    text: Annotated[str, Meta(min_length=1, max_length=MAX_TERM_CHARS)]
+    whole_word: bool | None = None
+
+
+TermInput = Annotated[str, Meta(min_length=1, max_length=MAX_TERM_CHARS)] | TermSpec
+
+
+class WordList(Struct, frozen=True, forbid_unknown_fields=True):
+    """One category's list, as written in `configs/sensitive-words/<category>.toml` or PUT through
+    the admin API. `whole_word`: None = whole words in scripts written with spaces, substrings in
+    scripts written without (CJK, Thai, ...); true / false force one for every term without its own."""
+
+    action: Action
+    terms: Annotated[list[TermInput], Meta(max_length=MAX_TERMS)]
+    whole_word: bool | None = None
+
+    def scanner_terms(self) -> Iterator[Term]:
+        """Lazily, so a builder that pauses between terms never spends long making them all."""
+        default = self.whole_word
+        for t in self.terms:
+            if isinstance(t, str):
+                yield Term(t, default)
+            else:
+                yield Term(t.text, t.whole_word if t.whole_word is not None else default)
+
+    def view(self) -> dict:
+        return {
+            "action": self.action,
+            "whole_word": self.whole_word,
+            "terms": [t if isinstance(t, str) else msgspec.to_builtins(t) for t in self.terms],
+        }
+
+
+class PolicyHit(Struct, frozen=True, array_like=True):
+    """A hit with the action of its category; `start`/`end` index the text as sent (code points)."""
+
+    term: str
+    category: str
+    action: str
+    start: int
+    end: int
+
+    def view(self, text: str) -> dict:
+        return {"term": self.term, "category": self.category, "action": self.action,
+                "start": self.start, "end": self.end, "matched": text[self.start:self.end]}
+
+
+class Verdict(Struct, frozen=True):
+    """What the lists say about one text: `action` is the strongest among `hits`; `text` is what may
+    be sent (masked where a mask list hit; unchanged otherwise; irrelevant for block)."""
+
+    action: str
+    hits: list[PolicyHit]
+    text: str
+
+    def flagged(self) -> list[PolicyHit]:
+        return [h for h in self.hits if h.action == "flag"]
+
+    def view(self, original: str) -> dict:
+        return {"action": self.action, "hits": [h.view(original) for h in self.hits]}
+
+
+class Rules:
+    """One workspace's lists compiled: immutable once built (safe to share and to swap)."""
+
+    __slots__ = ("scanner", "actions", "lists")
+
+    def __init__(self, scanner: Scanner, lists: Mapping[str, WordList]) -> None:
+        self.scanner = scanner
+        self.lists = dict(lists)
+        self.actions = {category: wl.action for category, wl in lists.items()}
+
+    @classmethod
+    def build(cls, lists: Mapping[str, WordList], pause: Callable[[], None] | None = None) -> Rules | None:
+        """None when no list has a term (nothing to scan). ValueError names a term that cannot match."""
+        terms = {category: wl.scanner_terms() for category, wl in lists.items() if wl.terms}
+        if not terms:
+            return None
+        return cls(Scanner.build(terms, pause), lists)
+
+    def verdict(self, text: str) -> Verdict | None:
+        """None when nothing hits (the common case: one scan, no allocation beyond it)."""
+        hits = self.scanner.scan(text)
+        if not hits:
+            return None
+        actions = self.actions
+        policy_hits = [PolicyHit(h.term, h.category, actions[h.category], h.start, h.end) for h in hits]
+        action = max((h.action for h in policy_hits), key=SEVERITY.__getitem__)
+        masked: Iterable[Hit] = [h for h in hits if actions[h.category] == "mask"]
+        return Verdict(action, policy_hits, mask(text, masked) if masked else text)
+
+
+class Engine:
+    """The compiled rules of every workspace. Readers call `verdict`; the shell replaces rules with
+    `swap` / `set_workspace`, each a single reference assignment, so a verdict uses one consistent set."""
+
+    __slots__ = ("_default", "_by_workspace")
+
+    def __init__(self) -> None:
+        self._default: Rules | None = None  # lists that apply to every workspace (files without `workspaces`)
+        self._by_workspace: dict[str, Rules | None] = {}
+
+    def verdict(self, workspace: str, text: str) -> Verdict | None:
+        rules = self._by_workspace.get(workspace, self._default)
+        if rules is None:
+            return None
+        return rules.verdict(text)
+
+    def active(self, workspace: str) -> bool:
+        return self._by_workspace.get(workspace, self._default) is not None
+
+    def rules(self, workspace: str) -> Rules | None:
+        return self._by_workspace.get(workspace, self._default)
+
+    def swap(self, default: Rules | None, by_workspace: dict[str, Rules | None]) -> None:
+        self._default, self._by_workspace = default, dict(by_workspace)
+
+    def set_workspace(self, workspace: str, rules: Rules | None) -> None:
+        self._by_workspace = {**self._by_workspace, workspace: rules}
+
+    def drop_workspace(self, workspace: str) -> None:
+        """The workspace has no lists of its own any more: the default set applies to it again."""
+        self._by_workspace = {ws: r for ws, r in self._by_workspace.items() if ws != workspace}
+
+
+def effective_lists(files: Mapping[str, tuple[WordList, tuple[str, ...] | None]],
+                    api: Mapping[str, WordList], workspace: str | None) -> dict[str, WordList]:
+    """The lists that apply to `workspace` (None: to a workspace with no lists of its own): the file
+    lists that name it or name no workspace, then its API lists, which replace a file list of the
+    same category (an API list with no terms switches that category off for the workspace)."""
+    out = {}
+    for category, (wl, workspaces) in files.items():
+        if workspaces is None or (workspace is not None and workspace in workspaces):
+            out[category] = wl
+    out.update(api)
+    return out
+
+
+def dedicated_workspaces(files: Mapping[str, tuple[WordList, tuple[str, ...] | None]],
+                         api_workspaces: Iterable[str]) -> set[str]:
+    """Workspaces whose lists differ from the default set: named by a file, or with API lists."""
+    named = {ws for _, workspaces in files.values() if workspaces for ws in workspaces}
+    return named | set(api_workspaces)

@@ -1,0 +1,244 @@
+"""The simulated recipients' side of end-to-end encryption: keys derived from the netsim seed and
+the phone number, the bundles served for them, PQXDH/X3DH as responder, the Double Ratchet
+decryption of every message they receive, and the sender bundles the gateway publishes.
+
+Pure: no I/O and no clock (callers pass now). Derived keys and sessions are cached; a failed
+decryption leaves every session and one-time prekey exactly as it was.
+
+Derivation (docs/protocol.md): seed bytes = b"netsim-v1:" + decimal seed; identity =
+derive_identity(seed, number); signed prekey id 1 and PQ prekey id 1 from the purposes
+"signed-prekey" and "pq-prekey"; one-time prekey n (n = 1, 2, ... per bundle served) from
+"one-time-prekey".
+"""
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from gateway.crypto import agreement
+from gateway.crypto.identity import (
+    KEY_LEN,
+    MLKEM1024_SEED_LEN,
+    BadSignature,
+    IdentityKey,
+    InvalidKey,
+    MalformedMessage,
+    PrekeyBundle,
+    derive_identity,
+    derive_one_time_prekey,
+    derive_secret,
+    make_bundle,
+    make_pq_prekey,
+    make_signed_prekey,
+)
+from gateway.crypto.ratchet import BadHeader, BadTag, RatchetError, Replay, Session, TooManySkipped
+from gateway.e2e import envelope
+
+SIGNED_PREKEY_ID = 1
+PQ_PREKEY_ID = 1
+DEVICE_CACHE_MAX = 100_000
+MAX_SENDER_POOL = 10_000
+
+_RATCHET_FAILURES = ((BadTag, "bad_tag"), (Replay, "replay"), (TooManySkipped, "too_many_skipped"),
+                     (BadHeader, "bad_header"))
+
+
+def seed_bytes(seed: int) -> bytes:
+    return b"netsim-v1:" + str(seed).encode()
+
+
+class Device:
+    """One simulated recipient's long-term keys (derived, so they can be dropped and rebuilt)."""
+
+    __slots__ = ("identity", "signed_prekey", "ratchet_private", "pq_prekey", "bundle_base")
+
+    def __init__(self, seed: bytes, number: str) -> None:
+        self.identity = derive_identity(seed, number)
+        spk_secret = derive_secret(seed, number, b"signed-prekey", SIGNED_PREKEY_ID, KEY_LEN)
+        self.signed_prekey = make_signed_prekey(self.identity, SIGNED_PREKEY_ID, spk_secret)
+        self.ratchet_private = spk_secret  # Bob's first ratchet key pair is his signed prekey
+        pq_seed = derive_secret(seed, number, b"pq-prekey", PQ_PREKEY_ID, MLKEM1024_SEED_LEN)
+        self.pq_prekey = make_pq_prekey(self.identity, PQ_PREKEY_ID, pq_seed)
+        self.bundle_base = make_bundle(self.identity, self.signed_prekey, None, self.pq_prekey)
+
+
+class _Inbound:
+    __slots__ = ("ratchet", "ad", "base_key")
+
+    def __init__(self, ratchet: Session, ad: bytes, base_key: bytes) -> None:
+        self.ratchet = ratchet
+        self.ad = ad
+        self.base_key = base_key
+
+
+class _Published:
+    __slots__ = ("bundle", "identity", "one_time")
+
+    def __init__(self, bundle: PrekeyBundle) -> None:
+        self.bundle = bundle
+        self.identity = bundle.identity_key
+        self.one_time: dict[int, bytes] = {}
+
+
+class Devices:
+    def __init__(self, seed: int) -> None:
+        self._seed = seed_bytes(seed)
+        self._devices: dict[str, Device] = {}
+        self._next_one_time: dict[str, int] = {}
+        self._used_one_time: dict[str, set[int]] = {}
+        self._sessions: dict[tuple[str, str], _Inbound] = {}
+        self._published: dict[str, _Published] = {}
+        self._signatures = agreement.SignatureCache(1024)
+        self.decrypted = 0
+        self.failures = 0
+        self.failure_reasons: dict[str, int] = {}
+        self.bundles_served = 0
+        self.keys_published = 0
+
+    # -- recipients' keys --
+
+    def device(self, number: str) -> Device:
+        dev = self._devices.get(number)
+        if dev is None:
+            if len(self._devices) >= DEVICE_CACHE_MAX:
+                del self._devices[next(iter(self._devices))]
+            dev = self._devices[number] = Device(self._seed, number)
+        return dev
+
+    def recipient_bundle(self, number: str) -> bytes:
+        """The recipient's bundle with its next one-time prekey."""
+        otk_id = self._next_one_time.get(number, 1)
+        self._next_one_time[number] = otk_id + 1
+        base = self.device(number).bundle_base
+        otk = derive_one_time_prekey(self._seed, number, otk_id)
+        self.bundles_served += 1
+        return PrekeyBundle(base.identity_key, base.signed_prekey_id, base.signed_prekey,
+                            base.signed_prekey_signature, otk_id, otk.encoded, base.pq_prekey_id,
+                            base.pq_prekey, base.pq_prekey_signature).encode()
+
+    # -- senders' published keys --
+
+    def publish(self, sender: str, bundle: bytes, one_time: list[tuple[int, bytes]], replace: bool) -> int | None:
+        """Store a sender's bundle and add its one-time prekeys; the pool size, or None if refused
+        (malformed, or a signature that does not verify)."""
+        try:
+            decoded = PrekeyBundle.decode(bundle)
+            identity = IdentityKey(decoded.identity_key)
+            identity.verify(decoded.signed_prekey_signature, decoded.signed_prekey)
+            if decoded.pq_prekey is not None:
+                identity.verify(decoded.pq_prekey_signature, decoded.pq_prekey)
+        except (MalformedMessage, InvalidKey, BadSignature, ValueError):
+            return None
+        current = self._published.get(sender)
+        entry = _Published(decoded)
+        if current is not None and not replace and current.identity == decoded.identity_key:
+            entry.one_time = current.one_time
+        for key_id, public in one_time:
+            if len(entry.one_time) >= MAX_SENDER_POOL:
+                break
+            if isinstance(public, bytes) and len(public) == 33 and public[0] == 5:
+                entry.one_time[key_id] = public
+        self._published[sender] = entry
+        self.keys_published += 1
+        return len(entry.one_time)
+
+    def is_published(self, number: str) -> bool:
+        return number in self._published
+
+    def sender_bundle(self, number: str) -> tuple[bytes, int]:
+        """A published sender's bundle with one of its one-time prekeys (handed out once), and
+        how many are left."""
+        entry = self._published[number]
+        b = entry.bundle
+        otk_id = otk = None
+        if entry.one_time:
+            otk_id = next(iter(entry.one_time))
+            otk = entry.one_time.pop(otk_id)
+        self.bundles_served += 1
+        return (PrekeyBundle(b.identity_key, b.signed_prekey_id, b.signed_prekey, b.signed_prekey_signature,
+                             otk_id, otk, b.pq_prekey_id, b.pq_prekey, b.pq_prekey_signature).encode(),
+                len(entry.one_time))
+
+    def published_identity(self, number: str) -> bytes | None:
+        entry = self._published.get(number)
+        return None if entry is None else entry.identity
+
+    # -- receiving --
+
+    def receive(self, sender: str, recipient: str, payload: bytes, now: float) -> tuple[bytes | None, str | None]:
+        """Decrypt one message: (plaintext, None) or (None, failure reason)."""
+        plaintext, reason = self._receive(sender, recipient, payload, now)
+        if reason is None:
+            self.decrypted += 1
+        else:
+            self.failures += 1
+            self.failure_reasons[reason] = self.failure_reasons.get(reason, 0) + 1
+        return plaintext, reason
+
+    def _receive(self, sender: str, recipient: str, payload: bytes, now: float) -> tuple[bytes | None, str | None]:
+        try:
+            header_bytes, message = envelope.decode(payload)
+        except envelope.EnvelopeError:
+            return None, "malformed_envelope"
+        key = (sender, recipient)
+        session = self._sessions.get(key)
+        if header_bytes is None:
+            if session is None:
+                return None, "no_session"
+            return self._decrypt(session, message, now)
+        try:
+            header = agreement.InitialHeader.decode(header_bytes)
+        except MalformedMessage:
+            return None, "malformed_header"
+        if session is not None and session.base_key == header.ephemeral_key:
+            return self._decrypt(session, message, now)  # a prekey message of the session we have
+        known = self.published_identity(sender)
+        if known is not None and known != header.identity_key:
+            return None, "identity_mismatch"
+        return self._new_session(key, header, message, now)
+
+    def _new_session(self, key: tuple[str, str], header, message: bytes, now: float):
+        recipient = key[1]
+        dev = self.device(recipient)
+        used = self._used_one_time.get(recipient)
+        otk_id = header.one_time_prekey_id
+
+        def one_time(key_id: int):
+            if used is not None and key_id in used:
+                return None
+            return derive_one_time_prekey(self._seed, recipient, key_id)
+
+        try:
+            agreed = agreement.respond(dev.identity, header, signed_prekeys={SIGNED_PREKEY_ID: dev.signed_prekey},
+                                       one_time_prekeys=one_time, pq_prekeys={PQ_PREKEY_ID: dev.pq_prekey})
+        except agreement.AgreementError:
+            return None, "unknown_prekey"
+        except (InvalidKey, ValueError):
+            return None, "bad_key"
+        ratchet = Session.init_bob(agreed.shared_key, X25519PrivateKey.from_private_bytes(dev.ratchet_private))
+        inbound = _Inbound(ratchet, agreed.associated_data, header.ephemeral_key)
+        plaintext, reason = self._decrypt(inbound, message, now)
+        if reason is None:
+            self._sessions[key] = inbound
+            if otk_id is not None:
+                self._used_one_time.setdefault(recipient, set()).add(otk_id)
+        return plaintext, reason
+
+    @staticmethod
+    def _decrypt(session: _Inbound, message: bytes, now: float):
+        try:
+            return session.ratchet.decrypt(message, session.ad, now=now), None
+        except RatchetError as exc:
+            for cls, name in _RATCHET_FAILURES:
+                if isinstance(exc, cls):
+                    return None, name
+            return None, "ratchet_error"
+
+    def stats(self) -> dict:
+        return {
+            "decrypted": self.decrypted,
+            "decrypt_failures": self.failures,
+            "decrypt_failure_reasons": dict(self.failure_reasons),
+            "sessions": len(self._sessions),
+            "bundles_served": self.bundles_served,
+            "keys_published": self.keys_published,
+        }
