@@ -32,6 +32,7 @@ log = logging.getLogger("gateway.delivery")
 
 RESEND_CHUNK = 2048
 RECEIPT_STATUSES = frozenset(("delivered", "read", "failed"))
+ENCRYPT_CHUNK = 128  # messages ratchet-encrypted between two checkpoints (a few ms of CPU)
 MAX_AT_MS = 1 << 46  # year ~4200: anything later is not a time the network could mean
 
 
@@ -143,13 +144,16 @@ class Delivery:
         self._no_session.clear()
         if later:
             sched.requeue(later, now)
-        items, frames, touched = self._encrypt(go, failed, now_ms)
+        items, frames, touched = await self._encrypt(go, failed, now_ms)
         limiter = self._limiter_state(batch)
         sealer = self.gw.sealer
-        blobs = [(key, session.seal(sealer, key)) for key, session in touched.items()]
-        arg = ops.DispatchArg(items, blobs, limiter, failed, self.gw.webhook_targets() if failed else None,
-                              self.gw.event_ids)
         async with self._send_lock:
+            # Session states are sealed and handed to the writer with no checkpoint in between:
+            # anything else that advances a session (an inbound message) commits its state in
+            # enqueue order too, so a stored session never goes back to an older state.
+            blobs = [(key, session.seal(sealer, key)) for key, session in touched.items()]
+            arg = ops.DispatchArg(items, blobs, limiter, failed,
+                                  self.gw.webhook_targets() if failed else None, self.gw.event_ids)
             try:
                 result = await self.gw.writer.write(ops.dispatch, arg)
             except (StorageFull, StorageError):
@@ -265,14 +269,23 @@ class Delivery:
             live[key] = session
             self.sessions_started += 1
 
-    def _encrypt(self, go, failed: list, now_ms: int):
+    async def _encrypt(self, go, failed: list, now_ms: int):
         """Ratchet-encrypt each message still pending, in batch order: (outbox items, Submit
-        frames, the sessions they advanced)."""
+        frames, the sessions they advanced). A dispatch batch holds up to `dispatch_batch`
+        messages at tens of microseconds each, so the work is done in chunks with a checkpoint
+        between them: the API keeps answering while a large batch is encrypted."""
+        items, frames, touched = [], [], {}
+        for start in range(0, len(go), ENCRYPT_CHUNK):
+            if start:
+                await trio.lowlevel.checkpoint()
+            self._encrypt_chunk(go[start:start + ENCRYPT_CHUNK], failed, now_ms, items, frames, touched)
+        return items, frames, touched
+
+    def _encrypt_chunk(self, go, failed: list, now_ms: int, items: list, frames: list, touched: dict) -> None:
         store, sealer = self.gw.store, self.gw.sealer
         seal, open_ = sealer.seal, sealer.open
         decode = R.pending_decoder.decode
         encode = ops.encode
-        items, frames, touched = [], [], {}
         with store.env.begin(db=store.dbs["pending"], buffers=False) as txn:
             get = txn.get
             for m, key, session in go:
@@ -295,7 +308,6 @@ class Delivery:
                 items.append((m.id, encode(R.OutboxRecord(rec.sender, rec.recipient, rec.priority,
                                                           seal(env, id_bytes)))))
                 frames.append(Submit(m.id, rec.sender, rec.recipient, env, rec.priority))
-        return items, frames, touched
 
     async def _send(self, frames: list[Submit]) -> None:
         """Send what the dispatch commit moved to the outbox (caller holds the send lock)."""
