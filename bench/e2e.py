@@ -1,6 +1,14 @@
 """Accepted -> delivered through netsim in its own process: the gateway pinned to one core,
 netsim and a paced feeder (batch API) on the other. Reports the delivered rate per second over
-the run, the drain, and completeness (netsim saw every accepted message once, none twice).
+the run, the drain, and completeness (netsim saw every accepted message once, none twice, and
+decrypted every one).
+
+Recipients: by default every message goes to a new number, so with end-to-end encryption every
+message starts a PQXDH session (the broadcast-to-new-customers case). `--recipients N` cycles
+through N numbers instead, after a warm-up that sends each one message and waits for delivery,
+so the measured run is the ratchet path over established sessions (the conversation case); the
+pair limit is lifted for that run, since N numbers at thousands of messages/s would otherwise be
+held by it (the pair limit has its own tests).
 """
 from __future__ import annotations
 
@@ -16,7 +24,8 @@ from bench.procs import metric, pin_load_side, start_gateway, start_netsim
 from loadtest.netsim.server import fetch_stats
 
 
-def feeder(port: int, key: str, *, rate: float, duration_s: float, batch: int, threads: int) -> dict:
+def feeder(port: int, key: str, *, rate: float, duration_s: float, batch: int, threads: int,
+           recipients: int = 0) -> dict:
     """Send `rate` messages/s as batches from `threads` keep-alive connections, paced."""
     accepted = [0] * threads
     errors = [0] * threads
@@ -35,8 +44,8 @@ def feeder(port: int, key: str, *, rate: float, duration_s: float, batch: int, t
                 break
             if due > now:
                 time.sleep(due - now)
-            msgs = [{"to": "+1%010d" % (n + i), "text": {"body": "Your order %d has shipped" % (n + i)}}
-                    for i in range(batch)]
+            msgs = [{"to": "+1%010d" % ((n + i) % recipients if recipients else n + i),
+                     "text": {"body": "Your order %d has shipped" % (n + i)}} for i in range(batch)]
             n += batch
             try:
                 conn.request("POST", "/v1/messages/batch", json.dumps({"messages": msgs}), headers)
@@ -61,10 +70,44 @@ def feeder(port: int, key: str, *, rate: float, duration_s: float, batch: int, t
     return {"accepted": sum(accepted), "errors": sum(errors)}
 
 
+_NO_PAIR_LIMIT = "\n[scheduler]\npair_rate_per_minute = 600000.0\npair_burst = 100000\n"
+
+
+def _terminal(port: int) -> float:
+    return (metric(port, 'gateway_messages_status_total{status="delivered"}')
+            + metric(port, 'gateway_messages_status_total{status="failed"}'))
+
+
+def warm_up(port: int, key: str, recipients: int, timeout_s: float = 600.0) -> dict:
+    """One message to each of `recipients` numbers (sessions agreed), then wait for all of them."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    t0 = time.monotonic()
+    accepted = 0
+    for start in range(0, recipients, 200):
+        msgs = [{"to": "+1%010d" % (i % recipients), "text": {"body": "hello"}}
+                for i in range(start, min(recipients, start + 200))]
+        conn.request("POST", "/v1/messages/batch", json.dumps({"messages": msgs}), headers)
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        if resp.status != 202:
+            raise RuntimeError(f"warm-up batch refused: {resp.status} {body}")
+        accepted += body["accepted"]
+    conn.close()
+    deadline = time.monotonic() + timeout_s
+    while _terminal(port) < accepted:
+        if time.monotonic() > deadline:
+            raise RuntimeError("warm-up did not finish")
+        time.sleep(0.25)
+    return {"warm_up_messages": accepted, "warm_up_s": round(time.monotonic() - t0, 1)}
+
+
 def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, threads: int = 4,
-        read_share: float = 0.5) -> dict:
+        read_share: float = 0.5, recipients: int = 0) -> dict:
     netsim, netsim_port = start_netsim(1, "--seed", "1", "--latency-ms", "20", "--read-share", str(read_share))
-    gw, port, key = start_gateway(0, netsim_port=netsim_port)
+    gw, port, key = start_gateway(0, netsim_port=netsim_port,
+                                  extra_config=_NO_PAIR_LIMIT if recipients else "")
+    warm: dict = {}
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
@@ -74,15 +117,21 @@ def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, thread
             time.sleep(1.0)
 
     try:
+        if recipients:
+            warm = warm_up(port, key, recipients)
+        base_delivered = metric(port, 'gateway_messages_status_total{status="delivered"}')
+        base_failed = metric(port, 'gateway_messages_status_total{status="failed"}')
+        base_unique = trio.run(fetch_stats, "127.0.0.1", netsim_port).get("unique", 0)
         sampler = threading.Thread(target=sample)
         sampler.start()
         t0 = time.monotonic()
-        fed = feeder(port, key, rate=rate, duration_s=duration_s, batch=batch, threads=threads)
+        fed = feeder(port, key, rate=rate, duration_s=duration_s, batch=batch, threads=threads,
+                     recipients=recipients)
         fed_s = time.monotonic() - t0
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            delivered = metric(port, 'gateway_messages_status_total{status="delivered"}')
-            failed = metric(port, 'gateway_messages_status_total{status="failed"}')
+            delivered = metric(port, 'gateway_messages_status_total{status="delivered"}') - base_delivered
+            failed = metric(port, 'gateway_messages_status_total{status="failed"}') - base_failed
             if delivered + failed >= fed["accepted"]:
                 break
             time.sleep(0.5)
@@ -96,8 +145,11 @@ def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, thread
         netsim.stop()
     rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:])]
     steady = rates[2:int(fed_s) - 1] if len(rates) > 4 else rates
+    unique = stats.get("unique", 0) - base_unique
     result = {
         "target_rate": rate,
+        "recipients": recipients or "a new one per message",
+        **warm,
         "fed_seconds": round(fed_s, 1),
         "accepted": fed["accepted"],
         "feed_errors": fed["errors"],
@@ -107,9 +159,11 @@ def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, thread
         "delivered_per_s_over_run": round(delivered / drained_s),
         "delivered_per_s_steady_min": round(min(steady)) if steady else None,
         "delivered_per_s_steady_median": round(sorted(steady)[len(steady) // 2]) if steady else None,
-        "netsim_unique": stats.get("unique"),
+        "netsim_unique": unique,
         "netsim_duplicates": stats.get("duplicates"),
-        "lost": fed["accepted"] - stats.get("unique", 0),
+        "netsim_decrypted": stats.get("decrypted"),
+        "netsim_decrypt_failures": stats.get("decrypt_failures"),
+        "lost": fed["accepted"] - unique,
     }
     return result
 
@@ -120,9 +174,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--read-share", type=float, default=0.5)
+    ap.add_argument("--recipients", type=int, default=0,
+                    help="cycle through this many numbers after a warm-up (0: a new number per message)")
     args = ap.parse_args()
     pin_load_side()
-    print(json.dumps(run(args.rate, args.duration, args.batch, read_share=args.read_share), indent=2))
+    print(json.dumps(run(args.rate, args.duration, args.batch, read_share=args.read_share,
+                         recipients=args.recipients), indent=2))
 
 
 if __name__ == "__main__":

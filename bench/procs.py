@@ -88,14 +88,14 @@ def start_netsim(cpu: int, *args: str) -> tuple[Proc, int]:
 
 
 def start_gateway(cpu: int, *, rate: int = 60_000_000, burst: int = 1_000_000,
-                  netsim_port: int | None = None) -> tuple[Proc, int, str]:
+                  netsim_port: int | None = None, extra_config: str = "") -> tuple[Proc, int, str]:
     tmp = tempfile.mkdtemp(prefix="gw-bench-")
     port = free_port()
     network = f'mode = "tcp"\nurl = "tcp://127.0.0.1:{netsim_port}"' if netsim_port else 'mode = "embedded"'
     cfg = os.path.join(tmp, "gateway.toml")
     with open(cfg, "w") as f:
         f.write(BENCH_CONFIG.format(port=port, data_dir=os.path.join(tmp, "var"), rate=rate,
-                                    burst=burst, network=network))
+                                    burst=burst, network=network) + extra_config)
     log = open(os.path.join(tmp, "gateway.log"), "w")
     p = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", cfg, "--log-level", "warning"],
                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin(cpu))
