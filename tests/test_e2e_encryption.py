@@ -207,6 +207,10 @@ def test_safety_number_is_signals_over_both_identity_keys(tmp_path):
         assert gw.request("GET", path, key=made["key"])[0] == 200
         _, app = gw.request("POST", "/admin/v1/api-keys", {"workspace": "default", "role": "app"})
         assert gw.request("GET", path, key=app["key"])[1]["error"]["code"] == "forbidden_role"
+        # a supervisor of another workspace learns nothing about this workspace's senders
+        _, other = gw.request("POST", "/admin/v1/api-keys", {"workspace": "other", "role": "supervisor"})
+        status, reply = gw.request("GET", path, key=other["key"])
+        assert (status, reply["error"]["code"]) == (404, "sender_not_found")
         status, reply = gw.request("GET", f"/admin/v1/senders/+15559999999/safety-number/{recipient}")
         assert (status, reply["error"]["code"]) == (404, "sender_not_found")
     finally:

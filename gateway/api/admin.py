@@ -107,8 +107,11 @@ class AdminApi:
         """The 60-digit safety number of a sender and a recipient it has a session with (Signal's
         numeric fingerprint over both identity keys and numbers), for out-of-band verification."""
         number, recipient = unquote(params[0]), unquote(params[1])
-        if self.gw.sender_workspace(number) is None:
-            raise ApiError(404, "sender_not_found", f"no sender {number} in the config")
+        owner = self.gw.sender_workspace(number)
+        # Another workspace's sender answers exactly like an unknown one: a supervisor learns
+        # neither its keys nor whom it has sessions with.
+        if owner is None or (owner != principal.workspace and principal.role != "admin"):
+            raise ApiError(404, "sender_not_found", f"no sender {number} in this workspace")
         identity = self.gw.keyring.identity(number)
         remote = self.gw.delivery.remote_identity(number, recipient)
         if identity is None or remote is None:
