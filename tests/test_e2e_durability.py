@@ -162,7 +162,17 @@ def test_message_text_is_in_no_file_under_the_data_directory(tmp_path):
         assert gw.request("PATCH", "/admin/v1/senders/+15550000002", {"rate_per_minute": 1, "burst": 1})[0] == 200
         pending = [gw.send(f"+1415563{i:04d}", marker, **{"from": "+15550000002"}) for i in range(3)]
         gw.wait_status(held, {"delivered", "read"})
+        # a flag list hit quotes the text as sent in the 202, which an Idempotency-Key stores
+        quoted = f"Z.O.R.B.L.A.X {marker}"
+        assert gw.request("PUT", "/admin/v1/sensitive-words/tmp-flag",
+                          {"action": "flag", "terms": ["zorblax"]})[0] in (200, 201)
+        for _ in range(2):  # the first answer, then its replay from the idempotency record
+            status, reply = gw.request("POST", "/v1/messages",
+                                       {"to": "+14155550199", "text": {"body": f"hi {quoted} x"},
+                                        "from": "+15550000002"}, headers={"Idempotency-Key": "k-marker"})
+            assert status == 202 and reply["policy"]["hits"][0]["matched"] == "Z.O.R.B.L.A.X", reply
         assert files_containing(gw.data_dir, marker.encode()) == []  # pending and delivered alike
+        assert files_containing(gw.data_dir, b"Z.O.R.B.L.A.X") == []
         assert gw.request("GET", f"/v1/messages/{pending[-1]}")[1]["status"] == "accepted"
     finally:
         gw.stop()

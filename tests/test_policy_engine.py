@@ -132,3 +132,20 @@ def test_sharded_scanner_finds_what_one_automaton_finds(monkeypatch):
     assert pauses  # a builder in a worker thread gets to release the GIL
     text = f"{words[0]} and {words[150]}, then {words[299]}!"
     assert sharded.scan(text) == single.scan(text) and len(single.scan(text)) == 3
+
+
+def test_a_repeated_term_is_reported_once_and_counted_and_every_occurrence_is_masked():
+    from gateway.policy.engine import MAX_REPORTED_HITS
+
+    rules = Rules.build({"abuse": WordList("mask", ["idiot"]), "spam": WordList("flag", ["free"])})
+    text = "free idiot " * 800
+    verdict = rules.verdict(text)
+    assert verdict.hit_count == 1600
+    assert [(h.term, h.start) for h in verdict.hits] == [("free", 0), ("idiot", 5)]
+    assert "idiot" not in verdict.text and verdict.text.count("*****") == 800
+    assert verdict.view(text)["hit_count"] == 1600
+
+    many = Rules.build({"spam": WordList("flag", [f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(40)])})
+    text = " ".join(f"word{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(40))
+    verdict = many.verdict(text)
+    assert verdict.hit_count == 40 and len(verdict.hits) == MAX_REPORTED_HITS

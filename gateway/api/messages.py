@@ -11,9 +11,11 @@ from typing import Annotated, Literal
 
 import msgspec
 import orjson
+import trio
 from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
+from gateway.crypto.seal import SealError
 from gateway.http.server import Request, Response
 from gateway.ids import is_id
 from gateway.policy.engine import Verdict
@@ -48,6 +50,7 @@ class BatchRequest(Struct, forbid_unknown_fields=True):
 _send_decoder = msgspec.json.Decoder(SendRequest)
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 _IDEM_MAX = 255
+_BATCH_SLICE = 64  # batch items prepared between two checkpoints
 
 
 class Prepared:
@@ -166,6 +169,8 @@ class MessagesApi:
         prepared: list[Prepared] = []
         blocked: list[tuple[bytes, bytes]] = []
         for index, raw in enumerate(batch.messages):
+            if index and index % _BATCH_SLICE == 0:
+                await trio.lowlevel.checkpoint()  # screening 1,000 long texts can take a while
             try:
                 p = self.prepare(_send_decoder.decode(raw), principal.workspace, now_ms)
             except msgspec.DecodeError as exc:
@@ -200,7 +205,9 @@ class MessagesApi:
             fingerprint = hashlib.sha256(request.method.encode() + b" " + request.path.encode()
                                          + b"\n" + request.body).digest()
             idem_key = R.idempotency_key(principal.workspace, idem)
-            idem_record = ops.encode(R.IdempotencyRecord(fingerprint, status, body, self.gw.clock_ms()))
+            # the answer can quote the text as sent (policy hits): sealed like every other text
+            idem_record = ops.encode(R.IdempotencyRecord(fingerprint, status, self.gw.sealer.seal(body, idem_key),
+                                                         self.gw.clock_ms()))
         op, arg = self._accept_op(prepared, ops.AcceptArg(
             [p.item for p in prepared if p.item is not None], idem_key, idem_record), blocked)
         try:
@@ -217,7 +224,13 @@ class MessagesApi:
             if earlier.fingerprint != fingerprint:
                 raise ApiError(422, "idempotency_key_reused",
                                "this Idempotency-Key was used with a different request")
-            return Response(earlier.status, earlier.body, headers=[("Idempotent-Replayed", "true")])
+            try:
+                first = self.gw.sealer.open(earlier.body, idem_key)
+            except SealError:
+                raise ApiError(503, "storage_unavailable",
+                               "the first answer to this Idempotency-Key cannot be opened (data key missing)",
+                               retry_after=60) from None
+            return Response(earlier.status, first, headers=[("Idempotent-Replayed", "true")])
         self.gw.enqueue([p.queued for p in prepared if p.queued is not None])
         if op is P.accept_with_policy and arg.flags:
             self.gw.webhooks_wake({principal.workspace})

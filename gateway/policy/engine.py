@@ -73,19 +73,40 @@ class PolicyHit(Struct, frozen=True, array_like=True):
                 "start": self.start, "end": self.end, "matched": text[self.start:self.end]}
 
 
+MAX_REPORTED_HITS = 32  # hits a verdict reports and stores; masking and the action use them all
+
+
 class Verdict(Struct, frozen=True):
-    """What the lists say about one text: `action` is the strongest among `hits`; `text` is what may
-    be sent (masked where a mask list hit; unchanged otherwise; irrelevant for block)."""
+    """What the lists say about one text: `action` is the strongest among all hits; `text` is what
+    may be sent (masked where a mask list hit; unchanged otherwise; irrelevant for block).
+    `hits` reports each distinct (term, category) once, at its first span, at most
+    MAX_REPORTED_HITS of them; `hit_count` counts every occurrence. A text made of one term
+    repeated thousands of times thus costs a bounded reply, record and metric update."""
 
     action: str
     hits: list[PolicyHit]
     text: str
+    hit_count: int = 0
 
     def flagged(self) -> list[PolicyHit]:
         return [h for h in self.hits if h.action == "flag"]
 
     def view(self, original: str) -> dict:
-        return {"action": self.action, "hits": [h.view(original) for h in self.hits]}
+        return {"action": self.action, "hits": [h.view(original) for h in self.hits],
+                "hit_count": self.hit_count or len(self.hits)}
+
+
+def _reported(hits: list[PolicyHit]) -> list[PolicyHit]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for h in hits:
+        key = (h.term, h.category)
+        if key not in seen:
+            seen.add(key)
+            out.append(h)
+            if len(out) == MAX_REPORTED_HITS:
+                break
+    return out
 
 
 class Rules:
@@ -115,7 +136,8 @@ class Rules:
         policy_hits = [PolicyHit(h.term, h.category, actions[h.category], h.start, h.end) for h in hits]
         action = max((h.action for h in policy_hits), key=SEVERITY.__getitem__)
         masked: Iterable[Hit] = [h for h in hits if actions[h.category] == "mask"]
-        return Verdict(action, policy_hits, mask(text, masked) if masked else text)
+        return Verdict(action, _reported(policy_hits), mask(text, masked) if masked else text,
+                       len(policy_hits))
 
 
 class Engine:
