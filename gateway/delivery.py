@@ -221,14 +221,18 @@ class Delivery:
         left without either are requeued."""
         cap = self.gw.config.crypto.new_sessions_per_round
         wanted: dict[bytes, tuple[str, str]] = {}
+        recipients: set[str] = set()
         for m, key in zip(batch, keys):
             if key in live or key in wanted or key in self._no_session:
                 continue
             if self.keyring.identity(m.sender) is None:
                 self._no_session[key] = "sender_keys_missing"
                 continue
-            if len(wanted) < cap:
+            # One session per recipient per round: a bundle's one-time prekey serves one session
+            # only, so a second sender to the same number waits for the next round's bundle.
+            if len(wanted) < cap and m.recipient not in recipients:
                 wanted[key] = (m.sender, m.recipient)
+                recipients.add(m.recipient)
         if not wanted:
             return
         numbers = list(dict.fromkeys(recipient for _, recipient in wanted.values()))

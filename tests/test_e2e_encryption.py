@@ -216,3 +216,22 @@ def test_safety_number_is_signals_over_both_identity_keys(tmp_path):
     finally:
         gw.stop()
         netsim.stop()
+
+
+def test_two_senders_to_one_recipient_in_one_batch_get_a_one_time_prekey_each(tmp_path):
+    """Found in review: both pairs used the one bundle fetched for the number, so the second
+    session reused a one-time prekey and every message of that pair failed at the recipient."""
+    gw = Gateway(tmp_path, sim="latency_ms_median = 5.0").start()
+    try:
+        to = "+14155550177"
+        status, reply = gw.request("POST", "/v1/messages/batch", {"messages": [
+            {"to": to, "from": "+15550000001", "text": {"body": "one"}},
+            {"to": to, "from": "+15550000002", "text": {"body": "two"}},
+        ]})
+        assert status == 202, reply
+        ids = [r["id"] for r in reply["results"]]
+        ids += [gw.send(to, "again", **{"from": "+15550000002"}) for _ in range(3)]
+        views = [gw.wait_status(i, {"delivered", "read", "failed"}) for i in ids]
+        assert [v["status"] for v in views if v["status"] == "failed"] == [], views
+    finally:
+        gw.stop()
