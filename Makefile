@@ -33,5 +33,10 @@ test-pure: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
+# The quick variant of every load-test scenario (reports under loadtest/reports/); fails if any one failed.
+LOADTEST_QUICK := steady-single peak-ramp burst-batch many-senders flaky-network crash-restart
+loadtest: $(STAMP)
+	@rc=0; for s in $(LOADTEST_QUICK); do $(PY) -m loadtest run loadtest/scenarios/$$s.toml --quick || rc=1; done; exit $$rc
+
 clean:
 	rm -rf build gateway/_native/*.so native/*.c *.egg-info $(VENV)

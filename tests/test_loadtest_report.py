@@ -1,0 +1,184 @@
+"""Scenario files, workload encoding, latency figures and the report folder, from small fabricated inputs."""
+from array import array
+from pathlib import Path
+
+import orjson
+import pytest
+
+from loadtest import latency as L
+from loadtest.checks import judge
+from loadtest.progress import progress_line, summary_table
+from loadtest.report import write_report
+from loadtest.scenario import ScenarioError, parse_scenario
+from loadtest.workload import Workload, ids_from_answers, sender_tiers
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = sorted((ROOT / "loadtest" / "scenarios").glob("*.toml"))
+
+BASE = """
+name = "t"
+[load]
+rate = 100
+duration_s = 10
+[quick.load]
+rate = 10
+duration_s = 2
+"""
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_shipped_scenario_parses_in_both_variants(path, quick):
+    scn = parse_scenario(path.read_text(), quick=quick, source=str(path))
+    assert scn.name == path.stem and scn.schedule().total > 0
+
+
+def test_the_quick_table_overrides_only_what_it_names():
+    full, quick = parse_scenario(BASE), parse_scenario(BASE, quick=True)
+    assert (full.load.rate, quick.load.rate) == (100, 10)
+    assert quick.load.connections == full.load.connections and quick.quick and not full.quick
+
+
+def test_a_typo_in_a_scenario_names_its_path():
+    with pytest.raises(ScenarioError, match=r"unknown field `rat`.*\$\.load"):
+        parse_scenario(BASE.replace("rate = 100", "rat = 100"))
+
+
+def test_senders_on_an_undefined_tier_are_refused():
+    with pytest.raises(ScenarioError, match="not defined in gateway.tiers"):
+        parse_scenario(BASE + '[senders]\ntiers = { gold = 1.0 }\n')
+
+
+def test_tier_shares_split_the_sender_numbers():
+    scn = parse_scenario(BASE + '[senders]\ncount = 10\ntiers = { fast = 0.25, restricted = 0.75 }\n')
+    tiers = sender_tiers(scn)
+    assert len(tiers) == 10 and tiers.count("restricted") in (7, 8)
+
+
+def test_a_single_request_is_complete_http_with_a_json_body():
+    scn = parse_scenario(BASE)
+    raw = Workload(scn, host="127.0.0.1", port=8080, api_key="k").request(7)
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"POST /v1/messages HTTP/1.1\r\n") and b"Authorization: Bearer k" in head
+    assert int(head.split(b"Content-Length: ")[1]) == len(body)
+    doc = orjson.loads(body)
+    assert doc["to"] == "+16660000007" and "from" not in doc  # one sender: the workspace default
+
+
+def test_with_many_senders_each_message_names_its_sender():
+    scn = parse_scenario(BASE + '[senders]\ncount = 3\n')
+    work = Workload(scn, host="h", port=1, api_key="k")
+    senders = [orjson.loads(work.request(k).split(b"\r\n\r\n", 1)[1])["from"] for k in range(4)]
+    assert senders == ["+15550001000", "+15550001001", "+15550001002", "+15550001000"]
+
+
+def test_a_batch_request_carries_batch_size_consecutive_messages():
+    scn = parse_scenario(BASE.replace("duration_s = 10", 'duration_s = 10\nsend = "batch"\nbatch_size = 3'))
+    raw = Workload(scn, host="h", port=1, api_key="k").request(2)
+    doc = orjson.loads(raw.split(b"\r\n\r\n", 1)[1])
+    assert [m["to"] for m in doc["messages"]] == ["+16660000006", "+16660000007", "+16660000008"]
+
+
+def test_ids_come_out_of_single_and_batch_answers():
+    single = (0, b"202", b'{"id":"01KAAAAAAAAAAAAAAAAAAAAAAA","status":"accepted"}')
+    batch = (1, b"202", orjson.dumps({"accepted": 1, "rejected": 1, "results": [
+        {"index": 0, "id": "01KBBBBBBBBBBBBBBBBBBBBBBB", "status": "accepted"},
+        {"index": 1, "error": {"code": "invalid_field"}}]}))
+    ids, rejected = ids_from_answers([single, batch])
+    assert ids == ["01KAAAAAAAAAAAAAAAAAAAAAAA", "01KBBBBBBBBBBBBBBBBBBBBBBB"] and rejected == 1
+
+
+def test_latency_summary_reads_percentiles_off_an_hdr_histogram():
+    samples = array("q", range(1000, 101_000, 1000))  # 1 .. 100 ms
+    s = L.summary(L.histogram(samples))
+    assert s["count"] == 100
+    assert s["p50"] == pytest.approx(50, rel=0.01) and s["p99"] == pytest.approx(99, rel=0.01)
+    assert s["max"] == pytest.approx(100, rel=0.01)
+    rows = L.per_second([array("q"), samples])
+    assert [r["second"] for r in rows] == [1]
+
+
+def _report(violating: bool) -> dict:
+    ids = ["a", "b"]
+    views = {"a": {"status": "read", "timeline": [{"status": "sent"}, {"status": "delivered"}]},
+             "b": {"status": "failed", "reason": "recipient_not_registered", "timeline": [{"status": "sent"}]}}
+    if violating:
+        views["b"] = {"status": "sent", "timeline": []}
+    verdict = judge(accepted=ids, views=views, record=None, netsim_stats=None, sender_limits=None,
+                    pair_limit=None, tolerance_ms=0, unknown_outcome_messages=0, allow_resubmits=False)
+    per_second = [{"second": s, "offered": 10, "answered": 10, "ok": 10, "errors": 0, "messages_ok": 10,
+                   "p50": 1.0, "p90": 2.0, "p99": 3.0, "p99_9": 4.0, "max": 5.0} for s in range(3)]
+    import msgspec
+    return {"scenario": "fabricated", "quick": True, "ok": verdict.ok, "command": "python -m loadtest run x",
+            "generator_ceiling": {"requests_per_s": 20000, "messages_per_s": 20000, "request_shape": "single",
+                                  "connections": 8, "generator_cpu_pct": 90, "requests_per_cpu_s": 22000},
+            "load": {"messages_per_request": 1, "issued_requests": 30, "answered": 30, "duration_s": 3.0,
+                     "requests_per_s": 10.0, "accepted_messages": 2, "accepted_messages_per_s": 0.7,
+                     "statuses": {"202": 30}, "failures": {"refused": 0},
+                     "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": 3.0, "p99_9": 4.0, "max": 5.0},
+                     "per_second": per_second},
+            "verdict": msgspec.to_builtins(verdict), "drain": {"seconds": 1.0},
+            "gateway_counters": [{"t": t, "accepted": 10 * t, "sent": 9 * t, "delivered": 8 * t, "read": 4 * t,
+                                  "failed": 0} for t in (1.0, 2.0, 3.0)]}
+
+
+def test_a_report_folder_holds_json_markdown_and_the_three_plots(tmp_path):
+    written = write_report(str(tmp_path), _report(violating=False))
+    assert set(written) == {"report.json", "report.md", "throughput.png", "latency.png", "funnel.png"}
+    for name in ("throughput.png", "latency.png", "funnel.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert orjson.loads((tmp_path / "report.json").read_bytes())["scenario"] == "fabricated"
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# fabricated (quick): PASS") and "recipient_not_registered 1" in md
+    assert "![funnel.png](funnel.png)" in md
+
+
+def test_a_failing_report_says_what_was_violated(tmp_path):
+    write_report(str(tmp_path), _report(violating=True))
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("# fabricated (quick): FAIL")
+    assert "### VIOLATIONS" in md and "**lost**" in md
+
+
+def test_progress_and_summary_text():
+    line = progress_line(elapsed_s=3.0, offered_rps=500, done_rps=498, p99_ms=12.5, in_flight=3, errors=0,
+                         funnel={"accepted": 10, "sent": 9, "delivered": 8, "read": 4, "failed": 1})
+    assert "p99    12.5 ms" in line and "delivered 8" in line
+    table = summary_table([("a", "1"), ("longer", "2")])
+    assert "a       1" in table and "longer  2" in table
+
+
+def test_hot_recipients_get_every_nth_message_from_the_first_sender():
+    scn = parse_scenario(BASE + '[senders]\ncount = 2\nhot_recipients = 2\nhot_every = 3\n')
+    work = Workload(scn, host="h", port=1, api_key="k")
+    pairs = [work.message(n) for n in range(7)]
+    assert pairs[0] == ("+15550001000", "+16670000000") and pairs[3] == ("+15550001000", "+16670000001")
+    assert pairs[6] == ("+15550001000", "+16670000000") and pairs[1] == ("+15550001001", "+16660000001")
+    with pytest.raises(ScenarioError, match="go together"):
+        parse_scenario(BASE + '[senders]\nhot_recipients = 2\n')
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.text, self.tty = "", tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_prints_every_few_seconds_otherwise():
+    from loadtest.progress import Progress
+    tty, plain = _Stream(True), _Stream(False)
+    p_tty, p_plain = Progress(tty), Progress(plain, every_s_plain=5.0)
+    for t in (0.0, 1.0, 2.0, 5.5):
+        p_tty.show(f"line {t}", t)
+        p_plain.show(f"line {t}", t)
+    p_tty.say("done")
+    assert tty.text.count("\r") == 4 and "\n" not in tty.text.split("done")[0].rstrip("\n")
+    assert plain.text.splitlines() == ["line 0.0", "line 5.5"]
