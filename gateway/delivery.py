@@ -161,6 +161,8 @@ class Delivery:
             if result is not None:
                 moved = set(result.moved)
                 await self._send([f for f in frames if f.id in moved])
+                # rates are judged where the frames arrive: count the takes from the write
+                sched.settle_sent(batch, self.gw.clock.now())
         if result is None:
             waiting = {m.id for m in later}
             sched.requeue([m for m in batch if m.id not in waiting], now)

@@ -451,3 +451,28 @@ def test_restored_pairs_are_forgotten_once_refilled(make):
     s.restore_pair("S", "A", 43.0, 0.0)
     assert s.forget_full_pairs(6.0) == []
     assert s.forget_full_pairs(12.0) == [("S", "A")]
+
+
+def test_a_batch_written_late_moves_its_takes_to_the_write_time(make):
+    """Batch 1 is let go at 0 but written at 0.5 (slow commit); without settle_sent batch 2 would
+    be let go at 1.0 and reach the network 0.5 s after batch 1 under a 1/s bucket."""
+    s = make(pair_rate_per_minute=60.0, pair_burst=1.0)
+    s.set_sender("S", 60.0, 1.0, 0.0)
+    fill(s, 3, recipient="R")
+    first = drain(s, 0.0)
+    assert len(first) == 1
+    s.settle_sent(first, 0.5)
+    assert drain(s, 1.0) == []
+    assert len(drain(s, 1.5)) == 1
+    assert s.next_wakeup(1.5) == 2.5
+
+
+def test_settle_sent_is_never_more_permissive(make):
+    s = make()
+    s.set_sender("S", 60.0, 5.0, 0.0)
+    fill(s, 20)
+    taken = drain(s, 10.0)
+    assert len(taken) == 5
+    s.settle_sent(taken, 9.0)  # a write time before the take changes nothing
+    assert drain(s, 10.5) == []
+    assert len(drain(s, 11.0)) == 1

@@ -257,6 +257,32 @@ class Scheduler:
         self._unpark_all(s)
         self._activate(s)
 
+    def settle_sent(self, msgs: list[QueuedMessage], sent_at: float) -> None:
+        """The network judges rates by when messages reach it, not when `ready` let them go. Move
+        the last take of these messages' sender and pair buckets to `sent_at` (when their frames
+        were written), so the refill that accrued while the batch was encrypted, committed and
+        written cannot let the next batch follow closer than the buckets allow: a slow batch
+        followed by a quick one otherwise arrives bunched. Never makes a bucket more permissive."""
+        table = self._table
+        senders = self._senders
+        seen: set = set()
+        for m in msgs:
+            s = senders.get(m.sender)
+            if s is None:
+                continue
+            if s.slot >= 0 and s not in seen:
+                seen.add(s)
+                tokens, last = table.state(s.slot)
+                if last < sent_at:
+                    table.restore(s.slot, tokens, sent_at)
+            slot = s.pairs.get(m.recipient)
+            if slot is not None and (s, m.recipient) not in seen:
+                seen.add((s, m.recipient))
+                tokens, last = table.state(slot)
+                if last < sent_at:
+                    table.restore(slot, tokens, sent_at)
+                    self._note_pair(s, m.recipient, slot, sent_at)
+
     def forget_full_pairs(self, now: float) -> list[tuple[str, str]]:
         """Drop pair buckets that have refilled to their burst (an untracked pair counts as full);
         returns the (sender, recipient) pairs dropped. Work is proportional to what expired."""
