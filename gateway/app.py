@@ -29,6 +29,7 @@ from gateway.e2e.keys import KeyFileError
 from gateway.http.auth import Authenticator, AuthError, authorize, mint_key
 from gateway.http.router import Router
 from gateway.http.server import Request, Response, ServerLimits, serve_http
+from gateway.inbound import InboundPath
 from gateway.ids import IdGenerator
 from gateway.metrics import GatewayMetrics
 from gateway.network.link import NetworkLink, parse_url
@@ -68,6 +69,8 @@ class Gateway:
                                    starvation_guard=sc.starvation_guard)
         self.keyring = self._keyring(config)
         self.delivery = Delivery(self, self.scheduler, self.keyring)
+        self.inbound = InboundPath(self, self.delivery)
+        self.delivery.inbound = self.inbound
         self.webhooks = WebhookDispatcher(self)
         self.auth = Authenticator(self._load_key)
         self.policy = PolicyService(self)  # sensitive words, opt-outs (before the APIs that screen)

@@ -69,7 +69,8 @@ class WebhookEndpoint(Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     secret_file: str | None = None
     secret_env: str | None = None
-    events: list[str] = msgspec.field(default_factory=lambda: ["message.status", "policy.flagged"])
+    events: list[str] = msgspec.field(default_factory=lambda: ["message.status", "policy.flagged",
+                                                                "message.received"])
 
 
 class WorkspaceConfig(Struct, frozen=True, forbid_unknown_fields=True):

@@ -21,7 +21,7 @@ from gateway.crypto.seal import SealError
 from gateway.e2e.bundles import BundleRequests, BundleTimeout
 from gateway.e2e.keyring import Keyring
 from gateway.e2e.sessions import SessionCache, load_many, session_key, start_session
-from gateway.network.frames import Ack, BundleReply, PrekeyCount, Receipt, ReceiptAck, Submit
+from gateway.network.frames import Ack, BundleReply, Inbound, InboundAck, PrekeyCount, Receipt, ReceiptAck, Submit
 from gateway.network.link import LinkDown
 from gateway.schedule.scheduler import QueuedMessage, Scheduler
 from gateway.store import ops
@@ -47,6 +47,7 @@ class Delivery:
         self.signatures = SignatureCache(4096)
         self.bundles = BundleRequests()
         self.link = None  # set by the composition root before run()
+        self.inbound = None  # gateway.inbound.InboundPath, set by the composition root
         self._pushed = trio.Event()
         self._send_lock = trio.Lock()  # dispatch and outbox resend never interleave
         self._throttled: list[tuple[float, str]] = []  # (wall time due, id)
@@ -251,6 +252,10 @@ class Delivery:
         for n, (key, (sender, recipient)) in enumerate(wanted.items()):
             if n % 16 == 15:
                 await trio.lowlevel.checkpoint()  # each agreement costs ~1 ms: let the API breathe
+            existing = self.sessions.get(key)
+            if existing is not None:  # the customer started one while the bundles were on their way
+                live[key] = existing
+                continue
             if recipient in unknown:
                 self._no_session[key] = "recipient_not_registered"
                 continue
@@ -392,8 +397,11 @@ class Delivery:
         receipt_ids = []
         throttled = []
         publish = []
+        inbound = []
         for f in frames:
-            if isinstance(f, BundleReply):
+            if isinstance(f, Inbound):
+                inbound.append(f)
+            elif isinstance(f, BundleReply):
                 self.bundles.on_reply(f)
             elif isinstance(f, PrekeyCount):
                 publish += self.keyring.on_prekey_count(f)
@@ -415,11 +423,14 @@ class Delivery:
             await self._on_throttled(throttled, now_ms, updates)
         if updates:
             await self._apply(updates)
-        if receipt_ids or publish:
+        answers = publish + ([ReceiptAck(receipt_ids)] if receipt_ids else [])
+        if inbound and self.inbound is not None:
+            answers.append(InboundAck(await self.inbound.receive(inbound)))  # after their commit
+        if answers:
             try:
-                await self.link.send(publish + ([ReceiptAck(receipt_ids)] if receipt_ids else []))
+                await self.link.send(answers)
             except LinkDown:
-                pass  # the network re-sends unacknowledged receipts after the reconnect
+                pass  # the network re-sends unacknowledged receipts and inbound messages after the reconnect
 
     async def _apply(self, updates: list) -> None:
         # Nothing is acknowledged to the network until stored: keep trying through a full store.

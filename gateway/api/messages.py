@@ -249,14 +249,39 @@ class MessagesApi:
     async def get(self, request: Request, principal, params) -> Response:
         msg_id = params[0]
         record = self.gw.store.message(msg_id) if is_id(msg_id) else None
-        if record is None or (record.workspace != principal.workspace and principal.role != "admin"):
+        if record is None:
+            raw = self.gw.store.get("inbound", msg_id.encode()) if is_id(msg_id) else None
+            inbound = R.inbound_decoder.decode(raw) if raw is not None else None
+            if inbound is None or (inbound.workspace != principal.workspace and principal.role != "admin"):
+                raise ApiError(404, "message_not_found", f"no message {msg_id}")
+            return Response.json(200, inbound_view(msg_id, inbound))
+        if record.workspace != principal.workspace and principal.role != "admin":
             raise ApiError(404, "message_not_found", f"no message {msg_id}")
         return Response.json(200, message_view(msg_id, record))
+
+
+def inbound_view(msg_id: str, record: R.InboundRecord) -> dict:
+    """A customer's message: no body, as for outbound messages (the app got it in message.received)."""
+    view = {
+        "id": msg_id,
+        "direction": "inbound",
+        "status": record.status,
+        "from": record.sender,
+        "to": record.recipient,
+        "workspace": record.workspace,
+        "network_id": record.network_id,
+        "sent_at": rfc3339(record.sent_ms),
+        "received_at": rfc3339(record.received_ms),
+    }
+    if record.reason:
+        view["reason"] = record.reason
+    return view
 
 
 def message_view(msg_id: str, record: R.MessageRecord) -> dict:
     view = {
         "id": msg_id,
+        "direction": "outbound",
         "status": record.status,
         "from": record.sender,
         "to": record.recipient,

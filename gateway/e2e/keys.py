@@ -178,6 +178,26 @@ class SenderKeys:
                 return OneTimePrekey(kid, X25519PrivateKey.from_private_bytes(private))
         return None
 
+    def peek_one_time(self, key_id: int) -> OneTimePrekey | None:
+        """A one-time prekey's private half without using it up (the inbound path deletes it with
+        `drop_one_time` once the message it served has decrypted)."""
+        for kid, private in self._r.one_time:
+            if kid == key_id:
+                return OneTimePrekey(kid, X25519PrivateKey.from_private_bytes(private))
+        return None
+
+    def drop_one_time(self, key_ids) -> bool:
+        """Delete used one-time prekeys; returns whether any was held (save the book then)."""
+        used = set(key_ids)
+        before = len(self._r.one_time)
+        self._r.one_time[:] = [(kid, p) for kid, p in self._r.one_time if kid not in used]
+        return len(self._r.one_time) != before
+
+    def signed_prekey_private(self, key_id: int) -> X25519PrivateKey | None:
+        """The private half of a signed prekey (the responder's first ratchet key pair)."""
+        rec = next((k for k in self._r.signed if k.id == key_id), None)
+        return None if rec is None else X25519PrivateKey.from_private_bytes(rec.private)
+
     def all_one_time_public(self) -> list[tuple[int, bytes]]:
         return [(kid, encode_ec(X25519PrivateKey.from_private_bytes(p).public_key().public_bytes_raw()))
                 for kid, p in self._r.one_time]

@@ -1,4 +1,4 @@
-"""Outbound sessions: one per (sender, recipient), agreed by X3DH/PQXDH from the recipient's
+"""Sessions: one per (sender, recipient), agreed by X3DH/PQXDH from the recipient's
 bundle and advanced by the Double Ratchet; their stored form (sealed at rest, it holds keys) and
 the hot cache the dispatch path reads so that no record is decoded per message.
 
@@ -26,6 +26,7 @@ class SessionRecord(msgspec.Struct, array_like=True):
     remote_identity: bytes  # the recipient's raw Ed25519 identity key, as its bundle carried it
     header: bytes | None  # the encoded InitialHeader, sent with every message until confirmed
     created_ms: int
+    base_key: bytes | None = None  # EncodeEC(EK_A) of the customer's initial header (sessions they started)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -41,15 +42,22 @@ def session_key(sender: str, recipient: str) -> bytes:
 
 
 class LiveSession:
-    __slots__ = ("ratchet", "ad", "remote_identity", "header", "created_ms")
+    __slots__ = ("ratchet", "ad", "remote_identity", "header", "created_ms", "base_key")
 
     def __init__(self, ratchet: Session, ad: bytes, remote_identity: bytes, header: bytes | None,
-                 created_ms: int) -> None:
+                 created_ms: int, base_key: bytes | None = None) -> None:
         self.ratchet = ratchet
         self.ad = ad
         self.remote_identity = remote_identity
         self.header = header
         self.created_ms = created_ms
+        self.base_key = base_key  # the customer's ephemeral key when the customer started the session
+
+    def replace_with(self, other: LiveSession) -> None:
+        """Become `other` in place (a customer started a new session): whoever holds this object,
+        the dispatch path included, continues in the new session and commits its state."""
+        self.ratchet, self.ad, self.remote_identity = other.ratchet, other.ad, other.remote_identity
+        self.header, self.created_ms, self.base_key = other.header, other.created_ms, other.base_key
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """One ratchet step: the envelope to send (prekey kind while unconfirmed)."""
@@ -61,7 +69,7 @@ class LiveSession:
 
     def to_bytes(self) -> bytes:
         return _encode(SessionRecord(RECORD_VERSION, self.ratchet.to_bytes(), self.ad, self.remote_identity,
-                                     self.header, self.created_ms))
+                                     self.header, self.created_ms, self.base_key))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LiveSession:
@@ -69,7 +77,7 @@ class LiveSession:
             r = _decode(raw)
             if r.version != RECORD_VERSION:
                 raise SessionRecordError(f"unknown session record version {r.version}")
-            return cls(Session.from_bytes(r.state), r.ad, r.remote_identity, r.header, r.created_ms)
+            return cls(Session.from_bytes(r.state), r.ad, r.remote_identity, r.header, r.created_ms, r.base_key)
         except (msgspec.DecodeError, RatchetError) as exc:
             raise SessionRecordError(f"corrupt session record: {exc}") from None
 

@@ -17,8 +17,12 @@ __all__ = [
     "BundleRequest",
     "Frame",
     "FrameDecoder",
+    "CustomerSend",
+    "CustomerSendReply",
     "FrameError",
     "Hello",
+    "Inbound",
+    "InboundAck",
     "HelloOk",
     "Ping",
     "Pong",
@@ -133,8 +137,44 @@ class BundleReply(_Frame, tag="bundle_reply"):
     unknown: list[str] = []
 
 
+class Inbound(_Frame, tag="inbound"):
+    # A customer's message to one of the client's numbers: `sender` is the customer, `recipient` the
+    # client's number, `payload` the end-to-end envelope; `id` is the network's unique message id
+    # (the client's dedupe key) and `at_ms` when the customer sent it. Re-sent after every hello
+    # until an InboundAck names it.
+    id: str
+    sender: str
+    recipient: str
+    payload: bytes
+    at_ms: int = 0
+
+
+class InboundAck(_Frame, tag="inbound_ack"):
+    # The client has durably processed these inbound messages (stored, or found undecryptable,
+    # or recognised as already processed): the network stops re-sending them.
+    ids: list[str]
+
+
+class CustomerSend(_Frame, tag="customer_send"):
+    # netsim control (any connection, observers included): make the simulated customer `sender`
+    # send `text` to the client's number `recipient`, end-to-end encrypted like generated traffic.
+    sender: str
+    recipient: str
+    text: str
+    n: int = 0  # echoed in the reply
+
+
+class CustomerSendReply(_Frame, tag="customer_send_reply"):
+    # `id` of the Inbound message queued, or `error` ("not_published": the recipient has no
+    # published keys; "e2e_off"; "bad_number").
+    n: int = 0
+    id: str = ""
+    error: str = ""
+
+
 Frame = (Hello | HelloOk | Submit | Ack | Receipt | ReceiptAck | StatsRequest | StatsReply | Ping | Pong
-         | PublishKeys | PrekeyCount | BundleRequest | BundleReply)
+         | PublishKeys | PrekeyCount | BundleRequest | BundleReply | Inbound | InboundAck | CustomerSend
+         | CustomerSendReply)
 
 _encoder = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder(Frame).decode

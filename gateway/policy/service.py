@@ -327,6 +327,49 @@ class PolicyService:
     def keyword(self, text: str) -> KeywordMatch | None:
         return self._keywords.match(text)
 
+    # -- the inbound path: effects committed together with the inbound message ---------------------
+
+    def inbound_keyword(self, workspace: str, sender: str, contact: str, text: str,
+                        now_ms: int) -> tuple[tuple, str] | None:
+        """What `on_inbound_text` does, as data for the inbound commit: the `policy_ops.set_opt_out`
+        argument (opt-out record or its removal, and the audit entry) and the confirmation to send
+        back. None for any text that is not a keyword. Call `opt_outs_changed` with the op's result."""
+        match = self.keyword(text)
+        if match is None:
+            return None
+        stop = match.kind == "stop"
+        detail = f"{match.language}:{match.keyword}"
+        record = P.encode(P.OptOutRecord(now_ms, "keyword", detail)) if stop else None
+        audit = self.audit_entry_raw(f"contact:{contact}", "contact", workspace,
+                                     "opt_out." + ("set" if stop else "clear"), f"{sender}/{contact}",
+                                     {"source": "keyword", "detail": detail}, now_ms)
+        return (P.opt_out_key(workspace, sender, contact), record, audit), match.reply
+
+    def opt_outs_changed(self, delta: int) -> None:
+        self._opt_outs = max(0, self._opt_outs + delta)
+
+    def inbound_flag(self, workspace: str, text: str, msg_id: str, contact: str, number: str,
+                     now_ms: int) -> tuple[tuple[bytes, bytes], tuple[list[bytes], dict] | None] | None:
+        """Inbound texts are scanned and flagged, never blocked or changed: every hit, whatever its
+        list's action, is reported as a flag. (policy_events record, (endpoints, policy.flagged
+        data) or None without endpoints), or None when nothing hits."""
+        verdict = self.engine.verdict(workspace, text)
+        if verdict is None:
+            return None
+        for h in verdict.hits:
+            self.hits.inc((h.category, "flag"))
+        self.verdicts.inc(("flag",))
+        rec = P.PolicyEventRecord(now_ms, workspace, "flag", msg_id, contact, number, verdict.hits)
+        record = (self.ids.new().encode(), P.encode(rec))
+        targets = self._flag_targets.get(workspace)
+        if not targets:
+            return record, None
+        data = {"message_id": msg_id, "workspace": workspace, "direction": "inbound", "from": contact,
+                "to": number, "at": _rfc3339(now_ms), "action": "flag",
+                "hits": [{"term": h.term, "category": h.category, "start": h.start, "end": h.end}
+                         for h in verdict.hits]}
+        return record, (targets, data)
+
     # -- audit and writes -------------------------------------------------------------------------
 
     def audit_entry(self, principal, workspace: str, action: str, target: str, detail: dict, now_ms: int):

@@ -254,3 +254,66 @@ def encode(obj) -> bytes:
     return _enc(obj)
 
 
+# --- inbound -------------------------------------------------------------------------------
+
+SEALED_EVENT = b"\0"  # webhook_outbox values starting with this byte are sealed (event id as AD)
+
+
+class InboundItem(NamedTuple):
+    network_id: str
+    id: str  # the gateway's message id
+    record: bytes  # encoded InboundRecord (its text sealed)
+    hooks: list[tuple[list[bytes], str, dict, bool]]  # (endpoints, event type, data, seal the body)
+    opt_out: tuple | None = None  # policy_ops.set_opt_out arg for a STOP / START keyword
+    reply: AcceptItem | None = None  # the keyword's confirmation, sent back (messages + pending)
+    policy_record: tuple[bytes, bytes] | None = None  # policy_events entry of a flagged text
+
+
+class InboundArg(NamedTuple):
+    items: list[InboundItem]
+    sessions: list[tuple[bytes, bytes]]  # (sessions key, sealed session record after these messages)
+    used_prekeys: list[bytes]  # used_prekeys keys of the one-time prekeys new sessions consumed
+    at_ms: int
+    events: IdGenerator | None
+    sealer: object  # crypto.seal.Sealer for the event bodies that carry text
+
+
+def receive_inbound(txn, dbs, arg: InboundArg) -> tuple[list[str], int]:
+    """inbound + inbound_ids + sessions + used_prekeys + webhook_outbox, and for keywords and
+    flags opt_outs + audit + messages + pending + policy_events, all in one commit. An item whose
+    network id is already stored is skipped whole. Returns (network ids stored, change in the
+    number of opt-outs)."""
+    from gateway.store import policy_ops as P
+
+    get, put = txn.get, txn.put
+    ids_db, inbound_db, hooks_db = dbs["inbound_ids"], dbs["inbound"], dbs["webhook_outbox"]
+    stored = []
+    delta = 0
+    for item in arg.items:
+        net_key = item.network_id.encode()
+        if get(net_key, db=ids_db) is not None:
+            continue
+        key = item.id.encode()
+        put(net_key, key, db=ids_db)
+        put(key, item.record, db=inbound_db)
+        stored.append(item.network_id)
+        for endpoints, kind, data, sealed in item.hooks:
+            event_id = arg.events.new()
+            body = orjson.dumps({"id": event_id, "type": kind, "data": data})
+            if sealed:
+                body = SEALED_EVENT + arg.sealer.seal(body, event_id.encode())
+            for endpoint in endpoints:
+                put(endpoint + b"\0" + event_id.encode(), body, db=hooks_db)
+        if item.opt_out is not None:
+            delta += P.set_opt_out(txn, dbs, item.opt_out)
+        if item.reply is not None:
+            put(item.reply.id.encode(), item.reply.message, db=dbs["messages"])
+            put(item.reply.id.encode(), item.reply.pending, db=dbs["pending"])
+        if item.policy_record is not None:
+            put(item.policy_record[0], item.policy_record[1], db=dbs["policy_events"])
+    for key, blob in arg.sessions:
+        put(key, blob, db=dbs["sessions"])
+    at = _enc(arg.at_ms)
+    for key in arg.used_prekeys:
+        put(key, at, db=dbs["used_prekeys"])
+    return stored, delta

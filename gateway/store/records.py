@@ -25,6 +25,10 @@ TABLES = (
     "policy_events",  # event id -> PolicyEventRecord (every block, mask, flag and review, with its terms)
     "opt_outs",  # workspace \0 sender \0 contact -> OptOutRecord
     "audit",  # event id -> AuditRecord (who changed what, when)
+    # inbound (ops.receive_inbound)
+    "inbound",  # message id -> InboundRecord (a customer's message; its text sealed)
+    "inbound_ids",  # network message id -> message id (dedupe of re-sent inbound frames)
+    "used_prekeys",  # sender \0 one-time prekey id (uint32 big-endian) -> unix ms it was used
 )
 
 URGENT, NORMAL, BULK = 0, 1, 2
@@ -99,6 +103,20 @@ class TextPayload(Struct, tag="text", tag_field="type"):
     body: str
 
 
+class InboundRecord(Struct, array_like=True):
+    """A customer's message to one of the workspace's numbers, as received from the network."""
+
+    workspace: str  # "" when the number is no sender of this gateway
+    sender: str  # the customer
+    recipient: str  # the gateway's number
+    network_id: str
+    sent_ms: int  # when the customer sent it (the network's at_ms)
+    received_ms: int  # when the gateway committed it
+    status: str  # "received" | "undecryptable"
+    reason: str = ""  # why it could not be read (undecryptable_<kind>)
+    payload: bytes = b""  # sealed TextPayload bytes bound to the message id; empty when undecryptable
+
+
 ENCODER = msgspec.msgpack.Encoder()
 message_decoder = msgspec.msgpack.Decoder(MessageRecord)
 pending_decoder = msgspec.msgpack.Decoder(PendingRecord)
@@ -108,6 +126,7 @@ api_key_decoder = msgspec.msgpack.Decoder(ApiKeyRecord)
 sender_override_decoder = msgspec.msgpack.Decoder(SenderOverride)
 limiter_decoder = msgspec.msgpack.Decoder(tuple[float, float])
 dead_letter_decoder = msgspec.msgpack.Decoder(DeadLetter)
+inbound_decoder = msgspec.msgpack.Decoder(InboundRecord)
 
 
 def limiter_sender_key(sender: str) -> bytes:
@@ -116,6 +135,10 @@ def limiter_sender_key(sender: str) -> bytes:
 
 def limiter_pair_key(sender: str, recipient: str) -> bytes:
     return b"p\0" + sender.encode() + b"\0" + recipient.encode()
+
+
+def used_prekey_key(sender: str, key_id: int) -> bytes:
+    return sender.encode() + b"\0" + key_id.to_bytes(4, "big")
 
 
 def idempotency_key(workspace: str, key: str) -> bytes:

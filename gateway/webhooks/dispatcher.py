@@ -2,7 +2,9 @@
 bounded concurrency, exponential backoff on 5xx / timeouts / refused connections, and removal
 only after a 2xx. Events outlive restarts because they are read back from LMDB.
 
-It never builds event bodies (the status op stored them) and never logs secrets or bodies.
+It never builds event bodies (the status and inbound ops stored them; those that carry a
+customer's text are sealed at rest and opened here, just before the POST) and never logs secrets
+or bodies.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections import deque
 
 import trio
 
+from gateway.crypto.seal import SealError
 from gateway.http.client import HttpClient, HttpClientError
 from gateway.ids import IdGenerator, timestamp_ms
 from gateway.store import ops
@@ -53,6 +56,7 @@ class Endpoint:
         self.retry: list[tuple[float, int, int, list[tuple[bytes, bytes]]]] = []
         self.wake = trio.Event()
         self.scopes: list[trio.CancelScope] = []  # one per worker, cancelled when removed
+        self.sealed: set[bytes] = set()  # keys of loaded events stored sealed (sealed again if dead)
 
     def stop(self) -> None:
         for scope in self.scopes:
@@ -157,11 +161,28 @@ class WebhookDispatcher:
                 if not key.startswith(ep.prefix):
                     break
                 if key != ep.scan_from:
-                    ep.ready.append((key, cur.value()))
+                    value = self._readable(ep, key, cur.value())
+                    if value is not None:
+                        ep.ready.append((key, value))
                 found = cur.next()
         if ep.ready:
             ep.scan_from = ep.ready[-1][0]
         ep.dirty = len(ep.ready) >= LOAD_CHUNK
+
+    def _readable(self, ep: Endpoint, key: bytes, value: bytes) -> bytes | None:
+        """The event JSON: stored as is, or sealed (events that carry a customer's text, such as
+        message.received, bound to their event id). None, logged, when its data key is missing:
+        it stays stored and goes once the key is back and the gateway restarted."""
+        if not value.startswith(ops.SEALED_EVENT):
+            return value
+        event_id = key[len(ep.prefix):]
+        try:
+            opened = self.gw.sealer.open(value[len(ops.SEALED_EVENT):], event_id)
+        except SealError as exc:
+            log.error("webhook event %s cannot be opened: %s", event_id.decode(errors="replace"), exc)
+            return None
+        ep.sealed.add(key)
+        return opened
 
     async def _deliver(self, ep: Endpoint, attempt: int, items: list[tuple[bytes, bytes]]) -> None:
         cfg = self.gw.config.webhooks
@@ -183,6 +204,7 @@ class WebhookDispatcher:
         self.gw.metrics.webhooks.inc((outcome if status is not None else "no_answer",))
         if outcome == policy.DONE:
             await write_until_stored(self.gw.writer, ops.delete_keys, ("webhook_outbox", keys))
+            ep.sealed.difference_update(keys)
             return
         oldest_ms = timestamp_ms(keys[0][len(ep.prefix):].decode())
         expired = self.gw.clock.now_ms() - oldest_ms > cfg.max_age_h * 3_600_000
@@ -190,8 +212,12 @@ class WebhookDispatcher:
             reason = f"http {status}" if status is not None else "no answer"
             log.warning("webhook endpoint %s: %d events to the dead-letter table (%s)", ep.id.decode(),
                         len(items), reason)
-            dead = [(k, ops.encode(R.DeadLetter(v, attempt, reason, self.gw.clock.now_ms()))) for k, v in items]
+            seal = self.gw.sealer.seal
+            dead = [(k, ops.encode(R.DeadLetter(
+                ops.SEALED_EVENT + seal(v, k[len(ep.prefix):]) if k in ep.sealed else v,
+                attempt, reason, self.gw.clock.now_ms()))) for k, v in items]
             await write_until_stored(self.gw.writer, ops.move_to_dead, dead)
+            ep.sealed.difference_update(keys)
             return
         delay = policy.backoff_s(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng, retry_after)
         heapq.heappush(ep.retry, (self.gw.clock.now() + delay, next(self._seq), attempt + 1, items))

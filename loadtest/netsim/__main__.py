@@ -15,7 +15,7 @@ import trio
 
 from gateway.network.link import parse_url
 from loadtest.netsim.config import NetsimConfig, load_config, validated
-from loadtest.netsim.server import bench_submits, fetch_stats, serve_netsim
+from loadtest.netsim.server import bench_submits, customer_send, fetch_stats, serve_netsim
 
 _FLAG_TO_FIELD = {
     "seed": "seed",
@@ -25,12 +25,15 @@ _FLAG_TO_FIELD = {
     "unregistered_share": "unregistered_share",
     "offline_share": "offline_share",
     "throttle_share": "throttle_share",
+    "inbound_rate": "inbound_rate",
+    "inbound_customers": "inbound_customers",
+    "inbound_count": "inbound_count",
 }
 
 
 def _serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest.netsim",
-                                description="Simulated messaging network (subcommands: stats, bench).")
+                                description="Simulated messaging network (subcommands: stats, bench, send).")
     p.add_argument("--listen", default="127.0.0.1:7000", help="HOST:PORT to bind (port 0 = any free port)")
     p.add_argument("--config", help="TOML file: its [network.sim] table, else its top-level keys")
     p.add_argument("--seed", type=int)
@@ -40,6 +43,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--unregistered-share", type=float)
     p.add_argument("--offline-share", type=float)
     p.add_argument("--throttle-share", type=float)
+    p.add_argument("--inbound-rate", type=float, help="inbound messages per second from simulated customers")
+    p.add_argument("--inbound-customers", type=int, help="how many customers generated inbound traffic comes from")
+    p.add_argument("--inbound-count", type=int, help="stop generating inbound messages after this many (0 = never)")
     p.add_argument("--record", help="append one JSON line per first accepted submit to this file")
     p.add_argument("--capture", help="append every submit frame received, byte for byte as on the wire "
                                      "(4-byte length + msgpack body), to this file")
@@ -50,6 +56,10 @@ def _serve_parser() -> argparse.ArgumentParser:
 def _client_parser(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m loadtest.netsim {name}")
     p.add_argument("--connect", default="127.0.0.1:7000", help="HOST:PORT of a running netsim")
+    if name == "send":
+        p.add_argument("--from", dest="customer", required=True, help="the customer's number (E.164)")
+        p.add_argument("--to", dest="recipient", required=True, help="a sender number with published keys")
+        p.add_argument("--text", required=True)
     if name == "bench":
         p.add_argument("--count", type=int, default=200_000)
         p.add_argument("--batch", type=int, default=500)
@@ -70,11 +80,15 @@ async def _serve(config: NetsimConfig, host: str, port: int, record: str | None,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("stats", "bench"):
+    if argv and argv[0] in ("stats", "bench", "send"):
         args = _client_parser(argv[0]).parse_args(argv[1:])
         host, port = parse_url(args.connect)
         if argv[0] == "stats":
             data = trio.run(fetch_stats, host, port)
+        elif argv[0] == "send":
+            data = trio.run(lambda: customer_send(host, port, args.customer, args.recipient, args.text))
+            print(json.dumps(data, sort_keys=True), flush=True)
+            return 0 if "id" in data else 1
         else:
             data = trio.run(lambda: bench_submits(host, port, count=args.count, batch=args.batch,
                                                   window=args.window))

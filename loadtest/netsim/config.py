@@ -28,6 +28,9 @@ class NetsimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     throttle_share: Share = 0.0
     throttle_retry_after_ms: NonNegInt = 1000
     e2e: bool = True  # decrypt every submit (Signal protocol); False takes payloads as opaque bytes
+    inbound_rate: NonNegFloat = 0.0  # inbound messages per second from simulated customers (0 = none)
+    inbound_customers: Annotated[int, msgspec.Meta(ge=1)] = 1000  # customers the generated traffic comes from
+    inbound_count: NonNegInt = 0  # generated inbound messages stop after this many (0 = no limit)
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> NetsimConfig:

@@ -10,7 +10,11 @@ import heapq
 import math
 import struct
 
-from gateway.network.frames import Ack, Receipt, Submit
+import msgspec
+
+from gateway.crypto.identity import InvalidKey, MalformedMessage
+from gateway.crypto.agreement import BadSignature
+from gateway.network.frames import Ack, Inbound, Receipt, Submit
 from loadtest.netsim.config import NetsimConfig
 from loadtest.netsim.devices import Devices
 
@@ -23,6 +27,7 @@ _unpack_4q = struct.Struct(">4Q").unpack
 _unpack_3q = struct.Struct(">3Q").unpack
 _TRAITS_CACHE_MAX = 1_000_000
 _blake2b = hashlib.blake2b
+_text_encode = msgspec.msgpack.Encoder().encode
 
 
 def _cut(share: float) -> int:
@@ -50,8 +55,16 @@ class Network:
     sent-but-unacknowledged receipt for that message id (list an id once per receipt received).
     """
 
-    def __init__(self, config: NetsimConfig) -> None:
+    def __init__(self, config: NetsimConfig, inbound_prefix: str = "in") -> None:
         self.config = config
+        self._inbound_prefix = inbound_prefix  # inbound ids: prefix-n (the shell adds its start time)
+        self._inbound_n = 0
+        self._inbound_generated = 0  # draws made by generate_inbound (sent or skipped)
+        self._inbound_unacked: dict[str, Inbound] = {}
+        self._inbound_sent = 0
+        self._inbound_acks = 0
+        self._inbound_stray_acks = 0
+        self._inbound_skipped = 0
         self._seed = config.seed
         self._lat_mu = math.log(config.latency_ms_median) if config.latency_ms_median > 0 else None
         self._read_mu = math.log(config.read_delay_ms_median) if config.read_delay_ms_median > 0 else None
@@ -184,6 +197,72 @@ class Network:
                 found.append((number, devices.recipient_bundle(number)))
         return found, unknown, list(drawn.items())
 
+    # -- inbound: customers writing to senders -------------------------------------------
+
+    def customer_send(self, customer: str, sender: str, text: str, now_ms: int) -> tuple[Inbound | None, str, tuple | None]:
+        """One message from a simulated customer to a published sender, encrypted as that
+        customer's device would: (Inbound frame to deliver, "" | error, (sender, prekeys left) when
+        a bundle was drawn). The frame stays unacknowledged until an InboundAck names it."""
+        devices = self.devices
+        if devices is None:
+            return None, "e2e_off", None
+        if not customer or not sender or not customer.startswith("+"):
+            return None, "bad_number", None
+        if not devices.is_published(sender):
+            return None, "not_published", None
+        plaintext = _text_encode({"type": "text", "body": text})
+        try:
+            payload, left = devices.compose(customer, sender, plaintext)
+        except (KeyError, BadSignature, InvalidKey, MalformedMessage, ValueError):
+            return None, "bad_bundle", None
+        self._inbound_n += 1
+        frame = Inbound(f"{self._inbound_prefix}-{self._inbound_n}", customer, sender, payload, now_ms)
+        self._inbound_unacked[frame.id] = frame
+        self._inbound_sent += 1
+        return frame, "", None if left is None else (sender, left)
+
+    def generate_inbound(self, count: int, now_ms: int) -> tuple[list[Inbound], dict[str, int]]:
+        """The next `count` messages of the generated inbound traffic: message k comes from customer
+        `+1888` + 7 digits and goes to a published sender, both picked by blake2b(seed, "in", k),
+        so the same seed gives the same conversations. (frames, {sender: prekeys left} drawn)."""
+        out: list[Inbound] = []
+        drawn: dict[str, int] = {}
+        senders = self.devices.published_numbers() if self.devices is not None else []
+        pool = self.config.inbound_customers
+        for _ in range(count):
+            k = self._inbound_generated
+            self._inbound_generated += 1
+            if not senders:
+                self._inbound_skipped += 1
+                continue
+            u_sender, u_customer = struct.unpack(">2Q", _blake2b(self._key_prefix + b"in\x00%d" % k,
+                                                                 digest_size=16).digest())
+            sender = senders[u_sender % len(senders)]
+            customer = "+1888%07d" % (u_customer % pool)
+            frame, error, left = self.customer_send(customer, sender, f"netsim inbound {k}", now_ms)
+            if frame is None:
+                self._inbound_skipped += 1
+                continue
+            out.append(frame)
+            if left is not None:
+                drawn[left[0]] = left[1]
+        return out, drawn
+
+    def on_inbound_ack(self, ids: list[str]) -> None:
+        for msg_id in ids:
+            if self._inbound_unacked.pop(msg_id, None) is None:
+                self._inbound_stray_acks += 1
+            else:
+                self._inbound_acks += 1
+
+    def unacked_inbound(self) -> list[Inbound]:
+        """Every inbound message not yet acknowledged, in the order they were sent."""
+        return list(self._inbound_unacked.values())
+
+    @property
+    def inbound_backlog(self) -> int:
+        return len(self._inbound_unacked)
+
     def _schedule(self, receipt: Receipt) -> None:
         at = receipt.at_ms
         bucket = self._buckets.get(at)
@@ -269,4 +348,9 @@ class Network:
             "unacked_receipts": self._unacked_count,
             "receipt_acks": self._receipt_acks,
             "stray_receipt_acks": self._stray_receipt_acks,
+            "inbound_sent": self._inbound_sent,
+            "inbound_acks": self._inbound_acks,
+            "inbound_unacked": len(self._inbound_unacked),
+            "inbound_stray_acks": self._inbound_stray_acks,
+            "inbound_skipped": self._inbound_skipped,
         }

@@ -25,6 +25,7 @@ from gateway.crypto.identity import (
     PrekeyBundle,
     derive_identity,
     derive_one_time_prekey,
+    decode_ec,
     derive_secret,
     make_bundle,
     make_pq_prekey,
@@ -62,21 +63,26 @@ class Device:
 
 
 class _Inbound:
-    __slots__ = ("ratchet", "ad", "base_key")
+    """A device's session with one sender: started by the sender (the device is Bob) or by the
+    device itself (Alice: `header` is sent with every message until the sender answers)."""
 
-    def __init__(self, ratchet: Session, ad: bytes, base_key: bytes) -> None:
+    __slots__ = ("ratchet", "ad", "base_key", "header")
+
+    def __init__(self, ratchet: Session, ad: bytes, base_key: bytes, header: bytes | None = None) -> None:
         self.ratchet = ratchet
         self.ad = ad
         self.base_key = base_key
+        self.header = header
 
 
 class _Published:
-    __slots__ = ("bundle", "identity", "one_time")
+    __slots__ = ("bundle", "identity", "one_time", "handed_out")
 
     def __init__(self, bundle: PrekeyBundle) -> None:
         self.bundle = bundle
         self.identity = bundle.identity_key
         self.one_time: dict[int, bytes] = {}
+        self.handed_out: set[int] = set()  # ids served once: never served again, even if republished
 
 
 class Devices:
@@ -87,12 +93,15 @@ class Devices:
         self._used_one_time: dict[str, set[int]] = {}
         self._sessions: dict[tuple[str, str], _Inbound] = {}
         self._published: dict[str, _Published] = {}
+        self._published_sorted: list[str] | None = None
         self._signatures = agreement.SignatureCache(1024)
         self.decrypted = 0
         self.failures = 0
         self.failure_reasons: dict[str, int] = {}
         self.bundles_served = 0
         self.keys_published = 0
+        self.customer_sessions = 0  # sessions customers started toward senders
+        self.customer_encrypted = 0
 
     # -- recipients' keys --
 
@@ -130,13 +139,19 @@ class Devices:
             return None
         current = self._published.get(sender)
         entry = _Published(decoded)
-        if current is not None and not replace and current.identity == decoded.identity_key:
-            entry.one_time = current.one_time
+        if current is not None and current.identity == decoded.identity_key:
+            entry.handed_out = current.handed_out  # a republished pool must not serve a prekey twice
+            if not replace:
+                entry.one_time = current.one_time
         for key_id, public in one_time:
             if len(entry.one_time) >= MAX_SENDER_POOL:
                 break
+            if key_id in entry.handed_out:
+                continue
             if isinstance(public, bytes) and len(public) == 33 and public[0] == 5:
                 entry.one_time[key_id] = public
+        if sender not in self._published:
+            self._published_sorted = None
         self._published[sender] = entry
         self.keys_published += 1
         return len(entry.one_time)
@@ -153,14 +168,46 @@ class Devices:
         if entry.one_time:
             otk_id = next(iter(entry.one_time))
             otk = entry.one_time.pop(otk_id)
+            entry.handed_out.add(otk_id)
         self.bundles_served += 1
         return (PrekeyBundle(b.identity_key, b.signed_prekey_id, b.signed_prekey, b.signed_prekey_signature,
                              otk_id, otk, b.pq_prekey_id, b.pq_prekey, b.pq_prekey_signature).encode(),
                 len(entry.one_time))
 
+    def published_numbers(self) -> list[str]:
+        """The senders with published keys, sorted (inbound traffic picks among them)."""
+        if self._published_sorted is None:
+            self._published_sorted = sorted(self._published)
+        return self._published_sorted
+
     def published_identity(self, number: str) -> bytes | None:
         entry = self._published.get(number)
         return None if entry is None else entry.identity
+
+    # -- customers sending to senders --
+
+    def compose(self, customer: str, sender: str, plaintext: bytes) -> tuple[bytes, int | None]:
+        """Encrypt one message from `customer` to the published `sender`: in the session they have
+        (one the sender started, or one the customer started earlier: its initial header rides
+        along until the sender answers), else in a new session from the sender's published bundle
+        (PQXDH as initiator, drawing one of its one-time prekeys). Returns (envelope, one-time
+        prekeys left when a bundle was drawn, else None). KeyError when the sender has published
+        no keys; BadSignature / InvalidKey for a bundle that does not verify."""
+        key = (sender, customer)
+        session = self._sessions.get(key)
+        left = None
+        if session is None:
+            bundle_bytes, left = self.sender_bundle(sender)
+            bundle = PrekeyBundle.decode(bundle_bytes)
+            init = agreement.initiate(self.device(customer).identity, bundle, signatures=self._signatures)
+            ratchet = Session.init_alice(init.session.shared_key, decode_ec(bundle.signed_prekey))
+            session = _Inbound(ratchet, init.session.associated_data, init.header.ephemeral_key,
+                               init.header.encode())
+            self._sessions[key] = session
+            self.customer_sessions += 1
+        message = session.ratchet.encrypt(plaintext, session.ad)
+        self.customer_encrypted += 1
+        return envelope.encode(session.header, message), left
 
     # -- receiving --
 
@@ -226,7 +273,9 @@ class Devices:
     @staticmethod
     def _decrypt(session: _Inbound, message: bytes, now: float):
         try:
-            return session.ratchet.decrypt(message, session.ad, now=now), None
+            plaintext = session.ratchet.decrypt(message, session.ad, now=now)
+            session.header = None  # the sender answered: the session is confirmed
+            return plaintext, None
         except RatchetError as exc:
             for cls, name in _RATCHET_FAILURES:
                 if isinstance(exc, cls):
@@ -241,4 +290,6 @@ class Devices:
             "sessions": len(self._sessions),
             "bundles_served": self.bundles_served,
             "keys_published": self.keys_published,
+            "customer_sessions": self.customer_sessions,
+            "customer_encrypted": self.customer_encrypted,
         }

@@ -17,10 +17,13 @@ from gateway.network.frames import (
     Ack,
     BundleReply,
     BundleRequest,
+    CustomerSend,
+    CustomerSendReply,
     FrameDecoder,
     FrameError,
     Hello,
     HelloOk,
+    InboundAck,
     Ping,
     Pong,
     PrekeyCount,
@@ -36,7 +39,7 @@ from gateway.network.link import handshake
 from loadtest.netsim.config import NetsimConfig
 from loadtest.netsim.core import Network
 
-__all__ = ["NetsimServer", "bench_submits", "fetch_stats", "serve_netsim"]
+__all__ = ["NetsimServer", "bench_submits", "customer_send", "fetch_stats", "serve_netsim"]
 
 SERVER_NAME = "netsim"
 OBSERVER_PREFIX = "observer"  # a Hello.client starting with this gets no receipts (stats/ping only)
@@ -47,6 +50,9 @@ RECV_SIZE = 256 * 1024
 WRITE_CHUNK_FRAMES = 20_000  # bounds the time spent encoding before a write
 BUNDLES_PER_REPLY = 400  # ~1.8 KB each with a PQ prekey: a reply frame stays well under 1 MiB
 MAX_BUNDLE_NUMBERS = 65_536  # numbers honoured per bundle request
+INBOUND_TICK_S = 0.02  # generated inbound traffic is produced in steps this far apart
+INBOUND_MAX_STEP = 5000  # messages generated in one step at most (a long stall does not burst)
+INBOUND_MAX_UNACKED = 200_000  # while this many wait for an InboundAck, generation pauses
 _payload_decode = msgspec.msgpack.Decoder().decode
 
 
@@ -90,7 +96,7 @@ class NetsimServer:
 
     def __init__(self, config: NetsimConfig, *, record_path: str | None = None, capture_path: str | None = None,
                  clock=_now_ms) -> None:
-        self.network = Network(config)
+        self.network = Network(config, inbound_prefix=f"in{clock():x}")
         self._capture_path = capture_path
         self._capture = None
         self._capture_chunks: list[bytes] = []
@@ -135,6 +141,8 @@ class NetsimServer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer)
+                if self.network.config.inbound_rate > 0 and self.network.devices is not None:
+                    nursery.start_soon(self._inbound_generator, self.network.config.inbound_rate)
                 if self._record is not None or self._capture is not None:
                     nursery.start_soon(self._record_flusher)
                 await nursery.start(trio.serve_listeners, self._handle, listeners)
@@ -204,6 +212,48 @@ class NetsimServer:
                 self._live[-1].queue(receipts)
             await trio.lowlevel.checkpoint()
 
+    # -- inbound ------------------------------------------------------------------------
+
+    async def _inbound_generator(self, rate: float) -> None:
+        """Customers write to the senders at `rate` messages per second (deterministic content:
+        Network.generate_inbound); frames go to the receipt connection, or wait for the next hello."""
+        while not self.network.devices.published_numbers():
+            await trio.sleep(INBOUND_TICK_S)  # customers write once some sender has published its keys
+        started = trio.current_time()
+        done = 0
+        limit = self.network.config.inbound_count
+        while not limit or done < limit:
+            await trio.sleep(INBOUND_TICK_S)
+            due = int((trio.current_time() - started) * rate) - done
+            if limit:
+                due = min(due, limit - done)
+            if due <= 0:
+                continue
+            if self.network.inbound_backlog >= INBOUND_MAX_UNACKED:
+                started += due / rate  # paused: the schedule moves on without a burst later
+                continue
+            step = min(due, INBOUND_MAX_STEP)
+            done += step
+            if step < due:
+                started += (due - step) / rate
+            frames, drawn = self.network.generate_inbound(step, self._clock())
+            self._deliver_inbound(frames, drawn)
+
+    def _deliver_inbound(self, frames: list, drawn) -> None:
+        for sender, left in dict(drawn).items():
+            publisher = self._publishers.get(sender)
+            if publisher is not None and publisher.alive:
+                publisher.queue([PrekeyCount(sender, left)])
+        if frames and self._live:
+            self._live[-1].queue(frames)
+
+    def _customer_send(self, req: CustomerSend) -> CustomerSendReply:
+        frame, error, drawn = self.network.customer_send(req.sender, req.recipient, req.text, self._clock())
+        if frame is None:
+            return CustomerSendReply(req.n, "", error)
+        self._deliver_inbound([frame], [drawn] if drawn is not None else [])
+        return CustomerSendReply(req.n, frame.id)
+
     def _poke_timer(self) -> None:
         next_due = self.network.next_due_ms()
         if next_due is not None and (self._timer_target is None or next_due < self._timer_target):
@@ -272,7 +322,7 @@ class NetsimServer:
         return replies
 
     def _resend_unacked(self, conn: _Conn) -> None:
-        resend = self.network.unacked_receipts()
+        resend = self.network.unacked_receipts() + self.network.unacked_inbound()
         if resend:
             conn.queue(resend)
 
@@ -302,6 +352,10 @@ class NetsimServer:
                     self._record_submit(frame, now)
             elif type(frame) is ReceiptAck:
                 network.on_receipt_ack(frame.ids)
+            elif type(frame) is InboundAck:
+                network.on_inbound_ack(frame.ids)
+            elif type(frame) is CustomerSend:
+                replies.append(self._customer_send(frame))
             elif type(frame) is StatsRequest:
                 replies.append(StatsReply(data=self.stats()))
             elif type(frame) is Ping:
@@ -345,6 +399,24 @@ async def fetch_stats(host: str, port: int, *, timeout_s: float = 5.0) -> dict:
                 for frame in frames:
                     if isinstance(frame, StatsReply):
                         return frame.data
+                data = await stream.receive_some(RECV_SIZE)
+                if not data:
+                    raise ConnectionError("netsim closed the connection before replying")
+                frames = decoder.feed(data)
+
+
+async def customer_send(host: str, port: int, sender: str, recipient: str, text: str, *,
+                        timeout_s: float = 5.0) -> dict:
+    """Connect as an observer and have customer `sender` send `text` to `recipient`:
+    {"id": inbound message id} or {"error": ...}."""
+    with trio.fail_after(timeout_s):
+        stream, decoder, frames = await _open_session(host, port, OBSERVER_PREFIX + ":netsim-send")
+        async with stream:
+            await stream.send_all(encode_frames([CustomerSend(sender, recipient, text, n=1)]))
+            while True:
+                for frame in frames:
+                    if isinstance(frame, CustomerSendReply):
+                        return {"id": frame.id} if frame.id else {"error": frame.error}
                 data = await stream.receive_some(RECV_SIZE)
                 if not data:
                     raise ConnectionError("netsim closed the connection before replying")
