@@ -56,6 +56,7 @@ class Delivery:
         self._bundles_failed = False
         self.dispatched = 0
         self.sessions_started = 0
+        self.sessions_reset = 0
 
     def _frames(self, records) -> list[Submit]:
         """Submit frames for stored outbox records (id, record): the payload is opened from its
@@ -152,7 +153,7 @@ class Delivery:
             # Session states are sealed and handed to the writer with no checkpoint in between:
             # anything else that advances a session (an inbound message) commits its state in
             # enqueue order too, so a stored session never goes back to an older state.
-            blobs = [(key, session.seal(sealer, key)) for key, session in touched.items()]
+            blobs = [(key, session.seal(sealer, key)) for key, session in touched.items() if not session.broken]
             arg = ops.DispatchArg(items, blobs, limiter, failed,
                                   self.gw.webhook_targets() if failed else None, self.gw.event_ids)
             try:
@@ -202,7 +203,7 @@ class Delivery:
             session = cache.get(key)
             if session is None:
                 misses.append(key)
-            else:
+            elif not session.broken:  # a broken one is neither used nor reloaded: a new one is agreed
                 live[key] = session
         if misses:
             store = self.gw.store
@@ -253,8 +254,8 @@ class Delivery:
             if n % 16 == 15:
                 await trio.lowlevel.checkpoint()  # each agreement costs ~1 ms: let the API breathe
             existing = self.sessions.get(key)
-            if existing is not None:  # the customer started one while the bundles were on their way
-                live[key] = existing
+            if existing is not None and not existing.broken:
+                live[key] = existing  # the customer started one while the bundles were on their way
                 continue
             if recipient in unknown:
                 self._no_session[key] = "recipient_not_registered"
@@ -276,7 +277,11 @@ class Delivery:
                 log.warning("bundle of %s refused: %s", recipient, exc)
                 self._no_session[key] = "bad_prekey_bundle"
                 continue
-            self.sessions.put(key, session)
+            if existing is not None:  # replacing a broken session: whoever holds it continues in the new one
+                existing.replace_with(session)
+                session = existing
+            else:
+                self.sessions.put(key, session)
             live[key] = session
             self.sessions_started += 1
 
@@ -337,6 +342,25 @@ class Delivery:
                 session = cache.get(session_key(ch.sender, ch.recipient))
                 if session is not None and session.header is not None:
                     session.confirm()
+
+    def _break_sessions(self, changes) -> None:
+        """A `failed` receipt with an undecryptable_* reason means the recipient cannot read this
+        session (it lost its state, or refused the prekey): later messages of the pair agree a new
+        session instead of failing the same way forever. A failure of a message sent before the
+        current session was agreed says nothing about it and is ignored."""
+        cache = self.sessions
+        for ch in changes:
+            if ch.status != "failed" or not ch.reason.startswith("undecryptable_") or not ch.sender:
+                continue
+            session = cache.get(session_key(ch.sender, ch.recipient))
+            if session is None or session.broken:
+                continue
+            if ch.sent_ms and ch.sent_ms < session.created_ms:
+                continue
+            session.broken = True
+            self.sessions_reset += 1
+            log.warning("session %s -> %s reset: the recipient could not decrypt (%s)",
+                        ch.sender, ch.recipient, ch.reason)
 
     def remote_identity(self, sender: str, recipient: str) -> bytes | None:
         """The recipient's identity key (raw Ed25519) as learned from its bundle, or None."""
@@ -440,6 +464,7 @@ class Delivery:
 
     def _after_changes(self, changes) -> None:
         self._confirm_sessions(changes)
+        self._break_sessions(changes)
         metrics = self.gw.metrics
         touched = set()
         for ch in changes:

@@ -139,6 +139,11 @@ def test_undecryptable_message_fails_with_netsims_reason_in_the_api_and_the_webh
                                   and e["data"]["status"] == "failed"], what="the failed webhook")[0]
         assert event["data"]["reason"] == "undecryptable_no_session"
         assert netsim.stats()["decrypt_failure_reasons"] == {"no_session": 1}
+        # the failure reset the session: the next messages agree a new one and get through
+        for text in ("again", "and again"):
+            assert gw.wait_status(gw.send("+14155730000", text), {"delivered", "read", "failed"},
+                                  timeout=30)["status"] in ("delivered", "read")
+        assert netsim.stats()["decrypt_failure_reasons"] == {"no_session": 1}
     finally:
         gw.stop()
         netsim.stop()

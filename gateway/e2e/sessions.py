@@ -42,7 +42,7 @@ def session_key(sender: str, recipient: str) -> bytes:
 
 
 class LiveSession:
-    __slots__ = ("ratchet", "ad", "remote_identity", "header", "created_ms", "base_key")
+    __slots__ = ("ratchet", "ad", "remote_identity", "header", "created_ms", "base_key", "broken")
 
     def __init__(self, ratchet: Session, ad: bytes, remote_identity: bytes, header: bytes | None,
                  created_ms: int, base_key: bytes | None = None) -> None:
@@ -52,12 +52,17 @@ class LiveSession:
         self.header = header
         self.created_ms = created_ms
         self.base_key = base_key  # the customer's ephemeral key when the customer started the session
+        # The recipient could not decrypt a message of this session (it lost its state, or the
+        # prekey was refused): no more messages in it; the next one agrees a new session, which
+        # replaces this object's contents. Never stored: a restart retries the stored state once.
+        self.broken = False
 
     def replace_with(self, other: LiveSession) -> None:
         """Become `other` in place (a customer started a new session): whoever holds this object,
         the dispatch path included, continues in the new session and commits its state."""
         self.ratchet, self.ad, self.remote_identity = other.ratchet, other.ad, other.remote_identity
         self.header, self.created_ms, self.base_key = other.header, other.created_ms, other.base_key
+        self.broken = other.broken
 
     def encrypt(self, plaintext: bytes) -> bytes:
         """One ratchet step: the envelope to send (prekey kind while unconfirmed)."""

@@ -114,6 +114,8 @@ class StatusChange(NamedTuple):
     workspace: str
     sender: str = ""
     recipient: str = ""
+    reason: str = ""
+    sent_ms: int = 0  # when the network acknowledged the message (0: no "sent" event)
 
 
 class StatusArg(NamedTuple):
@@ -174,7 +176,9 @@ def apply_status(txn, dbs, arg: StatusArg) -> list[StatusChange]:
             rec.reason = reason
         put(key, _enc(rec), db=messages)
         accepted_ms = rec.events[0][1]
-        changes.append(StatusChange(msg_id, status, at_ms, accepted_ms, rec.workspace, rec.sender, rec.recipient))
+        sent_ms = next((t for s, t in rec.events if s == "sent"), 0)
+        changes.append(StatusChange(msg_id, status, at_ms, accepted_ms, rec.workspace, rec.sender, rec.recipient,
+                                    reason or "", sent_ms))
         endpoints = arg.hooks.get(rec.workspace)
         if endpoints:
             event_id = arg.events.new()
