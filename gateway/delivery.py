@@ -383,7 +383,12 @@ class Delivery:
 
     async def on_connected(self) -> None:
         self.bundles.fail_all()  # requests on the old connection will never be answered
-        await self.link.send(self.keyring.publish_all())
+        frames = []
+        for n, frame in enumerate(self.keyring.publish_all_iter()):
+            frames.append(frame)
+            if n % 8 == 7:
+                await trio.lowlevel.checkpoint()  # fresh pools take a few ms per sender to generate
+        await self.link.send(frames)
         async with self._send_lock:
             self._throttled.clear()  # the whole outbox, throttled messages included, goes now
             after = b""

@@ -93,3 +93,18 @@ def test_keyring_publishes_new_senders_rotates_and_refills(tmp_path):
     assert K.load(str(tmp_path), "+15550000001").signed_prekey_ids == [1, 2]  # saved before published
     assert ring.on_prekey_count(PrekeyCount("+15550000001", 1))[0].one_time_prekeys
     assert ring.on_prekey_count(PrekeyCount("+19999999999", 0)) == []
+
+
+def test_a_reconnect_publishes_a_fresh_pool_never_keys_published_before(tmp_path):
+    """Found in review: every reconnect republished every one-time prekey still held, including
+    those the network had already handed to customers, so one key could serve two sessions."""
+    ring = Keyring(str(tmp_path), pool=4, low=2, rotation_ms=HOUR, grace_ms=HOUR)
+    ring.ensure(["+15550000001"], 0)
+    seen: set[int] = set()
+    for _ in range(3):  # a connect, then two reconnects
+        (frame,) = ring.publish_all()
+        ids = {kid for kid, _ in frame.one_time_prekeys}
+        assert frame.replace and len(ids) == 4 and not ids & seen
+        seen |= ids
+    book = K.load(str(tmp_path), "+15550000001")  # saved before published; old privates kept
+    assert all(book.peek_one_time(kid) is not None for kid in seen)

@@ -236,9 +236,10 @@ class SenderKeys:
         )
 
     def publish_frame(self, one_time: list[tuple[int, bytes]] | None = None, *, replace: bool = False) -> PublishKeys:
-        """`replace=True` republishes every one-time prekey held (after a reconnect: the network
-        may have restarted); otherwise only the given new ones are added."""
-        if replace:
+        """`replace=True` tells the network to drop its pool for this sender and take `one_time`
+        (every key held when none are given; the keyring always gives a fresh pool); otherwise
+        the given new keys are added to the network's pool."""
+        if replace and one_time is None:
             one_time = self.all_one_time_public()
         return PublishKeys(self.number, self.bundle().encode(), one_time or [], replace)
 
