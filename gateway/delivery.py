@@ -251,8 +251,8 @@ class Delivery:
             return
         parsed: dict[str, PrekeyBundle | None] = {}
         for n, (key, (sender, recipient)) in enumerate(wanted.items()):
-            if n % 16 == 15:
-                await trio.lowlevel.checkpoint()  # each agreement costs ~1 ms: let the API breathe
+            if n:
+                await trio.lowlevel.checkpoint()  # each agreement costs ~1 ms: the API gets its turn in between
             existing = self.sessions.get(key)
             if existing is not None and not existing.broken:
                 live[key] = existing  # the customer started one while the bundles were on their way

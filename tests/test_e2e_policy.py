@@ -133,6 +133,17 @@ def test_rejection_fails_the_message_with_the_reason_and_a_status_webhook(env):
     events_of(env, "message.status", message_id=msg_id, status="failed", reason="misleading claim")
 
 
+def test_a_held_message_to_a_contact_who_opted_out_meanwhile_cannot_be_approved(env):
+    put_list(env, "investment", "review", ["guaranteed returns"])
+    contact = "+14155550132"
+    msg_id = env.request("POST", "/v1/messages", {"to": contact, "text": {"body": "guaranteed returns"}})[1]["id"]
+    assert env.request("PUT", f"/admin/v1/opt-outs/{SENDER}/{contact}")[0] in (200, 201)
+    status, reply = env.request("POST", f"/admin/v1/reviews/{msg_id}/approve")
+    assert (status, reply["error"]["code"]) == (422, "recipient_opted_out")
+    assert env.request("GET", f"/v1/messages/{msg_id}")[1]["status"] == "held"
+    assert env.request("POST", f"/admin/v1/reviews/{msg_id}/reject", {"reason": "opted out"})[0] == 200
+
+
 def test_a_batch_gives_each_item_its_own_verdict(env):
     put_list(env, "fraud", "block", ["send your pin"])
     put_list(env, "abuse", "mask", ["idiot"])

@@ -72,6 +72,13 @@ class ReviewsApi:
     async def approve(self, request: Request, principal, params) -> Response:
         msg_id = unquote(params[0])
         held = self._held(principal, msg_id)
+        opt_out = self.gw.config.policy.opt_out
+        if (self.gw.policy.opted_out(held.workspace, held.sender, held.recipient)
+                and not (held.priority == R.URGENT and opt_out.urgent_allowed)):
+            # the contact said STOP while the message waited: approving must not send it anyway
+            raise ApiError(422, "recipient_opted_out",
+                           f"{held.recipient} opted out of messages from {held.sender} while this message "
+                           "was held; reject it instead", {"id": msg_id, "to": held.recipient, "from": held.sender})
         now = self.gw.clock_ms()
         audit = self.gw.policy.audit_entry(principal, held.workspace, "review.approve", msg_id, {}, now)
         review = await self.gw.policy.write(P.approve_review, (msg_id, now, audit))
