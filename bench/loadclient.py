@@ -228,45 +228,18 @@ def _get_request(host: str, port: int, path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: loadclient\r\n\r\n".encode()
 
 
-_CANNED = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
-
-
 def _canned_server(cpu: int) -> None:
-    """A responder that cannot be the bottleneck: one canned response per request head, no parsing.
+    """A responder that cannot be the bottleneck (loadtest.noop's canned 202), for measuring this
+    client's own ceiling (`--ceiling`)."""
+    from loadtest.noop import serve
 
-    Only for measuring this client's own ceiling (`--ceiling`); it understands body-less requests only.
-    """
     try:
         os.sched_setaffinity(0, {cpu})
     except (AttributeError, OSError):
         pass
     lsock = socket.create_server(("127.0.0.1", 0), backlog=256)
-    lsock.setblocking(False)
-    ep = select.epoll()
-    ep.register(lsock.fileno(), select.EPOLLIN)
     print(lsock.getsockname()[1], flush=True)
-    socks: dict[int, socket.socket] = {}
-    while True:
-        for fd, _ev in ep.poll():
-            if fd == lsock.fileno():
-                sock, _ = lsock.accept()
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                socks[sock.fileno()] = sock
-                ep.register(sock.fileno(), select.EPOLLIN)
-                continue
-            sock = socks[fd]
-            try:
-                data = sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                ep.unregister(fd)
-                socks.pop(fd).close()
-            elif n := data.count(b"\r\n\r\n"):
-                sock.send(_CANNED * n)
+    serve(lsock)
 
 
 def _ceiling(connections: int, duration_s: float, warmup_s: float) -> dict:

@@ -198,6 +198,21 @@ class Gateway:
         assert status == 202, reply
         return reply["id"]
 
+    def send_stream(self, accepted: list[str], stop: threading.Event, count: int, to) -> None:
+        """Send text messages one at a time to `to(i)` until `stop` is set, `count` were tried or
+        the gateway stops answering (killed); the ids of the 202s go to `accepted`. Meant to run
+        in a thread while a test kills the gateway."""
+        for i in range(count):
+            if stop.is_set():
+                return
+            try:
+                status, reply = self.request("POST", "/v1/messages",
+                                             {"to": to(i), "text": {"body": f"m{i}"}}, timeout=2)
+            except OSError:
+                return
+            if status == 202:
+                accepted.append(reply["id"])
+
     def wait_status(self, msg_id: str, wanted: set[str], timeout: float = 15.0) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

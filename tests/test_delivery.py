@@ -1,50 +1,9 @@
 """The delivery shell against a real store and writer, with the network link replaced by a
 recorder: answers from the network that make no sense are acknowledged and ignored, never fatal."""
-import trio
-
-from gateway.app import Gateway
-from gateway.config import parse_config
-from gateway.crypto.keydir import init_keys
 from gateway.network.frames import Ack, Receipt, ReceiptAck
 from gateway.store import ops
 from gateway.store import records as R
-
-CONFIG = """
-[store]
-data_dir = "{data_dir}"
-map_size_mb = 32
-
-[[workspaces]]
-name = "default"
-
-[[senders]]
-number = "+15550000001"
-rate_per_minute = 60
-"""
-
-
-class RecordingLink:
-    connected = True
-
-    def __init__(self) -> None:
-        self.sent: list = []
-
-    async def send(self, frames) -> None:
-        self.sent.extend(frames)
-
-
-async def with_gateway(tmp_path, body):
-    init_keys(str(tmp_path / "keys"))
-    gw = Gateway(parse_config(CONFIG.format(data_dir=tmp_path)))
-    gw.delivery.link = link = RecordingLink()
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(gw.writer.run)
-            await body(gw, link)
-            nursery.cancel_scope.cancel()
-    finally:
-        gw.close()
-
+from tests.inproc import with_gateway
 
 async def accept(gw, msg_id):
     rec = R.MessageRecord("default", "+15550000001", "+14155550100", 1, None, "accepted", [("accepted", 1)])

@@ -22,20 +22,8 @@ def test_kill_9_mid_stream_every_202_reaches_netsim_exactly_once(tmp_path):
     accepted: list[str] = []
     stop = threading.Event()
 
-    def stream():
-        i = 0
-        while not stop.is_set() and i < 5000:
-            try:
-                status, reply = gw.request("POST", "/v1/messages",
-                                           {"to": f"+1415{i:07d}", "text": {"body": f"m{i}"}}, timeout=2)
-            except OSError:
-                return
-            if status == 202:
-                accepted.append(reply["id"])
-            i += 1
-
     try:
-        sender = threading.Thread(target=stream)
+        sender = threading.Thread(target=gw.send_stream, args=(accepted, stop, 5000, lambda i: f"+1415{i:07d}"))
         sender.start()
         deadline = time.monotonic() + 20
         while len(accepted) < 300 and time.monotonic() < deadline:

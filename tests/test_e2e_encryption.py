@@ -65,20 +65,9 @@ def test_kill_9_mid_stream_netsim_decrypts_everything_exactly_once(tmp_path):
     accepted: list[str] = []
     stop = threading.Event()
 
-    def stream():
-        i = 0
-        while not stop.is_set() and i < 3000:
-            try:
-                status, reply = gw.request("POST", "/v1/messages",
-                                           {"to": f"+1415571{i % 40:04d}", "text": {"body": f"m{i}"}}, timeout=2)
-            except OSError:
-                return
-            if status == 202:
-                accepted.append(reply["id"])
-            i += 1
-
     try:
-        sender = threading.Thread(target=stream)
+        sender = threading.Thread(target=gw.send_stream,
+                                  args=(accepted, stop, 3000, lambda i: f"+1415571{i % 40:04d}"))
         sender.start()
         wait_for(lambda: len(accepted) >= 200, what="200 accepted")
         gw.kill()

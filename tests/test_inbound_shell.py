@@ -1,55 +1,15 @@
 """The inbound shell against a real store and writer, the link replaced by a recorder: every inbound
 frame is acknowledged after its commit, stored once, and what cannot be read changes nothing."""
 import msgspec
-import trio
 
-from gateway.app import Gateway
-from gateway.config import parse_config
-from gateway.crypto.keydir import init_keys
 from gateway.e2e.sessions import session_key
 from gateway.network.frames import Inbound, InboundAck
 from gateway.store import records as R
 from loadtest.netsim.devices import Devices
+from tests.inproc import with_gateway
 
 SENDER = "+15550000001"
 CUSTOMER = "+18880000042"
-CONFIG = """
-[store]
-data_dir = "{data_dir}"
-map_size_mb = 32
-
-[[workspaces]]
-name = "default"
-
-[[senders]]
-number = "+15550000001"
-rate_per_minute = 60
-"""
-
-
-class RecordingLink:
-    connected = True
-
-    def __init__(self) -> None:
-        self.sent: list = []
-
-    async def send(self, frames) -> None:
-        self.sent.extend(frames)
-
-
-async def with_gateway(tmp_path, body):
-    init_keys(str(tmp_path / "keys"))
-    gw = Gateway(parse_config(CONFIG.format(data_dir=tmp_path)))
-    gw.delivery.link = link = RecordingLink()
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(gw.writer.run)
-            await body(gw, link)
-            nursery.cancel_scope.cancel()
-    finally:
-        gw.close()
-
-
 def customer_of(gw) -> Devices:
     devices = Devices(4)
     frame = gw.keyring.book(SENDER).publish_frame(replace=True)
