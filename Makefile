@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 # The quick variant of every load-test scenario (reports under loadtest/reports/); fails if any one failed.
-LOADTEST_QUICK := steady-single peak-ramp burst-batch many-senders flaky-network crash-restart
+LOADTEST_QUICK := steady-single peak-ramp burst-batch many-senders flaky-network crash-restart e2e-encrypted
 loadtest: $(STAMP)
 	@rc=0; for s in $(LOADTEST_QUICK); do $(PY) -m loadtest run loadtest/scenarios/$$s.toml --quick || rc=1; done; exit $$rc
 

@@ -13,7 +13,7 @@ from typing import Iterable, NamedTuple
 
 import msgspec
 
-__all__ = ["Limit", "Violation", "Verdict", "bucket_breaks", "judge", "TERMINAL"]
+__all__ = ["Limit", "Violation", "Verdict", "bucket_breaks", "judge", "judge_e2e", "TERMINAL"]
 
 TERMINAL = frozenset({"delivered", "read", "failed"})
 _EPS = 1e-9
@@ -48,6 +48,11 @@ class Verdict(msgspec.Struct):
     failed_reasons: dict
     violations: list[Violation]
     notes: list[str]
+    decrypted: int | None = None        # messages netsim decrypted (None: it took payloads as opaque bytes)
+    decrypt_failures: int = 0
+    plaintext_checked: int = 0          # recorded messages whose decrypted text was compared with what was sent
+    plaintext_mismatches: int = 0
+    inbound: dict = msgspec.field(default_factory=dict)  # customers' messages: sent by netsim, read by the gateway
 
     @property
     def ok(self) -> bool:
@@ -247,3 +252,68 @@ def judge(*, accepted: list[str], views: dict[str, dict | None], record: list[di
                    netsim_resubmits=resubmits, netsim_extra=extra, sender_rate_breaks=sender_breaks,
                    pair_rate_breaks=pair_breaks, funnel=funnel, failed_reasons=reasons,
                    violations=violations, notes=notes)
+
+
+def judge_e2e(verdict: Verdict, *, record: list[dict] | None, netsim_stats: dict | None,
+              expected_digests: dict[str, str], inbound_expected: int,
+              gateway_inbound: dict[str, float] | None) -> None:
+    """The end-to-end encryption checks, added to `verdict`: netsim decrypted every message and read
+    exactly the text the load sent (digests in its record vs `expected_digests`, id -> digest); no
+    message failed as undecryptable; and every message netsim's customers sent (`inbound_expected`
+    of them) was acknowledged and read by the gateway (`gateway_inbound`: its gateway_inbound_total
+    counters by outcome), none undecryptable."""
+    v = verdict
+    undecryptable = {r: n for r, n in v.failed_reasons.items() if r.startswith("undecryptable")}
+    if undecryptable:
+        v.violations.append(Violation("failed_undecryptable", f"{sum(undecryptable.values())} messages failed "
+                                      f"because their recipient could not decrypt them: {undecryptable}",
+                                      sum(undecryptable.values())))
+    if netsim_stats is None or "decrypted" not in netsim_stats:
+        v.notes.append("netsim did not decrypt (opaque payloads or no netsim of its own): encryption checks skipped")
+    else:
+        v.decrypted = int(netsim_stats["decrypted"])
+        v.decrypt_failures = int(netsim_stats.get("decrypt_failures", 0))
+        if v.decrypt_failures:
+            v.violations.append(Violation("decrypt_failures", f"netsim could not decrypt {v.decrypt_failures} "
+                                          f"submits: {netsim_stats.get('decrypt_failure_reasons')}",
+                                          v.decrypt_failures))
+    if record is not None and v.decrypted is not None:
+        mismatched = []
+        for line in record:
+            want = expected_digests.get(line["id"])
+            if want is None:
+                continue  # a message whose 202 was lost with its connection: its number is unknown
+            v.plaintext_checked += 1
+            if line.get("digest") != want:
+                mismatched.append(line["id"])
+        v.plaintext_mismatches = len(mismatched)
+        if mismatched:
+            v.violations.append(Violation("plaintext_mismatch", f"{len(mismatched)} messages reached their "
+                                          "recipient with other text than the load sent (or unreadable)",
+                                          len(mismatched), mismatched[:5]))
+    if not inbound_expected:
+        return
+    stats = netsim_stats or {}
+    gw = gateway_inbound or {}
+    sent, skipped = int(stats.get("inbound_sent", 0)), int(stats.get("inbound_skipped", 0))
+    unacked = int(stats.get("inbound_unacked", 0))
+    received = int(gw.get("received", 0))
+    v.inbound = {"expected": inbound_expected, "sent": sent, "skipped": skipped, "unacked": unacked,
+                 "received": received, "duplicate": int(gw.get("duplicate", 0)),
+                 "undecryptable": int(gw.get("undecryptable", 0)), "dropped": int(gw.get("dropped", 0))}
+    if sent + skipped < inbound_expected or skipped:
+        v.violations.append(Violation("inbound_not_sent", f"netsim's customers sent {sent} of {inbound_expected} "
+                                      f"messages ({skipped} could not be composed)", inbound_expected - sent))
+    if unacked:
+        v.violations.append(Violation("inbound_unacked", f"{unacked} customers' messages were never acknowledged "
+                                      "by the gateway", unacked))
+    if gateway_inbound is None:
+        v.notes.append("the gateway's inbound counters were not read: inbound completeness unchecked")
+        return
+    if v.inbound["undecryptable"] or v.inbound["dropped"]:
+        v.violations.append(Violation("inbound_undecryptable", f"the gateway could not read "
+                                      f"{v.inbound['undecryptable']} customers' messages and dropped "
+                                      f"{v.inbound['dropped']}", v.inbound["undecryptable"] + v.inbound["dropped"]))
+    if received != sent:
+        v.violations.append(Violation("inbound_count", f"netsim's customers sent {sent} messages; the gateway "
+                                      f"received {received}", abs(sent - received)))

@@ -16,7 +16,7 @@ import time
 import urllib.request
 
 from loadtest.scenario import Scenario
-from loadtest.workload import sender_numbers, sender_tiers
+from loadtest.workload import inbound_customers, sender_numbers, sender_tiers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY_CPU, LOAD_CPU = 0, 1
@@ -82,6 +82,10 @@ def start_netsim(scn: Scenario, record_path: str, cpu: int = LOAD_CPU) -> Proc:
             "--latency-ms", str(ns.latency_ms), "--read-share", str(ns.read_share),
             "--unregistered-share", str(ns.unregistered_share), "--throttle-share", str(ns.throttle_share),
             "--record", record_path]
+    if ns.inbound_rate > 0:
+        prefix, pool, count = inbound_customers(scn)
+        args += ["--inbound-rate", str(ns.inbound_rate), "--inbound-customers", str(pool),
+                 "--inbound-count", str(count), "--inbound-customer-prefix", prefix]
     p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=_pinner(cpu))
     return Proc("netsim", p, _port_from_first_line(p, "netsim"))

@@ -174,7 +174,12 @@ def render_markdown(report: dict, plots: list[str]) -> str:
                        ("re-sends absorbed by netsim's id dedupe", v["netsim_resubmits"]),
                        ("at netsim without a 202 seen", v["netsim_extra"]),
                        ("sender token-bucket breaks", v["sender_rate_breaks"]),
-                       ("recipient pair-limit breaks", v["pair_rate_breaks"])):
+                       ("recipient pair-limit breaks", v["pair_rate_breaks"]),
+                       ("decrypted at netsim", "not checked" if v.get("decrypted") is None else v["decrypted"]),
+                       ("decryption failures at netsim", v.get("decrypt_failures", 0)),
+                       ("texts compared with what was sent / mismatched",
+                        f"{_fmt(v.get('plaintext_checked', 0))} / {_fmt(v.get('plaintext_mismatches', 0))}"),
+                       *((f"inbound {k}", n) for k, n in (v.get("inbound") or {}).items())):
             out.append(f"| {k} | {_fmt(val)} |")
         out += ["", "Funnel: " + " → ".join(f"{k} {_fmt(n)}" for k, n in v["funnel"].items()), ""]
         if v.get("failed_reasons"):

@@ -24,14 +24,16 @@ import trio
 from gateway.http.client import HttpClient
 from loadtest import latency as L
 from loadtest import procs
-from loadtest.checks import Limit, Violation, judge
+from loadtest.checks import Limit, Violation, judge, judge_e2e
 from loadtest.engine import LoadEngine
 from loadtest.netsim.server import fetch_stats
 from loadtest.progress import Progress, progress_line, summary_table
 from loadtest.report import write_report
 from loadtest.scenario import Scenario, load_scenario
 from loadtest.schedule import constant, immediate
-from loadtest.workload import Workload, ids_from_answers, sender_numbers, sender_tiers
+from loadtest.netsim.core import text_digest
+from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
+                               sender_numbers, sender_tiers)
 
 REPORTS = os.path.join(procs.ROOT, "loadtest", "reports")
 _GRACE_US = 1_000_000  # peak-ramp judges a step this long after it ends
@@ -339,8 +341,9 @@ class Drive:
 # drain and read back
 
 
-async def wait_for_netsim(env: Environment, accepted: int, timeout_s: float) -> dict:
-    """Until netsim holds every accepted message and has no receipt pending or unacknowledged."""
+async def wait_for_netsim(env: Environment, accepted: int, timeout_s: float, inbound: int = 0) -> dict:
+    """Until netsim holds every accepted message and has no receipt pending or unacknowledged, and its
+    customers have sent their `inbound` messages and seen each acknowledged."""
     deadline = trio.current_time() + timeout_s
     stats: dict = {}
     while trio.current_time() < deadline:
@@ -349,7 +352,10 @@ async def wait_for_netsim(env: Environment, accepted: int, timeout_s: float) -> 
         except (OSError, trio.TooSlowError, ConnectionError):
             await trio.sleep(0.5)
             continue
-        if stats.get("unique", 0) >= accepted and not stats.get("pending_receipts") and not stats.get("unacked_receipts"):
+        inbound_done = stats.get("inbound_sent", 0) + stats.get("inbound_skipped", 0) >= inbound \
+            and not stats.get("inbound_unacked")
+        if stats.get("unique", 0) >= accepted and not stats.get("pending_receipts") \
+                and not stats.get("unacked_receipts") and inbound_done:
             return stats
         await trio.sleep(0.5)
     return stats
@@ -433,6 +439,23 @@ class Collected(msgspec.Struct):
     netsim_stats: dict | None
     drain_s: float
     read_back_s: float
+    gateway_inbound: dict | None = None  # the gateway's gateway_inbound_total by outcome, after the drain
+
+
+async def gateway_inbound_counters(env: Environment) -> dict[str, float] | None:
+    """The gateway's inbound counters by outcome (None when they cannot be read, or a restart reset them)."""
+    if env.gateway is not None and env.gateway.starts > 1:
+        return None
+    client = HttpClient(max_connections_per_host=1)
+    try:
+        resp = await client.request("GET", f"http://{env.host}:{env.port}/metrics", timeout_s=10)
+    except (OSError, trio.TooSlowError, ConnectionError):
+        return None
+    finally:
+        await client.aclose()
+    prefix = 'gateway_inbound_total{outcome="'
+    return {name[len(prefix):-2]: value for name, value in parse_metrics(resp.body.decode()).items()
+            if name.startswith(prefix)}
 
 
 def collect(scn: Scenario, env: Environment, progress: Progress) -> Collected:
@@ -446,24 +469,30 @@ def collect(scn: Scenario, env: Environment, progress: Progress) -> Collected:
     t_drain = time.monotonic()
     netsim_stats = None
     if env.managed:
-        trio.run(wait_for_netsim, env, len(accepted), scn.checks.drain_timeout_s)
+        trio.run(wait_for_netsim, env, len(accepted), scn.checks.drain_timeout_s, inbound_customers(scn)[2])
     left = max(5.0, scn.checks.drain_timeout_s - (time.monotonic() - t_drain))
     views, read_back_s = trio.run(read_back, env, accepted, left)
     drain_s = time.monotonic() - t_drain
+    gateway_inbound = None
     if env.managed:
         netsim_stats = trio.run(fetch_stats, "127.0.0.1", env.netsim.port)
-    return Collected(drive, accepted, batch_rejected, views, netsim_stats, drain_s, read_back_s)
+        gateway_inbound = trio.run(gateway_inbound_counters, env)
+    return Collected(drive, accepted, batch_rejected, views, netsim_stats, drain_s, read_back_s, gateway_inbound)
 
 
 def verdict_of(scn: Scenario, env: Environment, got: Collected):
     engine = got.drive.engine
     per_msg = scn.messages_per_request()
     pair = Limit(0, scn.gateway.pair_rate_per_minute, scn.gateway.pair_burst) if env.managed else None
-    verdict = judge(accepted=got.accepted, views=got.views, record=read_record(env.record_path),
+    record = read_record(env.record_path)
+    verdict = judge(accepted=got.accepted, views=got.views, record=record,
                     netsim_stats=got.netsim_stats, sender_limits=got.drive.limits, pair_limit=pair,
                     tolerance_ms=scn.checks.rate_tolerance_ms,
                     unknown_outcome_messages=len(engine.unknown_seqs) * per_msg,
                     allow_resubmits=scn.checks.allow_resubmits)
+    digests = {msg_id: text_digest(message_text(n)) for msg_id, n in message_numbers(engine.kept, per_msg).items()}
+    judge_e2e(verdict, record=record, netsim_stats=got.netsim_stats, expected_digests=digests,
+              inbound_expected=inbound_customers(scn)[2] if env.managed else 0, gateway_inbound=got.gateway_inbound)
     offered = engine.issued * per_msg
     faulty = scn.faults.crash_at_s > 0 or scn.faults.link_cut_every_s > 0
     if not scn.load.find_peak and not faulty and offered and len(got.accepted) < scn.checks.min_accepted_share * offered:
@@ -605,8 +634,16 @@ def _summary_rows(report: dict) -> list[tuple[str, str]]:
         ("lost / missing at netsim", f"{v['lost']} / {v['missing_at_netsim']}"),
         ("duplicates (recorded twice)", f"{v['recorded_twice']}  (re-sends absorbed by id: {v['netsim_resubmits']})"),
         ("rate breaks sender / pair", f"{v['sender_rate_breaks']} / {v['pair_rate_breaks']}"),
+        ("end-to-end encryption", "not checked (netsim did not decrypt)" if v["decrypted"] is None else
+         f"{v['decrypted']:,} decrypted at netsim, {v['decrypt_failures']} failures; text intact "
+         f"{v['plaintext_checked'] - v['plaintext_mismatches']:,} of {v['plaintext_checked']:,}"),
         ("drain", f"{report['drain']['seconds']} s"),
     ]
+    if v["inbound"]:
+        i = v["inbound"]
+        rows.append(("customers' messages (inbound)", f"{i['sent']:,} sent by netsim, {i['received']:,} read by the "
+                                                      f"gateway, {i['undecryptable']} undecryptable, {i['unacked']} "
+                                                      "unacknowledged"))
     if "link_cuts" in report:
         rows.append(("link cuts (proxy)", str(report["link_cuts"])))
     if "peak" in report:

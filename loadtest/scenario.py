@@ -68,6 +68,11 @@ class NetsimSetup(Struct, forbid_unknown_fields=True, kw_only=True):
     read_share: Share = 0.5
     unregistered_share: Share = 0.0
     throttle_share: Share = 0.0
+    inbound_rate: NonNegFloat = 0.0   # customers' messages per second to the senders, for the load's duration
+    inbound_customers: PosInt = 1000  # how many customers write ("customers": +1888 numbers of their own)
+    # "recipients": the load's own recipients answer, in the sessions the gateway started with them where
+    # those exist (and start their own where not yet), so both session directions meet on one pair
+    inbound_from: Literal["customers", "recipients"] = "customers"
 
 
 class SenderDrop(Struct, forbid_unknown_fields=True, kw_only=True):

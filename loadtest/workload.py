@@ -11,11 +11,28 @@ import orjson
 
 from loadtest.scenario import Scenario
 
-__all__ = ["Workload", "sender_numbers", "sender_tiers", "ids_from_answers"]
+__all__ = ["Workload", "sender_numbers", "sender_tiers", "ids_from_answers", "message_numbers", "message_text",
+           "inbound_customers"]
 
 SENDER_BASE = 15550001000
 RECIPIENT_BASE = 16660000000
 HOT_BASE = 16670000000
+
+
+def message_text(n: int) -> str:
+    """The text body of message n (the checks compare its digest with what netsim decrypted)."""
+    return f"load test message {n}"
+
+
+def inbound_customers(scn: Scenario) -> tuple[str, int, int]:
+    """(customer number prefix, pool size, message count) of the inbound traffic netsim generates:
+    its own +1888 customers, or the load's recipients (+1666 + 7 digits, the same numbers `message`
+    sends to); as many messages as the rate over the load's duration."""
+    ns = scn.netsim
+    count = max(1, round(ns.inbound_rate * scn.schedule().duration_s)) if ns.inbound_rate > 0 else 0
+    if ns.inbound_from == "recipients":
+        return f"+{str(RECIPIENT_BASE)[:-7]}", min(scn.senders.recipients, 10_000_000), count
+    return "+1888", ns.inbound_customers, count
 
 
 def sender_numbers(count: int) -> list[str]:
@@ -83,9 +100,9 @@ class Workload:
     def _item(self, n: int) -> bytes:
         sender, recipient = self.message(n)
         if len(self.senders) == 1:  # the workspace's default sender (so --target works with any config)
-            return b'{"to":"%s","text":{"body":"load test message %d"}%s}' % (recipient.encode(), n, self._prio)
-        return (b'{"from":"%s","to":"%s","text":{"body":"load test message %d"}%s}'
-                % (sender.encode(), recipient.encode(), n, self._prio))
+            return b'{"to":"%s","text":{"body":"%s"}%s}' % (recipient.encode(), message_text(n).encode(), self._prio)
+        return (b'{"from":"%s","to":"%s","text":{"body":"%s"}%s}'
+                % (sender.encode(), recipient.encode(), message_text(n).encode(), self._prio))
 
     def request(self, k: int) -> bytes:
         if self._per_request == 1:
@@ -114,3 +131,20 @@ def ids_from_answers(kept: list[tuple[int, bytes, bytes]]) -> tuple[list[str], i
         elif "id" in doc:
             ids.append(doc["id"])
     return ids, rejected
+
+
+def message_numbers(kept: list[tuple[int, bytes, bytes]], per_request: int) -> dict[str, int]:
+    """{accepted id: its message number} from the kept 2xx answers (request k carries messages
+    k * per_request ...; a batch answers item by item in order)."""
+    out: dict[str, int] = {}
+    for seq, _status, body in kept:
+        if per_request == 1:
+            if body.startswith(b'{"id":"') and body[33:34] == b'"':
+                out[body[7:33].decode()] = seq
+            elif "id" in (doc := orjson.loads(body)):
+                out[doc["id"]] = seq
+            continue
+        for i, item in enumerate(orjson.loads(body).get("results", ())):
+            if "id" in item:
+                out[item["id"]] = seq * per_request + item.get("index", i)
+    return out

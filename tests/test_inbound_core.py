@@ -248,3 +248,23 @@ def test_mutated_envelopes_only_ever_fail_as_undecryptable(world):
             open_envelope(book, None, bytes(data), NOW_MS)
         except Undecryptable:
             pass
+
+
+def test_crossed_first_messages_the_customers_device_reads_both_sessions_and_follows_the_gateway(world):
+    """The gateway's first message and the customer's first message cross: each side starts its own
+    session. The device keeps its own session beside the gateway's, reads the gateway's next message
+    (sent in the customer's session, which the gateway took up on reading it) in it, and answers there."""
+    book, devices = world
+    gw = start_session(book.identity, PrekeyBundle.decode(devices.recipient_bundle(CUSTOMER)), NOW_MS)
+    first = gw.encrypt(body("your order shipped"))  # in flight ...
+    hello, _ = devices.compose(CUSTOMER, SENDER, body("hello"))  # ... while the customer starts a session
+    assert devices.receive(SENDER, CUSTOMER, first, NOW_MS / 1000) == (body("your order shipped"), None)
+    opened = open_envelope(book, gw, hello, NOW_MS)
+    assert opened.new and opened.plaintext == body("hello")
+    gw.replace_with(opened.session)  # as the inbound path does: the pair continues in the customer's session
+    second = gw.encrypt(body("it arrives today"))
+    assert devices.receive(SENDER, CUSTOMER, second, NOW_MS / 1000) == (body("it arrives today"), None)
+    reply, left = devices.compose(CUSTOMER, SENDER, body("thanks"))
+    assert left is None and reply[1] == envelope.KIND_MESSAGE  # in the session the gateway answered in
+    assert open_envelope(book, gw, reply, NOW_MS).plaintext == body("thanks")
+    assert devices.stats()["decrypt_failures"] == 0

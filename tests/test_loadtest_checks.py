@@ -181,3 +181,75 @@ def test_peak_is_the_highest_judged_step_that_held_and_warm_up_steps_do_not_coun
     low = peak_section(scn, _steps((True, 9000, True), (False, 400, True), (False, 800, False)), verdict)
     assert low["sustainable_rps"] == 400
     assert [v.kind for v in verdict.violations] == ["peak_below_floor"]
+
+
+# -- end-to-end encryption: decrypted, intact, and the customers' side read --------------------------
+
+from loadtest.checks import judge_e2e  # noqa: E402
+from loadtest.netsim.core import text_digest  # noqa: E402
+from loadtest.workload import message_text  # noqa: E402
+
+
+def _e2e(n=4, *, record=None, stats=None, views=None, inbound_expected=0, gateway_inbound=None):
+    ids = [f"id{i}" for i in range(n)]
+    if record is None:
+        record = [{"id": m, "sender": S1, "recipient": f"+1666{i:07d}", "at_ms": 1000 + 100 * i,
+                   "digest": text_digest(message_text(i))} for i, m in enumerate(ids)]
+    base = {"unique": len(record), "duplicates": 0, "decrypted": len(record), "decrypt_failures": 0}
+    stats = base | (stats or {})
+    v = _run(n, views=views, record=record, stats=stats)
+    judge_e2e(v, record=record, netsim_stats=stats, expected_digests={m: text_digest(message_text(i))
+                                                                      for i, m in enumerate(ids)},
+              inbound_expected=inbound_expected, gateway_inbound=gateway_inbound)
+    return v
+
+
+def test_every_message_decrypted_and_intact_passes():
+    v = _e2e()
+    assert v.ok, v.violations
+    assert (v.decrypted, v.decrypt_failures, v.plaintext_checked, v.plaintext_mismatches) == (4, 0, 4, 0)
+
+
+def test_a_decryption_failure_at_netsim_fails_the_run():
+    views = {f"id{i}": _view("delivered", "sent") for i in range(4)}
+    views["id2"] = _view("failed", "sent", reason="undecryptable_bad_tag")
+    record = [{"id": f"id{i}", "sender": S1, "recipient": f"+1666{i:07d}", "at_ms": 1000 + 100 * i,
+               **({} if i == 2 else {"digest": text_digest(message_text(i))})} for i in range(4)]
+    v = _e2e(record=record, views=views, stats={"decrypted": 3, "decrypt_failures": 1,
+                                                "decrypt_failure_reasons": {"bad_tag": 1}})
+    assert kinds(v) == {"failed_undecryptable", "decrypt_failures", "plaintext_mismatch"}
+    assert v.plaintext_mismatches == 1 and v.violations[-1].examples == ["id2"]
+
+
+def test_a_message_that_arrived_with_other_text_fails_the_run():
+    record = [{"id": f"id{i}", "sender": S1, "recipient": f"+1666{i:07d}", "at_ms": 1000 + 100 * i,
+               "digest": text_digest(message_text(i ^ 1))} for i in range(4)]  # texts of 0/1 and 2/3 swapped
+    v = _e2e(record=record)
+    assert kinds(v) == {"plaintext_mismatch"} and v.plaintext_mismatches == 4
+
+
+def test_without_decryption_at_netsim_the_checks_are_named_as_skipped():
+    v = _run(4)
+    judge_e2e(v, record=None, netsim_stats={"unique": 4}, expected_digests={}, inbound_expected=0,
+              gateway_inbound=None)
+    assert v.ok and v.decrypted is None
+    assert any("encryption checks skipped" in n for n in v.notes)
+
+
+def test_customers_messages_all_read_by_the_gateway_pass():
+    v = _e2e(stats={"inbound_sent": 50, "inbound_skipped": 0, "inbound_unacked": 0}, inbound_expected=50,
+             gateway_inbound={"received": 50.0, "duplicate": 3.0})
+    assert v.ok, v.violations
+    assert v.inbound["received"] == 50 and v.inbound["duplicate"] == 3
+
+
+def test_customers_messages_unread_unacked_or_never_sent_fail_the_run():
+    v = _e2e(stats={"inbound_sent": 48, "inbound_skipped": 2, "inbound_unacked": 1}, inbound_expected=50,
+             gateway_inbound={"received": 46.0, "undecryptable": 1.0})
+    assert kinds(v) == {"inbound_not_sent", "inbound_unacked", "inbound_undecryptable", "inbound_count"}
+
+
+def test_without_the_gateways_counters_inbound_completeness_is_named_as_unchecked():
+    v = _e2e(stats={"inbound_sent": 5, "inbound_skipped": 0, "inbound_unacked": 0}, inbound_expected=5,
+             gateway_inbound=None)
+    assert v.ok and any("inbound completeness unchecked" in n for n in v.notes)

@@ -10,7 +10,8 @@ from loadtest.checks import judge
 from loadtest.progress import progress_line, summary_table
 from loadtest.report import write_report
 from loadtest.scenario import ScenarioError, parse_scenario
-from loadtest.workload import Workload, ids_from_answers, sender_tiers
+from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
+                               sender_tiers)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((ROOT / "loadtest" / "scenarios").glob("*.toml"))
@@ -86,6 +87,30 @@ def test_ids_come_out_of_single_and_batch_answers():
         {"index": 1, "error": {"code": "invalid_field"}}]}))
     ids, rejected = ids_from_answers([single, batch])
     assert ids == ["01KAAAAAAAAAAAAAAAAAAAAAAA", "01KBBBBBBBBBBBBBBBBBBBBBBB"] and rejected == 1
+
+
+def test_each_accepted_id_maps_back_to_the_message_number_and_text_it_carried():
+    single = (4, b"202", b'{"id":"01KAAAAAAAAAAAAAAAAAAAAAAA","status":"accepted"}')
+    assert message_numbers([single], 1) == {"01KAAAAAAAAAAAAAAAAAAAAAAA": 4}
+    batch = (2, b"202", orjson.dumps({"results": [
+        {"index": 0, "error": {"code": "invalid_field"}},
+        {"index": 1, "id": "01KBBBBBBBBBBBBBBBBBBBBBBB", "status": "accepted"}]}))
+    assert message_numbers([batch], 3) == {"01KBBBBBBBBBBBBBBBBBBBBBBB": 7}
+    scn = parse_scenario(BASE)
+    doc = orjson.loads(Workload(scn, host="h", port=1, api_key="k").request(4).split(b"\r\n\r\n", 1)[1])
+    assert doc["text"]["body"] == message_text(4)
+
+
+def test_inbound_traffic_comes_from_own_customers_or_from_the_loads_recipients():
+    scn = parse_scenario(BASE + "[netsim]\ninbound_rate = 5\n[senders]\nrecipients = 300\n")
+    assert inbound_customers(scn) == ("+1888", 1000, 50)  # 5/s over the 10 s load
+    scn = parse_scenario(BASE + '[netsim]\ninbound_rate = 5\ninbound_from = "recipients"\n'
+                                "[senders]\nrecipients = 300\n")
+    prefix, pool, count = inbound_customers(scn)
+    assert (prefix, pool, count) == ("+1666", 300, 50)
+    work = Workload(scn, host="h", port=1, api_key="k")
+    assert {work.message(n)[1] for n in range(300)} == {"%s%07d" % (prefix, k) for k in range(pool)}
+    assert inbound_customers(parse_scenario(BASE))[2] == 0
 
 
 def test_latency_summary_reads_percentiles_off_an_hdr_histogram():

@@ -28,6 +28,7 @@ _FLAG_TO_FIELD = {
     "inbound_rate": "inbound_rate",
     "inbound_customers": "inbound_customers",
     "inbound_count": "inbound_count",
+    "inbound_customer_prefix": "inbound_customer_prefix",
 }
 
 
@@ -46,6 +47,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbound-rate", type=float, help="inbound messages per second from simulated customers")
     p.add_argument("--inbound-customers", type=int, help="how many customers generated inbound traffic comes from")
     p.add_argument("--inbound-count", type=int, help="stop generating inbound messages after this many (0 = never)")
+    p.add_argument("--inbound-customer-prefix", help="customers' numbers: this prefix + 7 digits (default +1888)")
     p.add_argument("--record", help="append one JSON line per first accepted submit to this file")
     p.add_argument("--capture", help="append every submit frame received, byte for byte as on the wire "
                                      "(4-byte length + msgpack body), to this file")

@@ -30,6 +30,12 @@ _blake2b = hashlib.blake2b
 _text_encode = msgspec.msgpack.Encoder().encode
 
 
+def text_digest(body: str) -> str:
+    """The digest a record line keeps of the text a recipient read (the load side computes the same
+    from what it sent, so a run can prove every message arrived intact without logging any text)."""
+    return _blake2b(body.encode(), digest_size=8).hexdigest()
+
+
 def _cut(share: float) -> int:
     return int(share * (1 << 64)) if share < 1.0 else 1 << 64
 
@@ -223,12 +229,13 @@ class Network:
 
     def generate_inbound(self, count: int, now_ms: int) -> tuple[list[Inbound], dict[str, int]]:
         """The next `count` messages of the generated inbound traffic: message k comes from customer
-        `+1888` + 7 digits and goes to a published sender, both picked by blake2b(seed, "in", k),
-        so the same seed gives the same conversations. (frames, {sender: prekeys left} drawn)."""
+        `inbound_customer_prefix` (+1888) + 7 digits and goes to a published sender, both picked
+        by blake2b(seed, "in", k), so the same seed gives the same conversations. (frames, {sender: prekeys left} drawn)."""
         out: list[Inbound] = []
         drawn: dict[str, int] = {}
         senders = self.devices.published_numbers() if self.devices is not None else []
         pool = self.config.inbound_customers
+        prefix = self.config.inbound_customer_prefix
         for _ in range(count):
             k = self._inbound_generated
             self._inbound_generated += 1
@@ -238,7 +245,7 @@ class Network:
             u_sender, u_customer = struct.unpack(">2Q", _blake2b(self._key_prefix + b"in\x00%d" % k,
                                                                  digest_size=16).digest())
             sender = senders[u_sender % len(senders)]
-            customer = "+1888%07d" % (u_customer % pool)
+            customer = "%s%07d" % (prefix, u_customer % pool)
             frame, error, left = self.customer_send(customer, sender, f"netsim inbound {k}", now_ms)
             if frame is None:
                 self._inbound_skipped += 1

@@ -5,6 +5,12 @@ decryption of every message they receive, and the sender bundles the gateway pub
 Pure: no I/O and no clock (callers pass now). Derived keys and sessions are cached; a failed
 decryption leaves every session and one-time prekey exactly as it was.
 
+Like a Signal client, a device keeps its previous sessions with a sender beside the current one:
+when both sides start a session at the same moment (the sender's first message and the customer's
+first message cross), each side's newest session differs from the other's, and messages keep
+arriving in the one the receiver has just replaced. A message decrypts in whichever session it
+belongs to, and that session becomes the current one, so both sides converge on one session.
+
 Derivation (docs/protocol.md): seed bytes = b"netsim-v1:" + decimal seed; identity =
 derive_identity(seed, number); signed prekey id 1 and PQ prekey id 1 from the purposes
 "signed-prekey" and "pq-prekey"; one-time prekey n (n = 1, 2, ... per bundle served) from
@@ -37,6 +43,7 @@ from gateway.e2e import envelope
 SIGNED_PREKEY_ID = 1
 PQ_PREKEY_ID = 1
 DEVICE_CACHE_MAX = 100_000
+PREVIOUS_SESSIONS_MAX = 8  # older sessions a device keeps per sender and still decrypts in (libsignal keeps 40)
 MAX_SENDER_POOL = 10_000
 
 _RATCHET_FAILURES = ((BadTag, "bad_tag"), (Replay, "replay"), (TooManySkipped, "too_many_skipped"),
@@ -91,7 +98,7 @@ class Devices:
         self._devices: dict[str, Device] = {}
         self._next_one_time: dict[str, int] = {}
         self._used_one_time: dict[str, set[int]] = {}
-        self._sessions: dict[tuple[str, str], _Inbound] = {}
+        self._sessions: dict[tuple[str, str], list[_Inbound]] = {}  # current first, then previous ones
         self._published: dict[str, _Published] = {}
         self._published_sorted: list[str] | None = None
         self._signatures = agreement.SignatureCache(1024)
@@ -194,7 +201,8 @@ class Devices:
         prekeys left when a bundle was drawn, else None). KeyError when the sender has published
         no keys; BadSignature / InvalidKey for a bundle that does not verify."""
         key = (sender, customer)
-        session = self._sessions.get(key)
+        sessions = self._sessions.get(key)
+        session = sessions[0] if sessions else None
         left = None
         if session is None:
             bundle_bytes, left = self.sender_bundle(sender)
@@ -203,7 +211,7 @@ class Devices:
             ratchet = Session.init_alice(init.session.shared_key, decode_ec(bundle.signed_prekey))
             session = _Inbound(ratchet, init.session.associated_data, init.header.ephemeral_key,
                                init.header.encode())
-            self._sessions[key] = session
+            self._install(key, session)
             self.customer_sessions += 1
         message = session.ratchet.encrypt(plaintext, session.ad)
         self.customer_encrypted += 1
@@ -227,17 +235,28 @@ class Devices:
         except envelope.EnvelopeError:
             return None, "malformed_envelope"
         key = (sender, recipient)
-        session = self._sessions.get(key)
+        sessions = self._sessions.get(key, ())
         if header_bytes is None:
-            if session is None:
+            if not sessions:
                 return None, "no_session"
-            return self._decrypt(session, message, now)
+            first_reason = None
+            for i, session in enumerate(sessions):  # the current session, then the previous ones
+                plaintext, reason = self._decrypt(session, message, now)
+                if reason is None:
+                    self._promote(key, i)
+                    return plaintext, None
+                first_reason = first_reason or reason
+            return None, first_reason
         try:
             header = agreement.InitialHeader.decode(header_bytes)
         except MalformedMessage:
             return None, "malformed_header"
-        if session is not None and session.base_key == header.ephemeral_key:
-            return self._decrypt(session, message, now)  # a prekey message of the session we have
+        for i, session in enumerate(sessions):
+            if session.base_key == header.ephemeral_key:  # a prekey message of a session we have
+                plaintext, reason = self._decrypt(session, message, now)
+                if reason is None:
+                    self._promote(key, i)
+                return plaintext, reason
         known = self.published_identity(sender)
         if known is not None and known != header.identity_key:
             return None, "identity_mismatch"
@@ -265,10 +284,22 @@ class Devices:
         inbound = _Inbound(ratchet, agreed.associated_data, header.ephemeral_key)
         plaintext, reason = self._decrypt(inbound, message, now)
         if reason is None:
-            self._sessions[key] = inbound
+            self._install(key, inbound)
             if otk_id is not None:
                 self._used_one_time.setdefault(recipient, set()).add(otk_id)
         return plaintext, reason
+
+    def _install(self, key: tuple[str, str], session: _Inbound) -> None:
+        """`session` becomes the pair's current one; the one it replaces is kept as a previous one."""
+        sessions = self._sessions.setdefault(key, [])
+        sessions.insert(0, session)
+        del sessions[PREVIOUS_SESSIONS_MAX + 1:]
+
+    def _promote(self, key: tuple[str, str], i: int) -> None:
+        """A message arrived in previous session i: the sender uses it, so it becomes the current one."""
+        if i:
+            sessions = self._sessions[key]
+            sessions.insert(0, sessions.pop(i))
 
     @staticmethod
     def _decrypt(session: _Inbound, message: bytes, now: float):

@@ -37,7 +37,7 @@ from gateway.network.frames import (
 )
 from gateway.network.link import handshake
 from loadtest.netsim.config import NetsimConfig
-from loadtest.netsim.core import Network
+from loadtest.netsim.core import Network, text_digest
 
 __all__ = ["NetsimServer", "bench_submits", "customer_send", "fetch_stats", "serve_netsim"]
 
@@ -188,6 +188,8 @@ class NetsimServer:
                 body = None
         if isinstance(body, dict) and isinstance(body.get("type"), str):
             line["type"] = body["type"]
+            if isinstance(body.get("body"), str):  # what the recipient read, as a digest (checks compare it)
+                line["digest"] = text_digest(body["body"])
         self._record_lines.append(orjson.dumps(line).decode() + "\n")
         self._recorded += 1
 
