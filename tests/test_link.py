@@ -185,3 +185,48 @@ async def test_when_the_receipt_target_drops_the_previous_connection_gets_its_un
         await second.wait_for(lambda: second.receipts("read"))
         inner.cancel_scope.cancel()
     await first.wait_for(lambda: first.receipts("delivered") and first.receipts("read"))
+
+
+async def test_a_peer_that_writes_its_answers_before_it_reads_on_cannot_deadlock_the_resend(nursery):
+    """After a reconnect the gateway writes its whole outbox (on_connected) while the peer may be
+    writing a backlog of receipts without reading: the link keeps reading meanwhile, so neither
+    side stays blocked in a write (both backlogs here far exceed the loopback socket buffers)."""
+    from gateway.network.frames import FrameDecoder, HelloOk, encode_frames
+
+    backlog = 24_000  # frames each way, ~24 MB
+    receipts = encode_frames([Receipt(id=f"r{i}", status="delivered", at_ms=i) for i in range(backlog)])
+    padded = [Submit(id=f"m{i}", sender="+15550000000", recipient="+15551234567", payload=bytes(1000))
+              for i in range(backlog)]
+    taken = trio.Event()
+    got = []
+
+    async def peer(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        while not decoder.feed(await stream.receive_some(65536)):
+            pass  # the hello
+        await stream.send_all(encode_frames([HelloOk(server="stubborn")]))
+        await stream.send_all(receipts)  # the whole backlog before reading anything more
+        while len(got) < backlog:
+            data = await stream.receive_some(1 << 20)
+            if not data:
+                return
+            got.extend(decoder.feed(data))
+        taken.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, peer, listeners)
+    rec = Recorder()
+    link_box = []
+
+    async def resend_everything() -> None:
+        await link_box[0].send(padded)
+
+    link = NetworkLink("127.0.0.1", port, on_connected=resend_everything, on_frames=rec.on_frames,
+                       backoff_min_s=0.01, backoff_max_s=0.05)
+    link_box.append(link)
+    nursery.start_soon(link.run)
+    with trio.fail_after(30):
+        await taken.wait()
+        await rec.wait_for(lambda: len(rec.frames) == backlog, timeout_s=30)
+    assert [f.id for f in got[:2]] == ["m0", "m1"] and len(got) == backlog

@@ -143,13 +143,24 @@ class NetworkLink:
         self.connects += 1
         self._stream = stream
         self._up.set()
-        await self._on_connected()
-        if frames:
-            await self._on_frames(frames)
-        while True:
-            data = await stream.receive_some(RECV_SIZE)
-            if not data:
-                return
-            frames = decoder.feed(data)
+        async with trio.open_nursery() as nursery:
+            # on_connected may write a lot (every bundle, the whole outbox); the peer answers while it
+            # reads, so this connection keeps reading meanwhile: a peer that writes its answers before
+            # it reads on must never find both sides blocked in a write.
+            nursery.start_soon(self._announce)
             if frames:
                 await self._on_frames(frames)
+            while True:
+                data = await stream.receive_some(RECV_SIZE)
+                if not data:
+                    nursery.cancel_scope.cancel()
+                    return
+                frames = decoder.feed(data)
+                if frames:
+                    await self._on_frames(frames)
+
+    async def _announce(self) -> None:
+        try:
+            await self._on_connected()
+        except LinkDown:
+            pass  # the write failed and dropped the stream: the reader ends this session
