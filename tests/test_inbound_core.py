@@ -268,3 +268,54 @@ def test_crossed_first_messages_the_customers_device_reads_both_sessions_and_fol
     assert left is None and reply[1] == envelope.KIND_MESSAGE  # in the session the gateway answered in
     assert open_envelope(book, gw, reply, NOW_MS).plaintext == body("thanks")
     assert devices.stats()["decrypt_failures"] == 0
+
+
+def test_crossed_first_messages_the_gateway_reads_the_customer_in_the_session_it_replaced(world):
+    """The other order: the gateway reads the customer's new session first and takes it up, while
+    the device takes up the gateway's. The customer then writes in the gateway's first session; the
+    gateway kept it aside, reads the message in it, makes it current again and answers there."""
+    book, devices = world
+    gw = start_session(book.identity, PrekeyBundle.decode(devices.recipient_bundle(CUSTOMER)), NOW_MS)
+    first = gw.encrypt(body("your order shipped"))
+    hello, _ = devices.compose(CUSTOMER, SENDER, body("hello"))
+    opened = open_envelope(book, gw, hello, NOW_MS)
+    gw.replace_with(opened.session)  # the gateway now answers in the customer's session ...
+    customers_session = gw.base_key
+    assert devices.receive(SENDER, CUSTOMER, first, NOW_MS / 1000)[1] is None  # ... the device in the gateway's
+    later, _ = devices.compose(CUSTOMER, SENDER, body("are you there?"))
+    opened = open_envelope(book, gw, later, NOW_MS)
+    assert (opened.plaintext, opened.new, opened.session) == (body("are you there?"), False, gw)
+    assert gw.base_key is None and [p.base_key for p in gw.previous] == [customers_session]
+    assert devices.receive(SENDER, CUSTOMER, gw.encrypt(body("yes")), NOW_MS / 1000) == (body("yes"), None)
+
+
+def test_a_message_in_no_session_of_the_pair_still_fails_and_changes_nothing(world):
+    book, devices = world
+    gw = start_session(book.identity, PrekeyBundle.decode(devices.recipient_bundle(CUSTOMER)), NOW_MS)
+    assert devices.receive(SENDER, CUSTOMER, gw.encrypt(body("one")), NOW_MS / 1000)[1] is None
+    gw.replace_with(start_session(book.identity, PrekeyBundle.decode(devices.recipient_bundle(CUSTOMER)), NOW_MS))
+    before = gw.to_bytes()
+    forged = envelope.encode(None, os.urandom(120))
+    with pytest.raises(Undecryptable):
+        open_envelope(book, gw, forged, NOW_MS)
+    assert gw.to_bytes() == before
+
+
+def test_previous_sessions_are_stored_with_the_pair_newest_first_and_capped(world):
+    from gateway.e2e.sessions import PREVIOUS_MAX, SessionRecord
+
+    book, devices = world
+    fresh = lambda: start_session(book.identity, PrekeyBundle.decode(devices.recipient_bundle(CUSTOMER)), NOW_MS)  # noqa: E731
+    gw = fresh()
+    made = [gw.to_bytes()]
+    for _ in range(PREVIOUS_MAX + 2):
+        gw.replace_with(fresh())
+        made.append(gw.to_bytes())
+    assert len(gw.previous) == PREVIOUS_MAX
+    again = LiveSession.from_bytes(gw.to_bytes())
+    assert [p.to_bytes() for p in again.previous] == [p.to_bytes() for p in gw.previous]
+    assert again.previous[0].ratchet.to_bytes() == LiveSession.from_bytes(made[-2]).ratchet.to_bytes()  # newest first
+    # a record written before previous sessions existed (seven fields) still opens, with none
+    old = msgspec.msgpack.encode(list(msgspec.msgpack.decode(made[0]))[:7])
+    assert LiveSession.from_bytes(old).previous == []
+    assert msgspec.msgpack.decode(old, type=SessionRecord).previous == []

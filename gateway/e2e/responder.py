@@ -2,9 +2,11 @@
 and the pair's current session, as PQXDH/X3DH responder when the customer starts a new session
 (identity, signed prekey, one-time prekey, ML-KEM prekey, then RatchetInitBob), else in the
 session the pair has (one the customer started, or one the gateway started and the customer
-answers in).
+answers in), or in one of the pair's previous sessions, which then becomes current again (as
+libsignal does: first messages that cross leave each side with the other's session as current).
 
-Pure: no I/O, no clock (`now_ms` comes in), nothing installed or deleted. A failure raises
+Pure: no I/O, no clock (`now_ms` comes in), nothing installed or deleted (the pair's session
+advances in place, and a previous session that decrypts is promoted in place). A failure raises
 `Undecryptable` with a stable kind and leaves the session exactly as it was (the ratchet's
 decryption is all-or-nothing and a new session is only built beside the old one); the caller
 installs a new session, deletes the one-time prekey and stores both in one commit.
@@ -53,7 +55,12 @@ def open_envelope(book: SenderKeys, existing: LiveSession | None, payload: bytes
     if header_bytes is None:
         if existing is None:
             raise Undecryptable("no_session")
-        plaintext = _decrypt(existing, message, now_s)
+        try:
+            plaintext = _decrypt(existing, message, now_s)
+        except Undecryptable as current_failed:
+            plaintext = _in_previous(existing, message, now_s)
+            if plaintext is None:
+                raise current_failed from None
         if existing.header is not None:
             existing.confirm()  # the customer answered in the session the gateway started
         return Opened(plaintext, existing, False, None)
@@ -61,9 +68,27 @@ def open_envelope(book: SenderKeys, existing: LiveSession | None, payload: bytes
         header = agreement.InitialHeader.decode(header_bytes)
     except MalformedMessage:
         raise Undecryptable("malformed_header") from None
-    if existing is not None and existing.base_key == header.ephemeral_key:
-        return Opened(_decrypt(existing, message, now_s), existing, False, None)
+    if existing is not None:
+        if existing.base_key == header.ephemeral_key:
+            return Opened(_decrypt(existing, message, now_s), existing, False, None)
+        for i, old in enumerate(existing.previous):
+            if old.base_key == header.ephemeral_key:  # another prekey message of a session kept aside
+                plaintext = _decrypt(old, message, now_s)
+                existing.promote(i)
+                return Opened(plaintext, existing, False, None)
     return _new_session(book, header, message, now_ms, prekey_used)
+
+
+def _in_previous(existing: LiveSession, message: bytes, now_s: float) -> bytes | None:
+    """Try the pair's previous sessions, newest first; the one that decrypts becomes current."""
+    for i, old in enumerate(existing.previous):
+        try:
+            plaintext = _decrypt(old, message, now_s)
+        except Undecryptable:
+            continue
+        existing.promote(i)
+        return plaintext
+    return None
 
 
 def _new_session(book: SenderKeys, header: agreement.InitialHeader, message: bytes, now_ms: int,

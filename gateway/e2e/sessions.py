@@ -17,6 +17,10 @@ from gateway.crypto.seal import SealError, Sealer
 from gateway.e2e import envelope
 
 RECORD_VERSION = 1
+# Older sessions of a pair kept beside the current one, to read messages the customer still sends in
+# them (first messages that crossed, a session replaced while the customer was writing); libsignal
+# keeps 40 per record, ours are sealed into every commit that touches the pair, so a few.
+PREVIOUS_MAX = 4
 
 
 class SessionRecord(msgspec.Struct, array_like=True):
@@ -27,6 +31,7 @@ class SessionRecord(msgspec.Struct, array_like=True):
     header: bytes | None  # the encoded InitialHeader, sent with every message until confirmed
     created_ms: int
     base_key: bytes | None = None  # EncodeEC(EK_A) of the customer's initial header (sessions they started)
+    previous: list[bytes] = msgspec.field(default_factory=list)  # older sessions' records, newest first
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -42,10 +47,10 @@ def session_key(sender: str, recipient: str) -> bytes:
 
 
 class LiveSession:
-    __slots__ = ("ratchet", "ad", "remote_identity", "header", "created_ms", "base_key", "broken")
+    __slots__ = ("ratchet", "ad", "remote_identity", "header", "created_ms", "base_key", "broken", "previous")
 
     def __init__(self, ratchet: Session, ad: bytes, remote_identity: bytes, header: bytes | None,
-                 created_ms: int, base_key: bytes | None = None) -> None:
+                 created_ms: int, base_key: bytes | None = None, previous: list[LiveSession] | None = None) -> None:
         self.ratchet = ratchet
         self.ad = ad
         self.remote_identity = remote_identity
@@ -56,10 +61,28 @@ class LiveSession:
         # prekey was refused): no more messages in it; the next one agrees a new session, which
         # replaces this object's contents. Never stored: a restart retries the stored state once.
         self.broken = False
+        # Older sessions of the pair, newest first (no `previous` of their own): messages that arrive
+        # in one of them still decrypt, and that one becomes current again (`promote`).
+        self.previous: list[LiveSession] = previous if previous is not None else []
 
     def replace_with(self, other: LiveSession) -> None:
-        """Become `other` in place (a customer started a new session): whoever holds this object,
-        the dispatch path included, continues in the new session and commits its state."""
+        """Become `other` in place (a customer started a new session, or a broken one is replaced):
+        whoever holds this object, the dispatch path included, continues in the new session and
+        commits its state. The session it was is kept first among `previous`."""
+        self.previous = [self._detached(), *self.previous][:PREVIOUS_MAX]
+        self._take(other)
+
+    def promote(self, i: int) -> None:
+        """A message arrived in previous session i: the customer uses it, so it becomes current (in
+        place, as `replace_with`) and the current one goes first among `previous`."""
+        chosen = self.previous.pop(i)
+        self.previous.insert(0, self._detached())
+        self._take(chosen)
+
+    def _detached(self) -> LiveSession:
+        return LiveSession(self.ratchet, self.ad, self.remote_identity, self.header, self.created_ms, self.base_key)
+
+    def _take(self, other: LiveSession) -> None:
         self.ratchet, self.ad, self.remote_identity = other.ratchet, other.ad, other.remote_identity
         self.header, self.created_ms, self.base_key = other.header, other.created_ms, other.base_key
         self.broken = other.broken
@@ -74,7 +97,8 @@ class LiveSession:
 
     def to_bytes(self) -> bytes:
         return _encode(SessionRecord(RECORD_VERSION, self.ratchet.to_bytes(), self.ad, self.remote_identity,
-                                     self.header, self.created_ms, self.base_key))
+                                     self.header, self.created_ms, self.base_key,
+                                     [p.to_bytes() for p in self.previous]))
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LiveSession:
@@ -82,7 +106,9 @@ class LiveSession:
             r = _decode(raw)
             if r.version != RECORD_VERSION:
                 raise SessionRecordError(f"unknown session record version {r.version}")
-            return cls(Session.from_bytes(r.state), r.ad, r.remote_identity, r.header, r.created_ms, r.base_key)
+            previous = [cls.from_bytes(p) for p in r.previous[:PREVIOUS_MAX]]
+            return cls(Session.from_bytes(r.state), r.ad, r.remote_identity, r.header, r.created_ms, r.base_key,
+                       previous)
         except (msgspec.DecodeError, RatchetError) as exc:
             raise SessionRecordError(f"corrupt session record: {exc}") from None
 
