@@ -148,6 +148,8 @@ def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, thread
     unique = stats.get("unique", 0) - base_unique
     result = {
         "target_rate": rate,
+        "feeder_connections": threads,
+        "batch": batch,
         "recipients": recipients or "a new one per message",
         **warm,
         "fed_seconds": round(fed_s, 1),
@@ -173,12 +175,14 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=10_000)
     ap.add_argument("--duration", type=float, default=60.0)
     ap.add_argument("--batch", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=4,
+                    help="feeder connections, each with one batch in flight: rate <= threads x batch / latency")
     ap.add_argument("--read-share", type=float, default=0.5)
     ap.add_argument("--recipients", type=int, default=0,
                     help="cycle through this many numbers after a warm-up (0: a new number per message)")
     args = ap.parse_args()
     pin_load_side()
-    print(json.dumps(run(args.rate, args.duration, args.batch, read_share=args.read_share,
+    print(json.dumps(run(args.rate, args.duration, args.batch, threads=args.threads, read_share=args.read_share,
                          recipients=args.recipients), indent=2))
 
 
