@@ -12,6 +12,7 @@ extensions = [
         ["native/buckets.pyx"],
         extra_compile_args=["-O3"],
     ),
+    Extension("gateway._native.normalize", ["native/normalize.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

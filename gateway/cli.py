@@ -167,14 +167,17 @@ def cmd_doctor(args) -> int:
     if sys.version_info < (3, 11):
         print("              needs Python >= 3.11")
         ok = False
-    try:
-        importlib.import_module("gateway._native.buckets")
-        compiled = "compiled"
-    except ImportError as exc:
-        compiled = f"not compiled ({exc})"
-    print(f"native        gateway._native.buckets: {compiled}")
-    print(f"in use        buckets: {buckets.IMPLEMENTATION}"
-          + ("  (GATEWAY_PURE_PYTHON=1)" if os.environ.get("GATEWAY_PURE_PYTHON") == "1" else ""))
+    from gateway.policy import normalize
+
+    for name, chooser in (("buckets", buckets), ("normalize", normalize)):
+        try:
+            importlib.import_module(f"gateway._native.{name}")
+            compiled = "compiled"
+        except ImportError as exc:
+            compiled = f"not compiled ({exc})"
+        print(f"native        gateway._native.{name}: {compiled}")
+        print(f"in use        {name}: {chooser.IMPLEMENTATION}"
+              + ("  (GATEWAY_PURE_PYTHON=1)" if os.environ.get("GATEWAY_PURE_PYTHON") == "1" else ""))
     for dep in ("trio", "msgspec", "orjson", "lmdb", "httptools"):
         try:
             mod = importlib.import_module(dep)

@@ -13,14 +13,12 @@ import msgspec
 
 from gateway.api.errors import ApiError, from_decode_error
 from gateway.http.server import Request, Response
-from gateway.policy.engine import WordList
 from gateway.store import policy_ops as P
 from gateway.store.ops import rfc3339
 
 _CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _NAME = _CATEGORY
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
-_word_list_decoder = msgspec.json.Decoder(WordList)
 LOG_LIMIT = 1000
 
 
@@ -81,7 +79,7 @@ class PolicyApi:
         workspace = target_workspace(self.gw, request, principal)
         category = _category(params)
         try:
-            words = _word_list_decoder.decode(request.body)
+            words = await self.gw.policy.decode_list(request.body)
         except msgspec.DecodeError as exc:
             raise from_decode_error(exc) from None
         existed = await self.gw.policy.put_list(workspace, category, words, principal)

@@ -1,295 +1,68 @@
-"""Folds text and terms alike into the form the scanner matches on, keeping for every output character
-the span of the original text it came from. Pure: no I/O beyond the packaged confusables table, and it
-must never lose or blur that mapping back to the original text.
+"""Chooses the folding implementation the scanner uses: the compiled gateway._native.normalize for the
+per-message hot path (`fold`, `collapse`, `skeleton_pair`, `skeleton`, `run_counts`), or its pure twin
+gateway.policy.normalize_py. Everything else (the mapped forms, `fold_char`, the tables) is the twin's.
 
-Two stages, each with a fast string-only form and an exact mapped form that agree by construction:
-
-* `fold` / `normalize` — per code point (after canonical composition of each base + marks cluster):
-  NFKC, case folding, removal of default-ignorables (ZWSP/ZWJ/ZWNJ, word joiner, soft hyphen, BOM,
-  variation selectors, every other format character), removal of Latin/Greek/Cyrillic diacritics
-  (U+0300-036F; "ñ" and "й" stay letters of their own), Arabic harakat (U+064B-065F, U+0670) and
-  tatweel, the Devanagari nukta; Arabic letter variants (أ إ آ ٱ -> ا, ى ی -> ي, ة -> ه, ک -> ك);
-  confusable Latin/Greek/Cyrillic/Armenian letters -> the ASCII letter they imitate; every decimal
-  digit -> ASCII, then the one leetspeak table 0->o 1->i 3->e 4->a 5->s 7->t @->a $->s; and every
-  character that is not a letter, mark or digit (spaces, punctuation, symbols, emoji) -> one space.
-* `skeleton` / `skeleton_map` — on the folded text padded with a space at each end: runs of three or
-  more single-letter tokens are joined ("f r e e", "f.r.e.e" -> "free"), spaces between two
-  characters of scripts written without spaces (CJK, kana, Thai, Lao, Khmer, Myanmar) are dropped,
-  then every run of one repeated character is collapsed to one, its length kept in `counts`
-  ("freeeee" -> "fre" with counts 1,1,5) so the scanner can demand at least a term's own lengths.
+It owns only that choice (reported via IMPLEMENTATION / NATIVE_AVAILABLE); it must never fold text
+itself nor fail to import when the native module is missing. GATEWAY_PURE_PYTHON=1 forces the twin.
 """
 from __future__ import annotations
 
-import re
-import unicodedata
-from typing import NamedTuple
+import importlib.util
+import os
+from types import ModuleType
 
-from gateway.policy.confusables_data import CONFUSABLES
+from gateway.policy import normalize_py
+from gateway.policy.normalize_py import (ARABIC_VARIANTS, KEEP_COMPOSED, LEET, MARK_RANGES, UNSPACED,
+                                         UNSPACED_RANGES, Skeleton, fold_char, is_unspaced, normalize,
+                                         run_lengths, skeleton_map)
 
-LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
-ARABIC_VARIANTS = {"\u0649": "\u064a", "\u06cc": "\u064a", "\u0629": "\u0647", "\u06a9": "\u0643", "\u0671": "\u0627"}
-KEEP_COMPOSED = frozenset("\u00f1\u0439")  # ñ, й: letters of their own, not accented n / и
+__all__ = [
+    "ARABIC_VARIANTS", "IMPLEMENTATION", "KEEP_COMPOSED", "LEET", "MARK_RANGES", "NATIVE_AVAILABLE", "UNSPACED",
+    "UNSPACED_RANGES", "Skeleton", "collapse", "fold", "fold_char", "is_unspaced", "load", "normalize",
+    "run_counts", "run_lengths", "skeleton", "skeleton_map", "skeleton_pair",
+]
 
-_DROP = frozenset(
-    [chr(c) for c in range(0x0300, 0x0370)]  # combining diacritical marks
-    + [chr(c) for c in range(0x064B, 0x0660)]  # Arabic harakat, shadda, sukun, hamza above/below, ...
-    + ["\u0670", "\u0640", "\u093c"]  # Arabic superscript alef, tatweel; Devanagari nukta
-    + ["\u034f", "\u115f", "\u1160", "\u3164", "\uffa0", "\u17b4", "\u17b5"]  # default-ignorables not Cf
-    + [chr(c) for c in range(0x180B, 0x1810)]  # Mongolian variation selectors
-    + [chr(c) for c in range(0xFE00, 0xFE10)]  # variation selectors
-    + [chr(c) for c in range(0xE0100, 0xE01F0)]  # variation selectors supplement
-)
-
-# Scripts written without spaces between words: terms in them match as substrings by default.
-UNSPACED = (
-    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3038-\u303c"
-    "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
-)
-_UNSPACED_RE = re.compile(f"[{UNSPACED}]")
+HOT = ("fold", "collapse", "skeleton_pair", "skeleton", "run_counts")  # what the native module provides
 
 
-def _fold_one(ch: str) -> str:
-    """The fold of one decomposed code point (see the module docstring)."""
-    if ch in _DROP:
-        return ""
-    if ch in LEET:
-        return LEET[ch]
-    category = unicodedata.category(ch)
-    if category == "Cf":
-        return ""
-    if category == "Nd":
-        digit = str(unicodedata.decimal(ch))
-        return LEET.get(digit, digit)
-    if ch in CONFUSABLES:
-        return CONFUSABLES[ch]
-    if ch in ARABIC_VARIANTS:
-        return ARABIC_VARIANTS[ch]
-    return ch if category[0] in "LMN" else " "
+def load(implementation: str) -> ModuleType:
+    """The module providing the HOT functions for `implementation` ("native" or "pure"); ImportError
+    if the native one is not built."""
+    if implementation == "pure":
+        return normalize_py
+    if implementation == "native":
+        from gateway._native import normalize as native  # noqa: PLC0415 - optional extension
+
+        return native
+    raise ValueError(f"unknown normalize implementation {implementation!r}")
 
 
-def fold_char(ch: str) -> str:
-    """The fold of one code point, standing alone: possibly empty, possibly several characters."""
-    if ch in _DROP or unicodedata.category(ch) == "Cf":
-        return ""
-    out = []
-    for c in unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", ch).casefold()):
-        if c in KEEP_COMPOSED:
-            out.append(c)
-        else:
-            out.extend(_fold_one(d) for d in unicodedata.normalize("NFD", c))
-    return unicodedata.normalize("NFC", "".join(out))
+def _native_importable() -> bool:
+    try:
+        load("native")
+    except ImportError:
+        return False
+    return True
 
 
-class _FoldTable(dict):
-    """str.translate table computed lazily per code point; bounded so hostile input cannot grow it."""
-
-    LIMIT = 200_000
-
-    def __missing__(self, cp: int) -> str:
-        folded = fold_char(chr(cp))
-        if len(self) < self.LIMIT:
-            self[cp] = folded
-        return folded
+def _native_present() -> bool:
+    # Locate the compiled module without importing it (GATEWAY_PURE_PYTHON=1 forbids the import).
+    try:
+        return importlib.util.find_spec("gateway._native.normalize") is not None
+    except ImportError:
+        return False
 
 
-_FOLD = _FoldTable()
-_ASCII = bytes(ord(fold_char(chr(b))) for b in range(128)) + bytes(range(128, 256))
+if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
+    NATIVE_AVAILABLE = _native_present()  # built, but deliberately not used
+    IMPLEMENTATION = "pure"
+else:
+    NATIVE_AVAILABLE = _native_importable()
+    IMPLEMENTATION = "native" if NATIVE_AVAILABLE else "pure"
 
-
-def _attaches(ch: str) -> bool:
-    """Whether `ch` belongs to the cluster of the character before it: a combining mark, or a mark
-    that folds away (variation selectors and the like)."""
-    return unicodedata.combining(ch) > 0 or (unicodedata.category(ch)[0] == "M" and _FOLD[ord(ch)] == "")
-
-
-def fold(text: str) -> str:
-    """`normalize(text)[0]`, without building the index map (the scanner's hot path)."""
-    if text.isascii():
-        return text.encode("ascii").translate(_ASCII).decode("ascii")
-    if not unicodedata.is_normalized("NFC", text):
-        return _fold_map(text)[0]
-    return text.translate(_FOLD)
-
-
-def _fold_map(text: str) -> tuple[str, list[int], list[int]]:
-    """Folded text and, per folded character, the [start, end) of its cluster in `text`."""
-    n = len(text)
-    if text.isascii():
-        return fold(text), list(range(n)), list(range(1, n + 1))
-    pieces: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    i = 0
-    while i < n:
-        j = i + 1
-        while j < n and _attaches(text[j]):
-            j += 1
-        cluster = text[i:j] if j == i + 1 else unicodedata.normalize("NFC", text[i:j])
-        piece = cluster.translate(_FOLD)
-        if piece:
-            pieces.append(piece)
-            starts.extend([i] * len(piece))
-            ends.extend([j] * len(piece))
-        i = j
-    return "".join(pieces), starts, ends
-
-
-def normalize(text: str) -> tuple[str, list[int]]:
-    """The folded text and, for every folded character, the index in `text` it came from."""
-    folded, starts, _ = _fold_map(text)
-    return folded, starts
-
-
-def is_unspaced(text: str) -> bool:
-    """Whether `text` contains a character of a script written without spaces between words."""
-    return _UNSPACED_RE.search(text) is not None
-
-
-# --- skeleton: joining spaced-out letters, closing gaps in unspaced scripts, collapsing runs ----------
-
-def _mark_class() -> str:
-    """Marks of the BMP as a regex class (BMP-only, so sre compiles it to a constant-time bitmap)."""
-    ranges: list[list[int]] = []
-    for cp in range(0x300, 0x10000):
-        if unicodedata.category(chr(cp))[0] == "M":
-            if ranges and ranges[-1][1] == cp - 1:
-                ranges[-1][1] = cp
-            else:
-                ranges.append([cp, cp])
-    return "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
-
-
-_MARKS = _mark_class()
-# Group 1 holds the spaces to drop. JOIN: a space, then >= 3 one-unit tokens (a character and its
-# marks) separated by spaces; on ASCII text a unit is one character. GAP: spaces between two
-# characters of unspaced scripts.
-_JOIN = re.compile(f" ([^ ][{_MARKS}]*(?: +[^ ][{_MARKS}]*(?= )){{2,}})")
-_JOIN_ASCII = re.compile(r" ([^ ](?: +[^ ](?= )){2,})")
-_GAP = re.compile(f"(?<=[{UNSPACED}])( +)(?=[{UNSPACED}])")  # the blocks hold their own marks
-_RUNS = re.compile(r"(.)\1+", re.S)
-_RUN = re.compile(r"(.)\1*", re.S)
-
-
-def _drop_spaces(match: re.Match) -> str:
-    keep = match.start(1) - match.start(0)
-    whole = match.group(0)
-    return whole[:keep] + whole[keep:].replace(" ", "")
-
-
-def _joined_general(padded: str) -> str:
-    joined = _JOIN.sub(_drop_spaces, padded)
-    return _GAP.sub("", joined) if _UNSPACED_RE.search(joined) else joined
-
-
-_SWAR: dict[int, tuple[int, int]] = {}
-
-
-def _swar_consts(n: int) -> tuple[int, int]:
-    consts = _SWAR.get(n)
-    if consts is None:
-        consts = (int.from_bytes(b"\x7f" * n, "big"), int.from_bytes(b"\x80" * n, "big"))
-        if len(_SWAR) < 4096:
-            _SWAR[n] = consts
-    return consts
-
-
-_TO_X = bytes(0x20 if b == 0x20 else 0x78 for b in range(256))  # space stays, all else -> "x"
-
-
-def _ascii_pair(padded: bytes) -> tuple[str, str]:
-    """(joined, collapsed) for padded, folded ASCII text, with a few C-level passes over the message.
-
-    The join regex runs only if some token is one character long (" x " in the text with every
-    non-space made "x"). Runs are found bit-parallel: the message becomes one big integer, XORed with
-    itself shifted by a byte, so a byte is zero exactly where it repeats its predecessor; the
-    carry-free SWAR test `(((d & 0x7f..) + 0x7f..) | d) & 0x80..` marks the bytes that differ, the
-    repeats are zeroed and then deleted."""
-    if b" x " in padded.translate(_TO_X):
-        joined = _JOIN_ASCII.sub(_drop_spaces, padded.decode("ascii"))
-        if len(joined) != len(padded):
-            return joined, _ascii_collapse(joined)
-    n = len(padded)
-    low7, high = _swar_consts(n)
-    return padded.decode("ascii"), _collapse_int(int.from_bytes(padded, "big"), n, low7, high)
-
-
-def _collapse_int(x: int, n: int, low7: int, high: int) -> str:
-    d = x ^ (x >> 8)
-    differs = (((d & low7) + low7) | d) & high
-    if differs != high:
-        x &= (differs << 1) - (differs >> 7)
-    return x.to_bytes(n, "big").replace(b"\x00", b"").decode("ascii")
-
-
-def _ascii_collapse(s: str) -> str:
-    n = len(s)
-    low7, high = _swar_consts(n)
-    return _collapse_int(int.from_bytes(s.encode("ascii"), "big"), n, low7, high)
-
-
-def collapse(s: str) -> str:
-    """Every run of one repeated character -> that character (the string form of `Skeleton.counts`).
-    ASCII text must not contain NUL (folded text never does)."""
-    if not s:
-        return s
-    if s.isascii():
-        return _ascii_collapse(s)
-    return "".join(_RUNS.split(s))
-
-
-def skeleton_pair(text: str) -> tuple[str, str]:
-    """(joined, skeleton): the padded folded text after joining and gap closing, and its collapse."""
-    folded = fold(text)
-    if folded.isascii():
-        return _ascii_pair(b" " + folded.encode("ascii") + b" ")
-    joined = _joined_general(f" {folded} ")
-    return joined, "".join(_RUNS.split(joined))
-
-
-def run_lengths(joined: str) -> list[int]:
-    """The length of every run of `joined`: `Skeleton.counts` for the string `skeleton_pair` gives."""
-    return [m.end() - m.start() for m in _RUN.finditer(joined)]
-
-
-def skeleton(text: str) -> str:
-    """`skeleton_map(text).text`, without the maps (the scanner's hot path)."""
-    return skeleton_pair(text)[1]
-
-
-class Skeleton(NamedTuple):
-    """The skeleton of a text: per character, the [start, end) it covers in the original text and the
-    length of the run it stands for. The padding spaces map to the empty spans at 0 and len(text)."""
-
-    text: str
-    starts: list[int]
-    ends: list[int]
-    counts: list[int]
-
-
-def skeleton_map(text: str) -> Skeleton:
-    folded, starts, ends = _fold_map(text)
-    padded = f" {folded} "
-    starts = [0, *starts, len(text)]
-    ends = [0, *ends, len(text)]
-    s, starts, ends = _drop_matched_spaces(_JOIN, padded, starts, ends)
-    if not s.isascii():
-        s, starts, ends = _drop_matched_spaces(_GAP, s, starts, ends)
-    out: list[str] = []
-    o_starts: list[int] = []
-    o_ends: list[int] = []
-    counts: list[int] = []
-    for m in _RUN.finditer(s):
-        a, b = m.span()
-        out.append(m.group(1))
-        o_starts.append(starts[a])
-        o_ends.append(ends[b - 1])
-        counts.append(b - a)
-    return Skeleton("".join(out), o_starts, o_ends, counts)
-
-
-def _drop_matched_spaces(pattern: re.Pattern, s: str, starts: list[int], ends: list[int]):
-    drop = {i for m in pattern.finditer(s) for i in range(m.start(1), m.end(1)) if s[i] == " "}
-    if not drop:
-        return s, starts, ends
-    keep = [i for i in range(len(s)) if i not in drop]
-    return "".join([s[i] for i in keep]), [starts[i] for i in keep], [ends[i] for i in keep]
+_impl = load(IMPLEMENTATION)
+fold = _impl.fold
+collapse = _impl.collapse
+skeleton_pair = _impl.skeleton_pair
+skeleton = _impl.skeleton
+run_counts = _impl.run_counts

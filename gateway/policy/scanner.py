@@ -6,7 +6,9 @@ it atomically.
 Whole-word terms are stored as " skeleton " (the text skeleton is space-padded and every non-word
 character is a space), so word boundaries cost nothing at scan time; substring terms (the default
 for scripts written without spaces) are stored bare. Runs collapsed in the skeleton are checked
-against the term's own run lengths, so "ass" finds "asssss" but not "as", and "boob" not "Bob".
+against the term's own run lengths, so "ass" finds "asssss" but not "as", and "boob" not "Bob": a
+candidate found in the skeleton is confirmed by the run lengths at its own position (`run_counts` of
+the joined text), and only a confirmed text pays for the mapped skeleton that gives exact spans.
 
 Keys are spread over automata of at most SHARD_KEYS keys each: pyahocorasick's `make_automaton`
 holds the GIL for ~0.4 µs per key, so a 100,000-term list built in a worker thread in one automaton
@@ -15,14 +17,13 @@ Lists of up to SHARD_KEYS keys (every realistic one) scan with a single automato
 """
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 
 import ahocorasick
 import msgspec
 
-from gateway.policy.normalize import fold_char, is_unspaced, run_lengths, skeleton_map, skeleton_pair
+from gateway.policy.normalize import fold_char, is_unspaced, run_counts, run_lengths, skeleton_map, skeleton_pair
 
 SHARD_KEYS = 4096  # keys per automaton (see the module docstring)
 PAUSE_EVERY = 32  # terms normalized (or keys added) between two calls of `pause` while building
@@ -54,7 +55,8 @@ class _Key(msgspec.Struct, frozen=True, array_like=True, gc=False):
     lead: int  # 1 for whole-word keys (" core "), 0 for substring keys
     size: int  # len(core)
     entries: tuple[_Entry, ...]
-    confirm: str | None  # regex over the joined text proving some entry's run lengths, None if any entry has none
+    runs: tuple[tuple[int, ...], ...] | None  # per entry: (offset, minimum, ...) of its runs longer than
+    # one, any of which confirms the key; None if some entry has no run (the key alone is a hit)
 
 
 def _core(text: str) -> tuple[str, tuple[int, ...] | None]:
@@ -64,21 +66,30 @@ def _core(text: str) -> tuple[str, tuple[int, ...] | None]:
     return skeleton[1:-1], tuple(run_lengths(joined)[1:-1])
 
 
-def _confirm_pattern(core: str, lead: int, needs: Iterable[tuple[int, ...]]) -> str:
-    alternatives = ["".join(f"{re.escape(c)}{{{n},}}" for c, n in zip(core, need)) for need in sorted(set(needs))]
-    body = "(?:" + "|".join(alternatives) + ")"
-    return f" {body}(?= )" if lead else body
+def _runs(lead: int, needs: Iterable[tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
+    """Each need as flat (offset, minimum, ...) pairs for its runs longer than one; offsets count from
+    the key's first character in the skeleton (the leading space of a whole-word key included)."""
+    return tuple(tuple(x for i, n in enumerate(need) if n > 1 for x in (lead + i, n)) for need in sorted(set(needs)))
+
+
+def _runs_met(counts: bytes, at: int, runs: tuple[tuple[int, ...], ...]) -> bool:
+    for pairs in runs:
+        for i in range(0, len(pairs), 2):
+            if counts[at + pairs[i]] < pairs[i + 1]:
+                break
+        else:
+            return True
+    return False
 
 
 class Scanner:
     """Built once from {category: [Term, ...]}; `scan` is safe to call from any number of threads."""
 
-    __slots__ = ("_automata", "_terms", "_confirm")
+    __slots__ = ("_automata", "_terms")
 
     def __init__(self, automata: tuple, terms: int) -> None:
         self._automata = automata
         self._terms = terms
-        self._confirm: dict[str, re.Pattern] = {}
 
     @classmethod
     def build(cls, terms: Mapping[str, Iterable[Term]], pause: Callable[[], None] | None = None) -> Scanner:
@@ -105,14 +116,17 @@ class Scanner:
                     slot[2][_Entry(term.text, category, v_need)] = None
         automata = []
         automaton = None
-        for n, (key, (lead, size, entries)) in enumerate(keys.items(), 1):
+        for n in range(1, len(keys) + 1):
+            # popped, so the build data goes key by key: freed all at once at the end, 100,000
+            # keys' worth held the GIL for ~35 ms
+            key, (lead, size, entries) = keys.popitem()
             if pause is not None and n % PAUSE_EVERY == 0:
                 pause()
             if automaton is None:
                 automaton = ahocorasick.Automaton()
             needs = [e.need for e in entries]
-            confirm = None if None in needs else _confirm_pattern(key[lead:len(key) - lead], lead, needs)
-            automaton.add_word(key, _Key(lead, size, tuple(entries), confirm))
+            runs = None if None in needs else _runs(lead, needs)
+            automaton.add_word(key, _Key(lead, size, tuple(entries), runs))
             if len(automaton) >= SHARD_KEYS:
                 automata.append(_made(automaton, pause))
                 automaton = None
@@ -134,15 +148,15 @@ class Scanner:
         if not self._automata:
             return []
         joined, skeleton = skeleton_pair(text)
+        counts = None
         for automaton in self._automata:
-            for _, key in automaton.iter(skeleton):
-                pattern = key.confirm
-                if pattern is None:
+            for last, key in automaton.iter(skeleton):
+                runs = key.runs
+                if runs is None:
                     return self._exact_hits(text)
-                compiled = self._confirm.get(pattern)
-                if compiled is None:  # compiled on first use: most keys with runs never match
-                    compiled = self._confirm[pattern] = re.compile(pattern)
-                if compiled.search(joined) is not None:
+                if counts is None:
+                    counts = run_counts(joined)
+                if _runs_met(counts, last - 2 * key.lead - key.size + 1, runs):
                     return self._exact_hits(text)
         return []
 
