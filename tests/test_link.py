@@ -230,3 +230,44 @@ async def test_a_peer_that_writes_its_answers_before_it_reads_on_cannot_deadlock
         await taken.wait()
         await rec.wait_for(lambda: len(rec.frames) == backlog, timeout_s=30)
     assert [f.id for f in got[:2]] == ["m0", "m1"] and len(got) == backlog
+
+
+async def test_a_peer_that_resets_the_connection_during_the_resend_is_reconnected_to(nursery):
+    """The connection dies while on_connected is still writing (its write fails and the reader's
+    socket is closed or reset under it): the link ends that session and reconnects; nothing escapes."""
+    import struct
+
+    from gateway.network.frames import FrameDecoder, HelloOk, encode_frames
+
+    hellos = []
+
+    async def peer(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        while not decoder.feed(await stream.receive_some(65536)):
+            pass
+        hellos.append(1)
+        await stream.send_all(encode_frames([HelloOk(server="flaky")]))
+        if len(hellos) == 1:  # the first connection: reset it while the gateway writes
+            await stream.receive_some(65536)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stream.socket.close()
+            return
+        await trio.sleep_forever()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, peer, listeners)
+    big = [Submit(id=f"m{i}", sender="+15550000000", recipient="+15551234567", payload=bytes(1000))
+           for i in range(24_000)]
+    box = []
+
+    async def resend_everything() -> None:
+        await box[0].send(big)
+
+    link = NetworkLink("127.0.0.1", port, on_connected=resend_everything, on_frames=Recorder().on_frames,
+                       backoff_min_s=0.01, backoff_max_s=0.05)
+    box.append(link)
+    nursery.start_soon(link.run)
+    with trio.fail_after(20):
+        while link.connects < 2:
+            await trio.sleep(0.01)

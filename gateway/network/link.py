@@ -39,6 +39,11 @@ class LinkDown(Exception):
     """The link is not connected, or a write on it failed; nothing may be assumed sent."""
 
 
+# How a connection ends without anything being wrong with the gateway: run() reconnects after these.
+_SESSION_ENDED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, FrameError, trio.TooSlowError,
+                  ConnectionError, LinkDown)
+
+
 def parse_url(url: str) -> tuple[str, int]:
     """Split "tcp://host:port" (scheme optional, IPv6 as [addr]) into (host, port)."""
     m = _URL.match(url.strip())
@@ -123,8 +128,7 @@ class NetworkLink:
             connects_before = self.connects
             try:
                 await self._session(stream)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, FrameError, trio.TooSlowError,
-                    ConnectionError, LinkDown):
+            except _SESSION_ENDED:
                 pass
             finally:
                 if self._stream is stream:
@@ -143,21 +147,30 @@ class NetworkLink:
         self.connects += 1
         self._stream = stream
         self._up.set()
+        ended: BaseException | None = None
         async with trio.open_nursery() as nursery:
             # on_connected may write a lot (every bundle, the whole outbox); the peer answers while it
             # reads, so this connection keeps reading meanwhile: a peer that writes its answers before
             # it reads on must never find both sides blocked in a write.
             nursery.start_soon(self._announce)
+            try:
+                await self._read(stream, decoder, frames)
+            except _SESSION_ENDED as exc:
+                ended = exc  # raised below, outside the nursery: run() reconnects on it, not on a group
+            nursery.cancel_scope.cancel()
+        if ended is not None:
+            raise ended
+
+    async def _read(self, stream: trio.SocketStream, decoder: FrameDecoder, frames: list) -> None:
+        if frames:
+            await self._on_frames(frames)
+        while True:
+            data = await stream.receive_some(RECV_SIZE)
+            if not data:
+                return
+            frames = decoder.feed(data)
             if frames:
                 await self._on_frames(frames)
-            while True:
-                data = await stream.receive_some(RECV_SIZE)
-                if not data:
-                    nursery.cancel_scope.cancel()
-                    return
-                frames = decoder.feed(data)
-                if frames:
-                    await self._on_frames(frames)
 
     async def _announce(self) -> None:
         try:
