@@ -26,7 +26,7 @@ from gateway.app import Gateway, ensure_admin_key
 from gateway.cli import GC_THRESHOLDS
 from gateway.config import parse_config
 from gateway.crypto.keydir import init_keys
-from gateway.http.server import Request
+from gateway.http.server import Deferred, Request
 
 STALL_TARGET_MS = 5.0
 RECIPIENTS = 200  # few, so end-to-end sessions are agreed once and the traffic is the accept path
@@ -64,8 +64,20 @@ TEXTS = [
 
 
 class Probe:
+    """Wake-up lateness of a 1 ms sleep, and every garbage collection (end time, generation, seconds)
+    so that a stall can be told apart from a collection in the same window."""
+
     def __init__(self) -> None:
         self.lags: list[float] = []
+        self.collections: list[tuple[float, int, float]] = []
+        self._gc_start = 0.0
+
+    def on_gc(self, phase: str, info: dict) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_start = now
+        else:
+            self.collections.append((now, info["generation"], now - self._gc_start))
 
     async def run(self) -> None:
         while True:
@@ -73,16 +85,39 @@ class Probe:
             await trio.sleep(PROBE_S)
             self.lags.append(time.perf_counter() - t0 - PROBE_S)
 
-    def window(self, start: int) -> dict:
+    def window(self, start: int, since: float) -> dict:
         lags = sorted(self.lags[start:])
         if not lags:
             return {"samples": 0}
+        gcs = [(gen, s) for t, gen, s in self.collections if t >= since]
         return {"samples": len(lags), "max_ms": lags[-1] * 1000, "p99_ms": lags[int(len(lags) * 0.99)] * 1000,
-                "over_target": sum(1 for x in lags if x * 1000 > STALL_TARGET_MS)}
+                "over_target": sum(1 for x in lags if x * 1000 > STALL_TARGET_MS),
+                "gc_collections": len(gcs), "gc_max_ms": max((s for _, s in gcs), default=0.0) * 1000,
+                "gc_max_generation": max((gen for gen, s in gcs if s * 1000 > STALL_TARGET_MS), default=None)}
 
 
 def request(method: str, path: str, key: str, body: bytes) -> Request:
     return Request(method, path, "", {"authorization": f"Bearer {key}"}, body, True, "bench", time.perf_counter())
+
+
+class _Flushed:
+    """Stands in for the server connection a Deferred answer tells when it is decided."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def flush(self) -> None:
+        self.event.set()
+
+
+async def answer(resp):
+    """The response itself, waiting for one the handler decides later (after its group commit)."""
+    if not isinstance(resp, Deferred):
+        return resp
+    if resp.response is None:
+        conn = resp._conn = _Flushed()  # Deferred.resolve calls flush() on its connection
+        await conn.event.wait()
+    return resp.response
 
 
 async def sender(gw: Gateway, key: str, counts: dict, seed: int) -> None:
@@ -91,7 +126,7 @@ async def sender(gw: Gateway, key: str, counts: dict, seed: int) -> None:
         n = rng.randrange(10**6)
         body = orjson.dumps({"to": f"+1415555{rng.randrange(RECIPIENTS):04d}",
                              "text": {"body": rng.choice(TEXTS).format(n=n)}})
-        resp = await gw.handle(request("POST", "/v1/messages", key, body))
+        resp = await answer(await gw.handle(request("POST", "/v1/messages", key, body)))
         counts[resp.status] = counts.get(resp.status, 0) + 1
 
 
@@ -101,22 +136,25 @@ async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders:
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.run)
         small = orjson.dumps({"action": "flag", "terms": terms(1_000) + ["free"]})
-        resp = await gw.handle(request("PUT", "/admin/v1/sensitive-words/spam", key, small))
+        resp = await answer(await gw.handle(request("PUT", "/admin/v1/sensitive-words/spam", key, small)))
         assert resp.status in (200, 201), resp.body
         nursery.start_soon(probe.run)
+        gc.callbacks.append(probe.on_gc)
         for i in range(senders):
             nursery.start_soon(sender, gw, key, counts, i)
         await trio.sleep(1.0)  # warm up
         mark, sent0, t0 = len(probe.lags), sum(counts.values()), time.perf_counter()
         await trio.sleep(baseline_s)
-        baseline = probe.window(mark) | {"sends_per_s": (sum(counts.values()) - sent0) / (time.perf_counter() - t0)}
+        baseline = probe.window(mark, t0) | {"sends_per_s": (sum(counts.values()) - sent0) / (time.perf_counter() - t0)}
         mark, sent0, t0 = len(probe.lags), sum(counts.values()), time.perf_counter()
-        resp = await gw.handle(request("PUT", "/admin/v1/sensitive-words/spam", key, big))
+        resp = await answer(await gw.handle(request("PUT", "/admin/v1/sensitive-words/spam", key, big)))
         put_s = time.perf_counter() - t0
-        during = probe.window(mark) | {"sends_per_s": (sum(counts.values()) - sent0) / put_s}
+        during = probe.window(mark, t0) | {"sends_per_s": (sum(counts.values()) - sent0) / put_s}
         assert resp.status == 200, resp.body
-        check = await gw.handle(request("POST", "/v1/messages", key, b'{"to":"+14155550100","text":{"body":"free"}}'))
+        check = await answer(await gw.handle(
+            request("POST", "/v1/messages", key, b'{"to":"+14155550100","text":{"body":"free"}}')))
         nursery.cancel_scope.cancel()
+    gc.callbacks.remove(probe.on_gc)
     return {
         "terms": len(orjson.loads(big)["terms"]), "put_body_bytes": len(big), "put_s": put_s, "senders": senders,
         "baseline": baseline, "during_put": during, "statuses": {str(k): v for k, v in counts.items()},
@@ -145,10 +183,12 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, senders: int = 16) ->
 def print_table(r: dict) -> None:
     b, d = r["baseline"], r["during_put"]
     print(f"loop stall, send traffic only   max {b['max_ms']:6.2f} ms  p99 {b['p99_ms']:5.2f} ms  "
-          f"({b['samples']} probes, {b['sends_per_s']:,.0f} sends/s)")
+          f"({b['samples']} probes, {b['sends_per_s']:,.0f} sends/s; longest of {b['gc_collections']} GC passes "
+          f"{b['gc_max_ms']:.2f} ms)")
     print(f"loop stall, PUT {r['terms']:,} terms  max {d['max_ms']:6.2f} ms  p99 {d['p99_ms']:5.2f} ms  "
           f"({d['samples']} probes, {d['over_target']} over {r['target_max_stall_ms']} ms, "
-          f"{d['sends_per_s']:,.0f} sends/s; PUT took {r['put_s']:.2f} s)")
+          f"{d['sends_per_s']:,.0f} sends/s; PUT took {r['put_s']:.2f} s; longest of {d['gc_collections']} GC "
+          f"passes {d['gc_max_ms']:.2f} ms)")
     print(f"next send obeys the new list: {r['next_send_obeys_new_list']}")
 
 

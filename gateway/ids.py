@@ -10,6 +10,7 @@ import os
 import re
 import time
 
+_time_ns = time.time_ns
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
 _LOW_MASK = (1 << 80) - 1
@@ -27,7 +28,7 @@ class IdGenerator:
     __slots__ = ("_clock_ms", "_last_ms", "_prefix", "_low", "_middle")
 
     def __init__(self, clock_ms=None, seed: int | None = None) -> None:
-        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._clock_ms = clock_ms  # None: the system clock, read without a Python-level call
         self._last_ms = -1
         self._prefix = ""
         start = seed if seed is not None else int.from_bytes(os.urandom(10), "big")
@@ -35,7 +36,8 @@ class IdGenerator:
         self._middle = _encode(self._low >> 20, 6)
 
     def new(self) -> str:
-        ms = self._clock_ms()
+        clock_ms = self._clock_ms
+        ms = clock_ms() if clock_ms is not None else _time_ns() // 1_000_000
         low = (self._low + 1) & _LOW_MASK
         if low == 0:  # counter wrapped inside one millisecond: borrow the next millisecond
             ms = max(ms, self._last_ms + 1)

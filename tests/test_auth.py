@@ -59,3 +59,61 @@ def test_role_outside_the_route_gets_403():
 def test_unknown_role_cannot_be_minted():
     with pytest.raises(ValueError):
         mint_key("default", "root", 0)
+
+
+def counting():
+    """An Authenticator whose store lookups are counted (a lookup happens once per key id)."""
+    records, loads = {}, []
+    key_id, key, record = mint_key("default", "app", 0)
+    records[key_id] = record
+
+    def load(kid):
+        loads.append(kid)
+        return records.get(kid)
+
+    return Authenticator(load), key, loads
+
+
+def test_a_connection_memo_returns_the_same_principal_for_the_same_key():
+    auth, key, _ = counting()
+    memo: dict = {}
+    first = auth.authenticate(f"Bearer {key}", memo)
+    assert auth.authenticate(f"Bearer {key}", memo) is first
+    assert (first.workspace, first.role) == ("default", "app")
+
+
+def test_a_memo_never_lets_a_different_key_through():
+    auth, key, _ = counting()
+    memo: dict = {}
+    auth.authenticate(f"Bearer {key}", memo)
+    tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {tampered}", memo)
+    assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    with pytest.raises(AuthError):
+        auth.authenticate(None, memo)
+
+
+def test_a_memo_holds_no_hash_and_no_failed_attempt():
+    auth, key, _ = counting()
+    memo: dict = {}
+    with pytest.raises(AuthError):
+        auth.authenticate("Bearer gw_0123456789abcdef_" + "A" * 43, memo)
+    assert memo == {}
+
+
+def test_a_memo_is_not_trusted_once_its_key_is_forgotten():
+    auth, key, loads = counting()
+    memo: dict = {}
+    auth.authenticate(f"Bearer {key}", memo)
+    auth._cache.clear()  # e.g. the key was revoked and dropped from the cache
+    auth._hashes.clear()
+    auth.authenticate(f"Bearer {key}", memo)
+    assert len(loads) == 2  # verified again against the store, not taken from the memo
+
+
+def test_non_ascii_header_is_refused_with_a_memo_too():
+    auth, _, _ = counting()
+    with pytest.raises(AuthError) as info:
+        auth.authenticate("Bearer gw_é", {})
+    assert info.value.code == "invalid_api_key"

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import trio
 
-from gateway.http.server import Request, Response, ServerLimits, serve_http
+from gateway.http.server import Deferred, Request, Response, ServerLimits, serve_http
 
 FAST = ServerLimits(max_body_bytes=1024, max_header_bytes=1024, request_timeout_s=0.3,
                     keepalive_timeout_s=0.3)
@@ -330,3 +330,142 @@ async def test_server_binds_ephemeral_port_and_stops_when_cancelled():
         nursery.cancel_scope.cancel()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+class Decider:
+    """A handler that answers /d... with a Deferred it resolves only when told, everything else at once."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Deferred]] = []
+        self.arrived = trio.Event()
+
+    async def __call__(self, req: Request) -> Response | Deferred:
+        if not req.path.startswith("/d"):
+            return Response(200, req.path.encode(), "text/plain")
+        answer = Deferred()
+        self.pending.append((req.path, answer))
+        self.arrived.set()
+        return answer
+
+    async def wait_for(self, n: int) -> None:
+        with trio.fail_after(5):
+            while len(self.pending) < n:
+                self.arrived = trio.Event()
+                await self.arrived.wait()
+
+    def resolve_all(self) -> None:
+        for path, answer in self.pending:
+            answer.resolve(Response(202, path.encode(), "text/plain"))
+        self.pending.clear()
+
+
+async def test_deferred_answer_is_written_when_resolved(nursery):
+    decider = Decider()
+    c = await Raw.connect(await start(nursery, decider))
+    await c.send(get("/d1"))
+    await decider.wait_for(1)
+    await trio.sleep(0.01)
+    assert c.responses == []  # nothing written before the decision
+    decider.resolve_all()
+    [(status, _, body)] = await c.read()
+    assert (status, body) == (202, b"/d1")
+    await c.send(get("/next"))  # the connection goes on as usual
+    assert (await c.read())[0][2] == b"/next"
+
+
+async def test_answers_behind_a_pending_deferred_keep_request_order(nursery):
+    decider = Decider()
+    c = await Raw.connect(await start(nursery, decider))
+    await c.send(get("/a") + get("/d1") + get("/b") + get("/d2") + get("/c"))
+    await decider.wait_for(2)
+    [(_, _, first)] = await c.read()
+    assert first == b"/a"
+    decider.resolve_all()
+    assert [body for _, _, body in await c.read(4)] == [b"/d1", b"/b", b"/d2", b"/c"]
+
+
+async def test_a_deferred_resolved_out_of_order_waits_for_the_one_before(nursery):
+    decider = Decider()
+    c = await Raw.connect(await start(nursery, decider))
+    await c.send(get("/d1") + get("/d2"))
+    await decider.wait_for(2)
+    (_, first), (_, second) = decider.pending
+    second.resolve(Response(202, b"second", "text/plain"))
+    await trio.sleep(0.01)
+    assert c.responses == []
+    first.resolve(Response(202, b"first", "text/plain"))
+    assert [body for _, _, body in await c.read(2)] == [b"first", b"second"]
+
+
+async def test_a_half_closed_peer_still_gets_its_deferred_answer(nursery):
+    decider = Decider()
+    c = await Raw.connect(await start(nursery, decider))
+    await c.send(get("/d1"))
+    await c.stream.send_eof()
+    await decider.wait_for(1)
+    await trio.sleep(0.01)
+    decider.resolve_all()
+    [(status, _, body)] = await c.read()
+    assert (status, body) == (202, b"/d1")
+    assert await c.closed_by_peer()
+
+
+async def test_connection_close_waits_for_the_deferred_answer(nursery):
+    decider = Decider()
+    c = await Raw.connect(await start(nursery, decider))
+    await c.send(get("/d1", "Connection: close\r\n"))
+    await decider.wait_for(1)
+    decider.resolve_all()
+    [(status, headers, body)] = await c.read()
+    assert (status, body, headers["connection"]) == (202, b"/d1", "close")
+    assert await c.closed_by_peer()
+
+
+async def test_a_parse_error_behind_a_deferred_is_answered_after_it(nursery):
+    decider = Decider()
+    c = await Raw.connect(await start(nursery, decider))
+    await c.send(get("/d1") + b"BROKEN\r\n\r\n")
+    await decider.wait_for(1)
+    decider.resolve_all()
+    [(first, _, _), (second, _, body)] = await c.read(2)
+    assert (first, second, error_code(body)) == (202, 400, "bad_request")
+    assert await c.closed_by_peer()
+
+
+async def test_a_deferred_for_a_departed_peer_is_dropped_quietly(nursery):
+    decider = Decider()
+    port = await start(nursery, decider)
+    c = await Raw.connect(port)
+    await c.send(get("/d1"))
+    await decider.wait_for(1)
+    await c.stream.aclose()
+    await trio.sleep(0.05)
+    decider.resolve_all()  # nobody to write to: no error
+    other = await Raw.connect(port)
+    await other.send(get("/still-up"))
+    assert (await other.read())[0][2] == b"/still-up"
+
+
+async def test_on_response_reports_deferred_answers_when_written(nursery):
+    decider = Decider()
+    reported: list[tuple[str, int]] = []
+    port = await start(nursery, decider, on_response=lambda req, resp, s: reported.append((req.path, resp.status)))
+    c = await Raw.connect(port)
+    await c.send(get("/d1"))
+    await decider.wait_for(1)
+    await trio.sleep(0.01)
+    assert reported == []
+    decider.resolve_all()
+    await c.read()
+    assert reported == [("/d1", 202)]
+
+
+async def test_a_large_deferred_answer_is_written_completely(nursery):
+    big = b"x" * 8_000_000
+    decider = Decider()
+    c = await Raw.connect(await start(nursery, decider))
+    await c.send(get("/d1") + get("/after"))
+    await decider.wait_for(1)
+    decider.pending[0][1].resolve(Response(200, big, "text/plain"))
+    [(_, _, body), (_, _, after)] = await c.read(2)
+    assert body == big and after == b"/after"

@@ -113,3 +113,15 @@ def test_expired_idempotency_records_are_removed(store):
     assert run(store, ops.expire_idempotency, (1001, 100)) == 1
     assert store.count("idempotency") == 0
 
+
+
+def test_accept_group_writes_every_item_and_seals_the_group(store):
+    group = ops.AcceptGroup()
+    for msg_id in ("01M80G6YDF0AVP1GGNM3839WG0", "01M80G6YDF0AVP1GGNM3839WG1"):
+        rec = R.MessageRecord("default", "+15550000001", "+14155550100", 1, None, "accepted", [("accepted", 1000)])
+        pending = R.PendingRecord("+15550000001", "+14155550100", 1, ops.encode(R.TextPayload("hi")))
+        group.items.append(ops.AcceptItem(msg_id, ops.encode(rec), ops.encode(pending)))
+    assert not group.sealed
+    assert run(store, ops.accept_group, group) is None
+    assert group.sealed
+    assert store.count("pending") == 2 and store.message("01M80G6YDF0AVP1GGNM3839WG1").status == "accepted"

@@ -161,3 +161,77 @@ async def test_an_idle_writer_holds_no_write_lock(store):
         await writer.write(put, (b"after", b"v"))
         nursery.cancel_scope.cancel()
     assert store.get("messages", b"cli") == b"v" and store.get("messages", b"after") == b"v"
+
+
+async def test_submitted_op_calls_back_after_its_commit(store):
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+    calls = []
+
+    def done(result, error):
+        # durable by now: a fresh read transaction sees it
+        calls.append((result, error, store.get("messages", b"cb")))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.submit(put, (b"cb", b"v"), done)
+        assert calls == []
+        await writer.write(put, (b"later", b"v"))  # a later commit: the callback has run by then
+        nursery.cancel_scope.cancel()
+    assert calls == [(b"cb", None, b"v")]
+
+
+async def test_submitted_callbacks_run_in_queue_order(store):
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+    order = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(5):
+            writer.submit(put, (b"k%d" % i, b"v"), lambda result, error: order.append(result))
+        await writer.write(put, (b"last", b"v"))
+        nursery.cancel_scope.cancel()
+    assert order == [b"k0", b"k1", b"k2", b"k3", b"k4"]
+
+
+async def test_a_failing_submitted_op_reports_its_error_and_spares_the_others(store):
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+    seen = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.submit(boom, None, lambda result, error: seen.__setitem__("bad", (result, error)))
+        writer.submit(put, (b"ok", b"v"), lambda result, error: seen.__setitem__("good", (result, error)))
+        await writer.write(put, (b"last", b"v"))
+        nursery.cancel_scope.cancel()
+    assert seen["good"] == (b"ok", None)
+    assert seen["bad"][0] is None and isinstance(seen["bad"][1], ValueError)
+
+
+async def test_a_full_map_reports_storage_full_to_submitted_ops(tmp_path):
+    store = open_store(str(tmp_path), map_size_mb=1)
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+    errors = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(1000):
+            writer.submit(put, (b"k%04d" % i, b"x" * 3000), lambda result, error: errors.append(error))
+        with pytest.raises(StorageFull):
+            await writer.write(put, (b"last", b"x" * 3000))
+        nursery.cancel_scope.cancel()
+    assert len(errors) == 1000 and all(isinstance(e, StorageFull) for e in errors)
+    assert store.get("messages", b"k0000") is None
+    store.close()
+
+
+async def test_a_callback_that_raises_does_not_stop_the_writer(store, caplog):
+    writer = Writer(store.env, store.dbs, window_s=0.05)
+
+    def broken(result, error):
+        raise RuntimeError("callback bug")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        writer.submit(put, (b"a", b"v"), broken)
+        await writer.write(put, (b"b", b"v"))
+        await writer.write(put, (b"c", b"v"))
+        nursery.cancel_scope.cancel()
+    assert store.get("messages", b"c") == b"v"
+    assert "callback of store operation put failed" in caplog.text

@@ -7,6 +7,7 @@ the first answer without sending anything twice.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Annotated, Literal
 
 import msgspec
@@ -16,7 +17,7 @@ from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
 from gateway.crypto.seal import SealError
-from gateway.http.server import Request, Response
+from gateway.http.server import Deferred, Request, Response
 from gateway.ids import is_id
 from gateway.policy.engine import Verdict
 from gateway.policy.service import Blocked
@@ -26,6 +27,8 @@ from gateway.store import policy_ops as P
 from gateway.store import records as R
 from gateway.store.ops import rfc3339
 from gateway.store.writer import StorageError, StorageFull
+
+log = logging.getLogger("gateway.api")
 
 E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
 
@@ -48,6 +51,7 @@ class BatchRequest(Struct, forbid_unknown_fields=True):
 
 
 _send_decoder = msgspec.json.Decoder(SendRequest)
+_enc = R.ENCODER.encode
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 _IDEM_MAX = 255
 _BATCH_SLICE = 64  # batch items prepared between two checkpoints
@@ -77,9 +81,56 @@ class Prepared:
         return out
 
 
+class _PlainAccepts:
+    """The plain POST /v1/messages (no list hit, no Idempotency-Key) that go into one group commit:
+    one store op and one callback for all of them. The callback answers each request (202, or the
+    store's refusal) and hands the accepted ones to the scheduler; no task waits for the commit."""
+
+    __slots__ = ("gw", "group", "answers", "queued")
+
+    def __init__(self, gw) -> None:
+        self.gw = gw
+        self.group = ops.AcceptGroup()
+        self.answers: list[tuple[Deferred, bytes]] = []
+        self.queued: list[QueuedMessage] = []
+
+    def add(self, prepared: Prepared) -> Deferred:
+        item = prepared.item
+        answer = Deferred()
+        self.group.items.append(item)
+        self.answers.append((answer, b'{"id":"%s","status":"accepted"}' % item.id.encode()))
+        self.queued.append(prepared.queued)
+        return answer
+
+    def committed(self, result, error: BaseException | None) -> None:
+        self.group.sealed = True  # (already, unless the batch failed before the op ran)
+        if error is not None:
+            refusal = _store_refusal(self.gw, error, len(self.answers))
+            for answer, _ in self.answers:
+                answer.resolve(refusal)
+            return
+        self.gw.enqueue(self.queued)
+        for answer, body in self.answers:
+            answer.resolve(Response(202, body))
+
+
+def _store_refusal(gw, error: BaseException, requests: int = 1) -> Response:
+    """The answer when the commit of an accept failed: nothing was accepted."""
+    if isinstance(error, StorageFull):
+        gw.metrics.storage_full.inc(n=requests)
+        return Response.error(503, "storage_full", "the message store is full; nothing was accepted",
+                              retry_after=gw.config.store.storage_full_retry_after_s)
+    if isinstance(error, StorageError):
+        return Response.error(503, "storage_unavailable", "the message store failed; nothing was accepted",
+                              retry_after=5)
+    log.error("accept failed in the store: %r", error)
+    return Response.error(500, "internal_error", "internal server error")
+
+
 class MessagesApi:
     def __init__(self, gw) -> None:
         self.gw = gw
+        self._plain: _PlainAccepts | None = None  # the group the next plain accept joins
 
     # -- core (no I/O) --------------------------------------------------------------------
 
@@ -111,12 +162,12 @@ class MessagesApi:
                 body = verdict.text  # masked where a mask list hit
         msg_id = self.gw.ids.new()
         # sealed at rest, bound to its message id; opened only to build the frame that is sent
-        payload = self.gw.sealer.seal(ops.encode(R.TextPayload(body)), msg_id.encode())
+        payload = self.gw.sealer.seal(_enc(R.TextPayload(body)), msg_id.encode())
         if verdict is None:
             record = R.MessageRecord(workspace, sender, req.to, priority, req.client_ref, "accepted",
                                      [("accepted", now_ms)])
             pending = R.PendingRecord(sender, req.to, priority, payload)
-            item = ops.AcceptItem(msg_id, ops.encode(record), ops.encode(pending))
+            item = ops.AcceptItem(msg_id, _enc(record), _enc(pending))
             return Prepared(item, QueuedMessage(msg_id, sender, req.to, priority))
         return self._prepare_with_verdict(verdict, req, workspace, sender, priority, msg_id, payload, now_ms)
 
@@ -139,19 +190,26 @@ class MessagesApi:
 
     # -- handlers ---------------------------------------------------------------------------
 
-    async def send(self, request: Request, principal, params) -> Response:
+    async def send(self, request: Request, principal, params) -> Response | Deferred:
         try:
             req = _send_decoder.decode(request.body)
         except msgspec.DecodeError as exc:
             raise from_decode_error(exc) from None
-        self.gw.check_capacity(1)
+        gw = self.gw
+        gw.check_capacity(1)
         try:
-            prepared = self.prepare(req, principal.workspace, self.gw.clock_ms())
+            prepared = self.prepare(req, principal.workspace, gw.clock_ms())
         except Blocked as err:
-            await self.gw.policy.record_blocked([err.record])
+            await gw.policy.record_blocked([err.record])
             raise
-        body = orjson.dumps(prepared.answer())
-        return await self._commit(request, principal, [prepared], 202, body)
+        if prepared.verdict is not None or "idempotency-key" in request.headers:
+            return await self._commit(request, principal, [prepared], 202, orjson.dumps(prepared.answer()))
+        # The common case: answered by the group commit itself, no task waits for it.
+        plain = self._plain
+        if plain is None or plain.group.sealed:
+            plain = self._plain = _PlainAccepts(gw)
+            gw.writer.submit(ops.accept_group, plain.group, plain.committed)
+        return plain.add(prepared)
 
     async def send_batch(self, request: Request, principal, params) -> Response:
         try:

@@ -2,6 +2,9 @@
 
 It hands each complete request to one handler, in order, and writes the responses back; it must
 never route, authenticate or interpret bodies, and one connection's failure must never crash it.
+A handler may answer with a `Deferred` (a response decided later, e.g. after a group commit): the
+connection task goes on without waiting, and whoever decides writes it out through `resolve()`,
+still in request order, without waking the connection task.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import http
 import logging
 import math
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from urllib.parse import unquote
@@ -27,6 +31,7 @@ _LINGER_S = 1.0
 _LINGER_MAX_BYTES = 4 * 1_048_576
 _CACHE_MAX = 512
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_QUEUE_MAX = 256  # pending answers on one connection before its task stops reading more requests
 
 # Connection phases, read by the reaper task.
 _IDLE = 0      # waiting for the first byte of the next request
@@ -38,10 +43,10 @@ class Request:
     """One parsed HTTP request, as handed to the handler."""
 
     __slots__ = ("method", "path", "query", "headers", "body", "keep_alive", "remote", "started",
-                 "_echo_keepalive")
+                 "memo", "label", "_echo_keepalive")
 
     def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes,
-                 keep_alive: bool, remote: str, started: float) -> None:
+                 keep_alive: bool, remote: str, started: float, memo: dict | None = None) -> None:
         self.method = method
         self.path = path
         self.query = query
@@ -50,6 +55,10 @@ class Request:
         self.keep_alive = keep_alive
         self.remote = remote
         self.started = started
+        # One dict per connection, shared by its requests, for the handler's own use (the server
+        # never reads it): e.g. the credential this connection was last verified with.
+        self.memo = memo if memo is not None else {}
+        self.label = ""  # set by the handler (e.g. the route pattern) for on_response; never read here
         self._echo_keepalive = False  # HTTP/1.0 keep-alive must be confirmed in the response
 
     def __repr__(self) -> str:
@@ -83,7 +92,31 @@ class Response:
         return f"<Response {self.status} {len(self.body)}B>"
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+class Deferred:
+    """A response decided after the handler returned: whoever decides calls `resolve(response)` once
+    (from the event loop's thread, any task). The server writes it, and every response after it on
+    the same connection, in request order; if the connection is gone by then, it is dropped."""
+
+    __slots__ = ("response", "_conn", "_req")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._conn: _Conn | None = None
+        self._req: Request | None = None
+
+    def resolve(self, response: Response) -> None:
+        if self.response is not None:
+            return
+        self.response = response
+        conn = self._conn
+        if conn is not None:
+            conn.flush()
+
+    def __repr__(self) -> str:
+        return f"<Deferred {self.response!r}>"
+
+
+Handler = Callable[[Request], Awaitable["Response | Deferred"]]
 
 
 class ServerLimits(msgspec.Struct, frozen=True):
@@ -202,13 +235,27 @@ class _Conn:
 
     __slots__ = ("sock", "remote", "parser", "ready", "scope", "phase", "mark", "now", "nread",
                  "max_body", "max_header", "state", "started", "url", "headers", "body", "hraw",
-                 "method", "keep_alive", "echo", "expect", "continued")
+                 "method", "keep_alive", "echo", "expect", "continued", "memo", "queue", "backlog",
+                 "closed", "waiter", "waiting_input", "draining", "on_response", "spawn")
 
-    def __init__(self, sock: socket.socket, remote: str, limits: ServerLimits) -> None:
+    def __init__(self, sock: socket.socket, remote: str, limits: ServerLimits,
+                 on_response: Callable[[Request, Response, float], None] | None = None,
+                 spawn: Callable | None = None) -> None:
         self.sock = sock
         self.remote = remote
         self.parser = httptools.HttpRequestParser(self)
         self.ready: list[Request] = []
+        self.memo: dict = {}
+        # Answers not written yet, in request order: encoded bytes, or a Deferred still undecided at
+        # the head. Only ever non-empty while a Deferred is pending.
+        self.queue: deque[bytes | Deferred] = deque()
+        self.backlog: deque[bytes] = deque()  # bytes the socket did not take yet (a drain task sends them)
+        self.closed = False
+        self.waiter: trio.Event | None = None  # the connection task waiting for queue and backlog to empty
+        self.waiting_input = False  # the connection task is between reads (not running handlers)
+        self.draining = False
+        self.on_response = on_response
+        self.spawn = spawn
         self.scope = trio.CancelScope()
         self.phase = _IDLE
         self.mark = self.now = self.started = perf_counter()
@@ -278,7 +325,7 @@ class _Conn:
         body = self.body
         req = Request(self.method, path, query, self.headers,
                       body if type(body) is bytes else bytes(body),
-                      self.keep_alive, self.remote, self.started)
+                      self.keep_alive, self.remote, self.started, self.memo)
         if self.echo:
             req._echo_keepalive = True
         self.ready.append(req)
@@ -295,6 +342,101 @@ class _Conn:
         self.expect = not http10 and expect is not None and expect.lower() == "100-continue"
         self.continued = False
 
+    # -- writing: from any task on the event loop's thread, never blocking ----------------------
+    def write(self, data: bytes) -> None:
+        """Send what the socket takes now; the rest goes to `backlog`, sent by a drain task."""
+        if self.closed:
+            return
+        if self.backlog:
+            self.backlog.append(data)
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the peer is gone: the connection task finds out on its next read
+            self.closed = True
+            self.wake()
+            return
+        if sent < len(data):
+            self.backlog.append(data[sent:])
+            if not self.draining and self.spawn is not None:
+                self.draining = True
+                self.spawn(self.drain)
+
+    def flush(self) -> None:
+        """Write the answers at the head of the queue that are decided (a Deferred just resolved)."""
+        queue = self.queue
+        if self.closed:
+            queue.clear()
+            self.wake()
+            return
+        chunks = []
+        on_response = self.on_response
+        while queue:
+            entry = queue[0]
+            if type(entry) is bytes:
+                chunks.append(entry)
+            else:
+                resp = entry.response
+                if resp is None:
+                    break
+                req = entry._req
+                entry._conn = entry._req = None
+                chunks.append(_encode_or_500(resp, req))
+                if on_response is not None:
+                    on_response(req, resp, perf_counter() - req.started)
+            queue.popleft()
+        if chunks:
+            self.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if queue:
+            return
+        if self.waiting_input:
+            self.phase = _IDLE if self.state == _BETWEEN else _READING
+            self.mark = perf_counter()
+        if not self.backlog:
+            self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.set()
+
+    async def wait_flushed(self) -> None:
+        """Until every answer so far is decided and handed to the socket (or the peer is gone)."""
+        while (self.queue or self.backlog) and not self.closed:
+            self.waiter = trio.Event()
+            await self.waiter.wait()
+
+    async def drain(self) -> None:
+        """Send the backlog as the socket takes it; a peer that stops reading is reaped as idle."""
+        sock, backlog = self.sock, self.backlog
+        try:
+            while backlog and not self.closed:
+                self.phase = _IDLE
+                self.mark = perf_counter()
+                await wait_writable(sock)
+                data = backlog[0]
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    continue
+                if sent < len(data):
+                    backlog[0] = data[sent:]
+                else:
+                    backlog.popleft()
+        except (OSError, trio.ClosedResourceError, trio.BrokenResourceError):
+            self.closed = True
+            self.scope.cancel()
+        except Exception:
+            logger.exception("HTTP connection from %s failed while writing", self.remote)
+            self.closed = True
+            self.scope.cancel()
+        finally:
+            self.draining = False
+            self.wake()
+
     def after_read(self, out: list[bytes]) -> int:
         """A request is still incomplete after a read: bound its header block, send 100 Continue."""
         if self.state == _HEADERS:
@@ -310,7 +452,7 @@ class _Conn:
 # Server
 
 class _Server:
-    __slots__ = ("handler", "limits", "on_response", "conns")
+    __slots__ = ("handler", "limits", "on_response", "conns", "nursery")
 
     def __init__(self, handler: Handler, limits: ServerLimits,
                  on_response: Callable[[Request, Response, float], None] | None) -> None:
@@ -318,8 +460,10 @@ class _Server:
         self.limits = limits
         self.on_response = on_response
         self.conns: set[_Conn] = set()
+        self.nursery: trio.Nursery | None = None
 
     async def accept_loop(self, lsock: socket.socket, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
         while True:
             try:
                 sock, addr = lsock.accept()
@@ -353,14 +497,15 @@ class _Server:
                     conn.scope.cancel()
 
     async def serve_conn(self, sock: socket.socket, remote: str) -> None:
-        conn = _Conn(sock, remote, self.limits)
+        spawn = self.nursery.start_soon if self.nursery is not None else None
+        conn = _Conn(sock, remote, self.limits, self.on_response, spawn)
         self.conns.add(conn)
         try:
             with conn.scope:
                 linger = await self.conn_loop(conn)
             if conn.scope.cancelled_caught:
                 linger = conn.phase == _READING
-                if linger:
+                if linger and not conn.backlog:
                     sock.send(_final_bytes(408))
             if linger:
                 await _linger_close(sock)
@@ -369,6 +514,8 @@ class _Server:
         except Exception:
             logger.exception("HTTP connection from %s failed", remote)
         finally:
+            conn.closed = True
+            conn.queue.clear()
             self.conns.discard(conn)
             notify_closing(sock)
             sock.close()
@@ -377,13 +524,15 @@ class _Server:
         """Serve requests until the peer leaves (→ False) or we answered and must close (→ True).
 
         Every request completed by one read is answered in order and the answers go out in one send.
+        An answer that is a pending Deferred is written when it resolves (Deferred.resolve), and so
+        is everything after it; meanwhile this task goes back to reading.
         """
         sock = conn.sock
         fd = sock.fileno()  # an int skips trio's fileno() lookup on every wait
         recv = sock.recv
-        send = sock.send
         feed = conn.parser.feed_data
         ready = conn.ready
+        queue = conn.queue
         handler = self.handler
         on_response = self.on_response
         while True:
@@ -393,7 +542,9 @@ class _Server:
                 await wait_readable(fd)
                 continue
             if not data:
+                await conn.wait_flushed()  # a half-closed peer still gets its answers
                 return False
+            conn.waiting_input = False
             conn.now = perf_counter()
             conn.nread = len(data)
             try:
@@ -405,38 +556,64 @@ class _Server:
             out: list[bytes] = []
             close = False
             for req in ready:
-                keep = req.keep_alive
                 try:
                     resp = await handler(req)
-                    out.append(_encode(resp, _connection_line(req), req.method == "HEAD"))
+                    if type(resp) is not Response and isinstance(resp, Deferred):
+                        if resp.response is None:
+                            if out:  # everything before it goes out first
+                                conn.write(b"".join(out))
+                                out = []
+                            resp._conn, resp._req = conn, req
+                            queue.append(resp)
+                            if not req.keep_alive:
+                                close = True
+                                break
+                            continue
+                        resp = resp.response
+                    data = _encode(resp, _connection_line(req), req.method == "HEAD")
                 except Exception:
                     resp = _handler_failed(req)
-                    out.append(_encode(resp, _connection_line(req), False))
+                    data = _encode(resp, _connection_line(req), False)
+                if queue:
+                    queue.append(data)
+                else:
+                    out.append(data)
                 if on_response is not None:
                     on_response(req, resp, perf_counter() - req.started)
-                if not keep:
+                if not req.keep_alive:
                     close = True
                     break
             ready.clear()
+            tail: list[bytes] = []
             if close:
                 pass
             elif fail:
                 close = True
                 if fail > 0:
-                    out.append(_final_bytes(fail))
-            elif conn.state != _BETWEEN and conn.after_read(out) == 431:
+                    tail.append(_final_bytes(fail))
+            elif conn.state != _BETWEEN and conn.after_read(tail) == 431:
                 close = True
-                out.append(_final_bytes(431))
+                tail.append(_final_bytes(431))
+            if tail:
+                if queue:
+                    queue.extend(tail)
+                else:
+                    out.extend(tail)
             if out:
-                data = out[0] if len(out) == 1 else b"".join(out)
-                try:
-                    sent = send(data)
-                except BlockingIOError:
-                    sent = 0
-                if sent < len(data):
-                    await _send_rest(conn, data, sent)
+                conn.write(out[0] if len(out) == 1 else b"".join(out))
+            if queue:
+                conn.flush()
             if close:
+                await conn.wait_flushed()
                 return True
+            if conn.backlog or len(queue) > _QUEUE_MAX:
+                await conn.wait_flushed()  # a peer that does not read its answers is not read from
+            conn.waiting_input = True
+            if queue:
+                # Answers are pending (e.g. a group commit): they go out when decided, without this
+                # task; the next request wakes it.
+                await wait_readable(fd)
+                continue
             conn.mark = perf_counter()
             conn.phase = _IDLE if conn.state == _BETWEEN else _READING
             # Yield once per read (fairness); by the time we resume, a closed-loop client has
@@ -458,24 +635,16 @@ def _connection_line(req: Request) -> bytes:
     return _KEEP if req._echo_keepalive else b""
 
 
+def _encode_or_500(resp: Response, req: Request) -> bytes:
+    try:
+        return _encode(resp, _connection_line(req), req.method == "HEAD")
+    except Exception:
+        return _encode(_handler_failed(req), _connection_line(req), False)
+
+
 def _handler_failed(req: Request) -> Response:
     logger.exception("handler failed for %s %s from %s", req.method, req.path, req.remote)
     return _INTERNAL_ERROR
-
-
-async def _send_rest(conn: _Conn, data: bytes, sent: int) -> None:
-    """Slow path of a send that did not fit the socket buffer; a peer that stops reading is reaped."""
-    sock = conn.sock
-    view = memoryview(data)
-    while sent < len(data):
-        conn.mark = perf_counter()
-        conn.phase = _IDLE
-        await wait_writable(sock)
-        try:
-            sent += sock.send(view[sent:])
-        except BlockingIOError:
-            pass
-    conn.phase = _BUSY
 
 
 async def _linger_close(sock: socket.socket) -> None:

@@ -57,6 +57,28 @@ def accept(txn, dbs, arg: AcceptArg):
     return None
 
 
+class AcceptGroup:
+    """Plain accepts (no idempotency key) gathered for one `accept_group` op. The op seals the group
+    when the writer applies it: what arrives later goes into a new group, and the next commit."""
+
+    __slots__ = ("items", "sealed")
+
+    def __init__(self) -> None:
+        self.items: list[AcceptItem] = []
+        self.sealed = False
+
+
+def accept_group(txn, dbs, group: AcceptGroup) -> None:
+    """messages + pending, for every item of the group."""
+    group.sealed = True
+    messages, pending = dbs["messages"], dbs["pending"]
+    put = txn.put
+    for msg_id, message, pending_record in group.items:
+        key = msg_id.encode()
+        put(key, message, db=messages)
+        put(key, pending_record, db=pending)
+
+
 # --- dispatch ------------------------------------------------------------------------------
 
 

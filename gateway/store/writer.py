@@ -13,6 +13,10 @@ writer thread waits: py-lmdb releases the GIL around every put, and running them
 on the same core turned each of them into a GIL hand-over. Only the commit (and its fsync) runs
 beside the event loop. Nothing is reported written before its commit returned; a full map fails the
 whole batch with StorageFull and writes none of it.
+
+A caller either awaits `write()` (its task parks until the commit), or hands over a callback with
+`submit()`: the callbacks of a committed batch run on the event loop's thread while the next batch
+commits (or at once when there is none), so answering a batch of requests wakes no task at all.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import trio
 log = logging.getLogger("gateway.store")
 
 Op = Callable[[Any, dict, Any], Any]  # op(txn, dbs, arg) -> result
+Done = Callable[[Any, "BaseException | None"], None]  # done(result, error): exactly one is meaningful
 
 
 class StorageFull(Exception):
@@ -39,7 +44,7 @@ class StorageError(Exception):
 
 
 class _Batch:
-    __slots__ = ("ops", "args", "results", "done", "error", "opened")
+    __slots__ = ("ops", "args", "results", "done", "error", "opened", "callbacks")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -48,6 +53,7 @@ class _Batch:
         self.done = trio.Event()
         self.error: BaseException | None = None
         self.opened = 0.0
+        self.callbacks: list[tuple[int, Done]] = []  # (index of the op, its callback)
 
 
 class _Reply:
@@ -80,6 +86,7 @@ class Writer:
         self._work = trio.Event()
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._token: trio.lowlevel.TrioToken | None = None
+        self._answered: deque[_Batch] = deque()  # committed batches whose callbacks have not run yet
         self.commits = 0
         self.ops_committed = 0
 
@@ -93,6 +100,13 @@ class Writer:
         if isinstance(result, Exception):
             raise result
         return result
+
+    def submit(self, op: Op, arg: Any, done: Done) -> None:
+        """Run op(txn, dbs, arg) in the next commit, then call done(result, None) on the event loop
+        once it is durable, or done(None, error) if it failed (StorageFull, StorageError, or the
+        exception the op raised). `done` must not block; an exception from it is logged."""
+        batch, index = self._enqueue(op, arg)
+        batch.callbacks.append((index, done))
 
     def write_nowait(self, op: Op, arg: Any = None) -> _Batch:
         """Queue op without waiting; the returned batch's `done` event fires after its commit."""
@@ -126,6 +140,7 @@ class Writer:
         try:
             while True:
                 if txn is None:
+                    self._answer()  # no commit to overlap with: answer now
                     if not self._has_work():
                         self._work = trio.Event()
                         await self._work.wait()
@@ -138,6 +153,7 @@ class Writer:
                         continue
                 txn = await self._commit(self._next(), txn)
         finally:
+            self._answer()  # committed batches get their answers even when stopping
             self._requests.put((_STOP, None, None))
             # A commit in flight must finish before the environment may be closed.
             with trio.CancelScope(shield=True):
@@ -164,13 +180,38 @@ class Writer:
                 return
 
     async def _call(self, command: int, arg: Any = None) -> Any:
-        """Hand a command to the writer thread and wait for its answer (never cancelled midway:
-        the thread would go on with a transaction nobody waits for)."""
+        """Hand a command to the writer thread and wait for its answer."""
+        return await self._wait(self._post(command, arg))
+
+    def _post(self, command: int, arg: Any = None) -> _Reply:
         reply = _Reply()
         self._requests.put((command, arg, reply.set))
+        return reply
+
+    @staticmethod
+    async def _wait(reply: _Reply) -> Any:
+        """Never cancelled midway: the thread would go on with a transaction nobody waits for."""
         with trio.CancelScope(shield=True):
             await reply.event.wait()
         return reply.value
+
+    def _answer(self) -> None:
+        """Run the callbacks of the committed batches (in commit order, each op's in queue order)."""
+        answered = self._answered
+        while answered:
+            batch = answered.popleft()
+            results, error = batch.results, batch.error
+            for index, done in batch.callbacks:
+                if error is not None:
+                    result, failure = None, error
+                else:
+                    result = results[index]
+                    result, failure = (None, result) if isinstance(result, Exception) else (result, None)
+                try:
+                    done(result, failure)
+                except Exception:
+                    log.exception("callback of store operation %s failed",
+                                  getattr(batch.ops[index], "__name__", batch.ops[index]))
 
     async def _commit(self, batch: _Batch, txn) -> Any:
         """Apply the batch in `txn` and commit it; returns the next transaction if the thread
@@ -201,20 +242,26 @@ class Writer:
             if isinstance(txn, Exception):
                 self._fail(batch, StorageError(str(txn)))
                 return None
-        error, next_txn = await self._call(_COMMIT)
+        reply = self._post(_COMMIT)
+        self._answer()  # the batch committed before answers while this one commits
+        error, next_txn = await self._wait(reply)
         if error is None:
             self.commits += 1
             self.ops_committed += len(batch.ops)
             batch.results = results
             batch.done.set()
+            if batch.callbacks:
+                self._answered.append(batch)
         else:
             self._fail(batch, error)
         return next_txn
 
-    @staticmethod
-    def _fail(batch: _Batch, error: BaseException) -> None:
+    def _fail(self, batch: _Batch, error: BaseException) -> None:
         batch.error = error
         batch.done.set()
+        if batch.callbacks:
+            self._answered.append(batch)
+            self._answer()
 
     def _apply(self, txn, ops: list[Op], args: list[Any], failed: dict[int, Exception]) -> list | None:
         """Run every op in one pass; None if an op failed (it is recorded in `failed`).
