@@ -113,6 +113,20 @@ def test_a_verdict_in_progress_keeps_the_rules_it_started_with():
     assert engine.verdict("default", "free") is None
 
 
+def test_engine_changes_return_each_rule_set_they_let_go_of_once():
+    engine = Engine()
+    a, b, c = (Rules.build({"spam": WordList("flag", [w])}) for w in ("free", "win", "cash"))
+    assert engine.swap(a, {"x": b, "y": b, "quiet": None}) == []
+    assert engine.set_workspace("x", c) == []  # b is still y's
+    assert engine.set_workspace("y", c) == [b]
+    assert engine.set_workspace("new", c) == []
+    assert engine.drop_workspace("x") == []  # c is still y's and new's
+    assert engine.drop_workspace("y") == []
+    assert engine.swap(a, {"z": b}) == [c]  # a is kept; c leaves with "new"
+    assert engine.drop_workspace("z") == [b]
+    assert engine.swap(None, {}) == [a]
+
+
 def test_api_lists_replace_file_lists_of_the_same_category():
     files = {"spam": (WordList("flag", ["free"]), None), "vip": (WordList("block", ["x1"]), ("gold",))}
     api = {"spam": WordList("block", ["win"])}

@@ -1,10 +1,12 @@
 """The sensitive-word scanner: the corpus hits exactly what it must and nothing else, in every
 language and through every evasion; spans index the original text and masks replace only them."""
+import sys
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from gateway.policy import scanner as scanner_module
 from gateway.policy.scanner import Hit, Scanner, Term, mask
 
 CORPUS = tomllib.loads((Path(__file__).parent / "data" / "sensitive_corpus.toml").read_text("utf-8"))
@@ -174,3 +176,27 @@ def test_len_counts_terms():
 def test_scanner_cannot_be_modified():
     with pytest.raises(AttributeError):
         SCANNER.extra = 1  # type: ignore[attr-defined]
+
+
+def held_by_scanner(texts: list[str]) -> list[bool]:
+    # texts[i] is referenced by `texts`, by getrefcount's argument and, while its automaton lives, by its entry
+    return [sys.getrefcount(texts[i]) > 2 for i in range(len(texts))]
+
+
+def test_release_frees_the_automata_one_at_a_time_in_shard_order(monkeypatch):
+    monkeypatch.setattr(scanner_module, "SHARD_KEYS", 4)
+    texts = ["".join(("word", c)) for c in "abcdefghij"]  # built at run time: not shared with constants
+    scanner = Scanner.build({"c": [Term(t) for t in texts]})
+    assert scanner.shards == 3
+    shard_of = {texts.index(e.term): n for n, a in enumerate(scanner._automata) for k in a.values() for e in k.entries}
+    assert held_by_scanner(texts) == [True] * 10
+    after_each = []
+    scanner.release(lambda: after_each.append(held_by_scanner(texts)))
+    assert after_each == [[shard_of[i] > step for i in range(10)] for step in range(3)]
+
+
+def test_a_released_scanner_refuses_to_scan():
+    scanner = Scanner.build({"spam": [Term("free")]})
+    scanner.release(lambda: None)
+    with pytest.raises(RuntimeError, match="released"):
+        scanner.scan("free")

@@ -2,6 +2,7 @@
 the API (persisted, audited, in force at once), screening of outgoing messages, review decisions,
 opt-outs and the inbound STOP / START hook."""
 import os
+import threading
 
 import msgspec
 import pytest
@@ -13,11 +14,13 @@ from gateway.app import Gateway
 from gateway.config import ConfigError, load_config
 from gateway.crypto.keydir import init_keys
 from gateway.http.auth import Principal
+from gateway.policy import scanner as scanner_module
 from gateway.policy.engine import WordList
 from gateway.policy.service import Blocked
 from gateway.store import ops
 from gateway.store import policy_ops as P
 from gateway.store import records as R
+from tests.test_policy_release import Freeing
 
 CONFIG = """
 [store]
@@ -280,3 +283,28 @@ async def test_inbound_stop_opts_out_and_start_opts_back_in(tmp_path):
         assert [(r.action, r.actor) for r in records] == [("opt_out.set", f"contact:{TO}")] * 2 + \
             [("opt_out.clear", f"contact:{TO}")]
     await running(make_gateway(tmp_path), body)
+
+
+@pytest.mark.parametrize("change", ["replace", "delete", "reload"])
+async def test_rules_a_change_replaces_are_freed_by_the_releaser_off_the_loop_thread(tmp_path, monkeypatch, change):
+    monkeypatch.setattr(scanner_module, "SHARD_KEYS", 8)
+    freeing = Freeing(monkeypatch)
+
+    async def body(gw):
+        loop_thread = threading.get_ident()
+        if change == "reload":
+            old = freeing.watch(gw.policy.engine.rules("default").scanner)
+            (tmp_path / "words" / "spam.toml").write_text('action = "flag"\nterms = ["win"]\n')
+            gw.reload()
+            await gw.policy.settled()
+        else:
+            await gw.policy.put_list("default", "spam", WordList("block", [f"word{i:03d}x" for i in range(40)]), ADMIN)
+            old = freeing.watch(gw.policy.engine.rules("default").scanner)
+            await gw.policy.put_list("default", "spam", WordList("flag", ["win"]) if change == "replace" else None,
+                                     ADMIN)
+        await gw.policy.releaser.drained()
+        assert old() is None
+        assert freeing.freed_in and loop_thread not in freeing.freed_in
+        assert freeing.released and all(thread != loop_thread for thread, _ in freeing.released)
+    files = {"spam.toml": 'action = "flag"\nterms = [' + ", ".join(f'"term{i:03d}y"' for i in range(40)) + "]\n"}
+    await running(make_gateway(tmp_path, files=files), body)

@@ -1,7 +1,7 @@
 """The sensitive-word scanner: an immutable Aho-Corasick automaton over the skeletons of categorised
 terms, finding hits whose spans index the original text, and masking them. Pure, with no per-message
-state; a built Scanner is never changed (beyond a memo of compiled regexes), so its holder may swap
-it atomically.
+state; a built Scanner is never changed (beyond a memo of compiled regexes in the pure-Python
+twin), so its holder may swap it atomically.
 
 Whole-word terms are stored as " skeleton " (the text skeleton is space-padded and every non-word
 character is a space), so word boundaries cost nothing at scan time; substring terms (the default
@@ -9,21 +9,29 @@ for scripts written without spaces) are stored bare. Runs collapsed in the skele
 against the term's own run lengths, so "ass" finds "asssss" but not "as", and "boob" not "Bob": a
 candidate found in the skeleton is confirmed by the run lengths at its own position (`run_counts` of
 the joined text), and only a confirmed text pays for the mapped skeleton that gives exact spans.
+With the pure-Python twin of normalize, where `run_counts` costs 5-12 µs a message, a candidate is
+confirmed instead by a regex over the joined text (~1 µs) demanding the same run lengths: it finds
+some occurrence of the key with long enough runs exactly when the per-position test finds one, so
+both give the same hits.
 
 Keys are spread over automata of at most SHARD_KEYS keys each: pyahocorasick's `make_automaton`
 holds the GIL for ~0.4 µs per key, so a 100,000-term list built in a worker thread in one automaton
 would stall the event loop for ~50 ms; in shards it never holds it for more than ~2 ms at a time.
-Lists of up to SHARD_KEYS keys (every realistic one) scan with a single automaton.
+Lists of up to SHARD_KEYS keys (every realistic one) scan with a single automaton. Freeing is as
+costly as making: a 100,000-term scanner dropped at once holds the GIL for 30-80 ms, so its holder
+frees a replaced one with `release`, an automaton at a time (see policy/release.py).
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 
 import ahocorasick
 import msgspec
 
-from gateway.policy.normalize import fold_char, is_unspaced, run_counts, run_lengths, skeleton_map, skeleton_pair
+from gateway.policy.normalize import (IMPLEMENTATION, fold_char, is_unspaced, run_counts, run_lengths, skeleton_map,
+                                      skeleton_pair)
 
 SHARD_KEYS = 4096  # keys per automaton (see the module docstring)
 PAUSE_EVERY = 32  # terms normalized (or keys added) between two calls of `pause` while building
@@ -82,14 +90,50 @@ def _runs_met(counts: bytes, at: int, runs: tuple[tuple[int, ...], ...]) -> bool
     return False
 
 
+def _runs_pattern(found: str, lead: int, runs: tuple[tuple[int, ...], ...]) -> re.Pattern:
+    """A regex over the joined text matching an occurrence of the key `found` (as it stands in the
+    skeleton) whose runs meet one of `runs`: " aa*sss*(?= )" for the whole-word key " as " of "ass"
+    (each run as its minimum and then any more, so a whole-word key starts with a literal for sre to
+    search for)."""
+    core = found[lead:len(found) - lead]
+    alternatives = []
+    for pairs in runs:
+        least = dict(zip(pairs[::2], pairs[1::2]))
+        alternatives.append("".join(_at_least(re.escape(c), least.get(lead + i, 1)) for i, c in enumerate(core)))
+    body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+    return re.compile(f" {body}(?= )" if lead else body)
+
+
+def _at_least(atom: str, n: int) -> str:
+    return atom * n + atom + "*"
+
+
+class _Released:
+    """The automata of a released Scanner: a scan of it is a bug, never a clean text."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return 0
+
+    def __iter__(self):
+        raise RuntimeError("scan of a released Scanner: its rules were replaced and freed")
+
+
+_RELEASED = _Released()
+
+
 class Scanner:
     """Built once from {category: [Term, ...]}; `scan` is safe to call from any number of threads."""
 
-    __slots__ = ("_automata", "_terms")
+    __slots__ = ("_automata", "_terms", "_patterns", "__weakref__")
 
     def __init__(self, automata: tuple, terms: int) -> None:
         self._automata = automata
         self._terms = terms
+        # compiled on first use, by id of the _Key (each lives in the automata as long as this scanner)
+        self._patterns: dict[int, re.Pattern] = {}
 
     @classmethod
     def build(cls, terms: Mapping[str, Iterable[Term]], pause: Callable[[], None] | None = None) -> Scanner:
@@ -134,6 +178,18 @@ class Scanner:
             automata.append(_made(automaton, pause))
         return cls(tuple(automata), count)
 
+    def release(self, pause: Callable[[], None]) -> None:
+        """Frees the automata one at a time in shard order, calling `pause` after each, so a worker
+        thread that passes a GIL-releasing `pause` never holds the event loop for more than one
+        automaton's free (~1-3 ms). Only for a scanner no reader can reach any more: scanning it
+        afterwards raises RuntimeError. A scan still running in another thread keeps what it walks."""
+        automata = list(self._automata)  # a second release raises RuntimeError here
+        automata.reverse()
+        self._automata = _RELEASED
+        while automata:
+            automata.pop()
+            pause()
+
     def __len__(self) -> int:
         """The number of terms it was built from."""
         return self._terms
@@ -143,7 +199,7 @@ class Scanner:
         """How many automata a scan walks (1 for lists of up to SHARD_KEYS keys, 0 when empty)."""
         return len(self._automata)
 
-    def scan(self, text: str) -> list[Hit]:
+    def _scan_by_counts(self, text: str) -> list[Hit]:
         """Every hit in `text`, ordered by span; spans index `text` itself."""
         if not self._automata:
             return []
@@ -159,6 +215,29 @@ class Scanner:
                 if _runs_met(counts, last - 2 * key.lead - key.size + 1, runs):
                     return self._exact_hits(text)
         return []
+
+    def _scan_by_patterns(self, text: str) -> list[Hit]:
+        """Every hit in `text`, ordered by span; spans index `text` itself. The same hits as
+        `_scan_by_counts`, confirming candidates by regex (see the module docstring)."""
+        if not self._automata:
+            return []
+        joined, skeleton = skeleton_pair(text)
+        patterns = self._patterns
+        for automaton in self._automata:
+            for last, key in automaton.iter(skeleton):
+                runs = key.runs
+                if runs is None:
+                    return self._exact_hits(text)
+                pattern = patterns.get(id(key))
+                if pattern is None:  # compiled on first use: most keys with runs never match
+                    found = skeleton[last - 2 * key.lead - key.size + 1:last + 1]
+                    pattern = patterns[id(key)] = _runs_pattern(found, key.lead, runs)
+                if pattern.search(joined) is not None:
+                    return self._exact_hits(text)
+        return []
+
+    # the cheaper confirmation for the normalize implementation in use; both give the same hits
+    scan = _scan_by_counts if IMPLEMENTATION == "native" else _scan_by_patterns
 
     def _exact_hits(self, text: str) -> list[Hit]:
         sk = skeleton_map(text)

@@ -7,6 +7,7 @@ It owns no HTTP (api/policy.py, api/reviews.py) and never holds the event loop f
 100,000-term list is decoded, built and encoded in a worker thread that releases the GIL every few
 dozen terms and between automaton shards (see policy/scanner.py), and collects the young objects it
 makes in small steps there, so neither a long C call nor a long garbage collection stalls the loop.
+The rules a change replaces are freed there too, an automaton at a time (policy/release.py).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from gateway.ids import IdGenerator
 from gateway.policy.engine import (MAX_TERMS, PIECE_BYTES, Action, Engine, Rules, TermInput, Verdict, WordList,
                                    decode_word_list, dedicated_workspaces, effective_lists)
 from gateway.policy.optout import KeywordMatch, OptOutKeywords
+from gateway.policy.release import RulesReleaser
 from gateway.store import policy_ops as P
 from gateway.store import records as R
 from gateway.store.writer import StorageError, StorageFull
@@ -124,6 +126,7 @@ class PolicyService:
     def __init__(self, gw) -> None:
         self.gw = gw
         self.engine = Engine()
+        self.releaser = RulesReleaser()  # frees what the engine lets go of, off the loop (see `run`)
         self.ids = IdGenerator()
         self._lock = trio.Lock()  # one list change (build + write + swap) at a time
         self._files: FileLists = {}
@@ -163,7 +166,7 @@ class PolicyService:
             except ValueError as exc:
                 raise C.ConfigError(words_dir(cfg, config_path) or "<policy>", [str(exc)]) from None
             self._files = files
-            self.engine.swap(default, by_ws)
+            self.releaser.release(self.engine.swap(default, by_ws))
         elif changed:
             self._pending_files = files
             self._rebuilt = trio.Event()
@@ -171,8 +174,14 @@ class PolicyService:
         return changed
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Rebuilds every workspace's rules after a reload changed the word files."""
-        task_status.started()
+        """Rebuilds every workspace's rules after a reload changed the word files, and frees the rules
+        that changes replace."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.releaser.run, _pause)
+            task_status.started()
+            await self._rebuild_on_reload()
+
+    async def _rebuild_on_reload(self) -> None:
         while True:
             await self._rebuild_wanted.wait()
             self._rebuild_wanted = trio.Event()
@@ -186,7 +195,7 @@ class PolicyService:
                         log.error("sensitive-word files not applied, the old lists stay: %s", exc)
                     else:
                         self._files = files
-                        self.engine.swap(default, by_ws)
+                        self.releaser.release(self.engine.swap(default, by_ws))
                         log.info("sensitive-word lists rebuilt from the files (%d categories)", len(files))
             self._rebuilt.set()
 
@@ -247,9 +256,9 @@ class PolicyService:
             else:
                 self._api.pop(workspace, None)
             if workspace in dedicated_workspaces(self._files, self._api):
-                self.engine.set_workspace(workspace, rules)
+                self.releaser.release(self.engine.set_workspace(workspace, rules))
             else:
-                self.engine.drop_workspace(workspace)
+                self.releaser.release(self.engine.drop_workspace(workspace))
             return existed
 
     async def decode_list(self, body: bytes) -> WordList:
