@@ -271,3 +271,53 @@ async def test_a_peer_that_resets_the_connection_during_the_resend_is_reconnecte
     with trio.fail_after(20):
         while link.connects < 2:
             await trio.sleep(0.01)
+
+
+async def test_the_resend_on_connect_skips_what_was_already_sent_on_that_connection(nursery):
+    """While on_connected resends the outbox, a dispatch may already have sent a message on the new
+    connection (it was committed to the outbox before the resend read it): the network gets it once.
+    Outside on_connected nothing is filtered (a throttled message is sent again on purpose)."""
+    from gateway.network.frames import FrameDecoder, HelloOk, encode_frames
+
+    got: list = []
+    more = trio.Event()
+
+    async def peer(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        while not decoder.feed(await stream.receive_some(65536)):
+            pass
+        await stream.send_all(encode_frames([HelloOk(server="p")]))
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            got.extend(f.id for f in decoder.feed(data) if isinstance(f, Submit))
+            more.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, peer, listeners)
+    dispatched = trio.Event()
+    box = []
+
+    async def resend_outbox() -> None:
+        await dispatched.wait()  # the outbox is read after m1 went out
+        await box[0].send([submit("m1"), submit("m2")])
+
+    link = NetworkLink("127.0.0.1", listeners[0].socket.getsockname()[1], on_connected=resend_outbox,
+                       on_frames=Recorder().on_frames, backoff_min_s=0.01, backoff_max_s=0.05)
+    box.append(link)
+    nursery.start_soon(link.run)
+    with trio.fail_after(5):
+        await link.wait_connected()
+        await link.send([submit("m1")])  # the dispatch path, on the new connection
+        dispatched.set()
+        while len(got) < 2:
+            await more.wait()
+            more = trio.Event()
+        await trio.sleep(0.05)
+        assert got == ["m1", "m2"]
+        await link.send([submit("m2")])  # after on_connected: sent again, as asked
+        while len(got) < 3:
+            await more.wait()
+            more = trio.Event()
+    assert got == ["m1", "m2", "m2"]

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from gateway.network.frames import FrameDecoder, FrameError, Hello, HelloOk, encode_frames
+from gateway.network.frames import FrameDecoder, FrameError, Hello, HelloOk, Submit, encode_frames
 
 __all__ = ["LinkDown", "NetworkLink", "parse_url"]
 
@@ -70,6 +70,8 @@ class NetworkLink:
         self._rng = rng if rng is not None else random.Random()
         self._stream: trio.SocketStream | None = None
         self._send_lock = trio.Lock()
+        self._sent_early: set[str] | None = None  # Submit ids others sent on this connection during on_connected
+        self._announcer: trio.lowlevel.Task | None = None
         self._up = trio.Event()
         self.connects = 0  # successful hellos so far
         self.server_name = ""
@@ -91,6 +93,18 @@ class NetworkLink:
             stream = self._stream
             if stream is None:
                 raise LinkDown("network link is not connected")
+            early = self._sent_early
+            if early is not None:  # on_connected is still running on this connection
+                if trio.lowlevel.current_task() is self._announcer:
+                    # its resend skips what others already sent on this connection (a dispatch that
+                    # went out while the outbox was being read): never the same message twice on one link
+                    kept = [f for f in frames if type(f) is not Submit or f.id not in early]
+                    if len(kept) < len(frames):
+                        if not kept:
+                            return
+                        data = encode_frames(kept)
+                else:
+                    early.update(f.id for f in frames if type(f) is Submit)
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -146,6 +160,7 @@ class NetworkLink:
         self.server_name = hello.server
         self.connects += 1
         self._stream = stream
+        self._sent_early, self._announcer = set(), None
         self._up.set()
         ended: BaseException | None = None
         async with trio.open_nursery() as nursery:
@@ -173,7 +188,12 @@ class NetworkLink:
                 await self._on_frames(frames)
 
     async def _announce(self) -> None:
+        early = self._sent_early
+        self._announcer = trio.lowlevel.current_task()
         try:
             await self._on_connected()
         except LinkDown:
             pass  # the write failed and dropped the stream: the reader ends this session
+        finally:
+            if self._sent_early is early:
+                self._sent_early, self._announcer = None, None
