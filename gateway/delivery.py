@@ -59,17 +59,19 @@ class Delivery:
         self.sessions_reset = 0
 
     def _frames(self, records) -> list[Submit]:
-        """Submit frames for stored outbox records (id, record): the payload is opened from its
-        seal; everything else is sent exactly as stored. A record whose data key is missing
-        stays in the outbox (logged) and goes once the key is back."""
+        """Submit frames for stored outbox records (id, record), sent exactly as stored. The
+        payload of a record written by an earlier version is opened from its seal first; such a
+        record whose data key is missing stays in the outbox (logged) and goes once the key is back."""
         open_ = self.gw.sealer.open
         frames = []
         for msg_id, rec in records:
-            try:
-                payload = open_(rec.payload, msg_id.encode())
-            except SealError as exc:
-                log.error("message %s cannot be sent: %s", msg_id, exc)
-                continue
+            payload = rec.payload
+            if rec.sealed:
+                try:
+                    payload = open_(payload, msg_id.encode())
+                except SealError as exc:
+                    log.error("message %s cannot be sent: %s", msg_id, exc)
+                    continue
             frames.append(Submit(msg_id, rec.sender, rec.recipient, payload, rec.priority))
         return frames
 
@@ -298,8 +300,9 @@ class Delivery:
         return items, frames, touched
 
     def _encrypt_chunk(self, go, failed: list, now_ms: int, items: list, frames: list, touched: dict) -> None:
-        store, sealer = self.gw.store, self.gw.sealer
-        seal, open_ = sealer.seal, sealer.open
+        store = self.gw.store
+        open_ = self.gw.sealer.open
+        outbox_record = R.OutboxRecord
         decode = R.pending_decoder.decode
         encode = ops.encode
         with store.env.begin(db=store.dbs["pending"], buffers=False) as txn:
@@ -321,8 +324,8 @@ class Delivery:
                     failed.append((m.id, "session_exhausted", now_ms))
                     continue
                 touched[key] = session
-                items.append((m.id, encode(R.OutboxRecord(rec.sender, rec.recipient, rec.priority,
-                                                          seal(env, id_bytes)))))
+                # The envelope is ratchet ciphertext: stored as it is, not sealed a second time.
+                items.append((m.id, encode(outbox_record(rec.sender, rec.recipient, rec.priority, env, 0, False))))
                 frames.append(Submit(m.id, rec.sender, rec.recipient, env, rec.priority))
 
     async def _send(self, frames: list[Submit]) -> None:
@@ -471,12 +474,17 @@ class Delivery:
         self._confirm_sessions(changes)
         self._break_sessions(changes)
         metrics = self.gw.metrics
+        observe = metrics.delivery.observe
+        counts: dict[str, int] = {}
         touched = set()
         for ch in changes:
-            metrics.status.inc((ch.status,))
-            if ch.status == "delivered":
-                metrics.delivery.observe(max(0, ch.at_ms - ch.accepted_ms) / 1000.0)
+            status = ch.status
+            counts[status] = counts.get(status, 0) + 1
+            if status == "delivered":
+                observe(max(0, ch.at_ms - ch.accepted_ms) / 1000.0)
             touched.add(ch.workspace)
+        for status, n in counts.items():
+            metrics.status.inc((status,), n=n)
         if touched:
             self.gw.webhooks_wake(touched)
 

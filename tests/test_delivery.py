@@ -1,6 +1,6 @@
 """The delivery shell against a real store and writer, with the network link replaced by a
 recorder: answers from the network that make no sense are acknowledged and ignored, never fatal."""
-from gateway.network.frames import Ack, Receipt, ReceiptAck
+from gateway.network.frames import Ack, Receipt, ReceiptAck, Submit
 from gateway.store import ops
 from gateway.store import records as R
 from tests.inproc import with_gateway
@@ -38,5 +38,28 @@ async def test_rejected_submit_fails_the_message_with_the_reason(tmp_path):
         await gw.delivery.on_frames([Ack("01M80G6YDF0AVP1GGNM3839WG2", "rejected", "payload_too_large")])
         rec = gw.store.message("01M80G6YDF0AVP1GGNM3839WG2")
         assert (rec.status, rec.reason) == ("failed", "payload_too_large")
+
+    await with_gateway(tmp_path, body)
+
+
+async def test_outbox_records_of_the_sealed_format_are_opened_and_new_ones_sent_as_stored(tmp_path):
+    async def body(gw, link):
+        old4, old5, new = "01M80G6YDF0AVP1GGNM3839WG3", "01M80G6YDF0AVP1GGNM3839WG4", "01M80G6YDF0AVP1GGNM3839WG5"
+        # Records written before the envelope was stored as it is: 4 or 5 fields, payload sealed.
+        sealed4 = gw.sealer.seal(b"envelope-4", old4.encode())
+        sealed5 = gw.sealer.seal(b"envelope-5", old5.encode())
+        items = [(old4, ops.encode(["+15550000001", "+14155550100", 1, sealed4])),
+                 (old5, ops.encode(["+15550000001", "+14155550101", 2, sealed5, 0])),
+                 (new, ops.encode(R.OutboxRecord("+15550000001", "+14155550102", 1, b"envelope-n", 0, False)))]
+        for msg_id, _ in items:
+            await accept(gw, msg_id)
+        await gw.writer.write(ops.dispatch, ops.DispatchArg(items, [], []))
+        await gw.delivery.on_connected()
+        submits = {f.id: f for f in link.sent if isinstance(f, Submit)}
+        assert {k: (f.recipient, f.payload, f.priority) for k, f in submits.items()} == {
+            old4: ("+14155550100", b"envelope-4", 1),
+            old5: ("+14155550101", b"envelope-5", 2),
+            new: ("+14155550102", b"envelope-n", 1),
+        }
 
     await with_gateway(tmp_path, body)

@@ -453,6 +453,28 @@ def test_restored_pairs_are_forgotten_once_refilled(make):
     assert s.forget_full_pairs(12.0) == [("S", "A")]
 
 
+def test_a_pair_taken_many_times_keeps_one_expiry_entry_and_goes_when_full(make):
+    s = make()
+    s.set_sender("S", 1e6, 1e6, 0.0)
+    for t in range(10):  # one take a second: 45 - 10 + 9 s x 1/6 = 36.5 tokens at 9 s, full at 60 s
+        fill(s, 1, recipient="A", now=float(t))
+        drain(s, float(t))
+    assert len(s._pair_expiry) == 1
+    assert s.forget_full_pairs(59.9) == []
+    assert s.forget_full_pairs(60.1) == [("S", "A")]
+    assert s._pair_expiry == []
+
+
+def test_a_pair_restored_fuller_is_forgotten_by_its_restored_state(make):
+    s = make()
+    s.set_sender("S", 1e6, 1e6, 0.0)
+    fill(s, 20, recipient="A")
+    drain(s, 0.0)  # 25 tokens: full at 120 s
+    s.restore_pair("S", "A", 44.0, 0.0)  # full at 6 s
+    assert s.forget_full_pairs(5.9) == []
+    assert s.forget_full_pairs(6.1) == [("S", "A")]
+
+
 def test_a_batch_written_late_moves_its_takes_to_the_write_time(make):
     """Batch 1 is let go at 0 but written at 0.5 (slow commit); without settle_sent batch 2 would
     be let go at 1.0 and reach the network 0.5 s after batch 1 under a 1/s bucket."""

@@ -35,7 +35,7 @@ class _Sender:
 
     __slots__ = (
         "number", "slot", "queues", "groups", "ready", "parked", "pairs",
-        "streak", "count", "active", "wake_at", "token_bound", "pending",
+        "streak", "count", "active", "wake_at", "token_bound", "pending", "noted",
     )
 
     def __init__(self, number: str) -> None:
@@ -56,6 +56,7 @@ class _Sender:
         self.wake_at = _INF  # time of the valid wake-heap entry when sleeping
         self.token_bound = False  # sleeping only for lack of sender tokens
         self.pending: tuple[float, float] | None = None  # restore_sender before set_sender
+        self.noted: set[str] = set()  # recipients whose pair has an entry in Scheduler._pair_expiry
 
 
 class Scheduler:
@@ -79,9 +80,10 @@ class Scheduler:
         self._ring: deque[_Sender] = deque()  # senders that may be able to send now
         self._wake: list[tuple[float, int, _Sender]] = []  # sleeping senders by wake time
         self._seq = 0
-        # (time the pair bucket is full again, seq, sender, recipient), pushed on every pair take,
-        # so forgetting refilled pairs costs in proportion to what expired, not to all pairs.
-        self._pair_expiry: list[tuple[float, int, _Sender, str, float]] = []
+        # (time the pair bucket may be full again, seq, sender, recipient): one entry per tracked
+        # pair, never later than the time it is full, so forgetting refilled pairs costs in
+        # proportion to what came due, not to all pairs (see _note_pair).
+        self._pair_expiry: list[tuple[float, int, _Sender, str]] = []
         self._depth = [0, 0, 0]
         self._total = 0
 
@@ -114,6 +116,7 @@ class Scheduler:
         self._pair_burst = float(burst)
         self._pair_expiry = []
         for s in self._senders.values():
+            s.noted.clear()
             for r, slot in s.pairs.items():
                 table.set_rate(slot, rate_per_minute, burst, now)
                 self._note_pair(s, r, slot, now)
@@ -253,6 +256,8 @@ class Scheduler:
             slot = self._table.add(self._pair_rate, self._pair_burst, last)
             s.pairs[recipient] = slot
         self._table.restore(slot, tokens, last)
+        # The restored bucket may be fuller than when its entry was noted: note it afresh.
+        s.noted.discard(recipient)
         self._note_pair(s, recipient, slot, last)
         self._unpark_all(s)
         self._activate(s)
@@ -285,32 +290,38 @@ class Scheduler:
 
     def forget_full_pairs(self, now: float) -> list[tuple[str, str]]:
         """Drop pair buckets that have refilled to their burst (an untracked pair counts as full);
-        returns the (sender, recipient) pairs dropped. Work is proportional to what expired."""
+        returns the (sender, recipient) pairs dropped. Work is proportional to what came due."""
         table = self._table
         heap = self._pair_expiry
         dropped = []
         while heap and heap[0][0] <= now + _EPSILON:
-            _, _, s, r, noted_last = heappop(heap)
+            _, _, s, r = heappop(heap)
+            s.noted.discard(r)
             slot = s.pairs.get(r)
-            if slot is None or table.state(slot)[1] != noted_last:
-                continue  # forgotten already, or taken again since: a newer entry exists
+            if slot is None:
+                continue  # forgotten already
             if table.is_full(slot, now):
                 table.free(s.pairs.pop(r))
                 dropped.append((s.number, r))
-            else:  # float rounding put the estimate a hair early: look again a little later
+            else:  # taken since it was noted (or float rounding put it a hair early): look again then
                 self._note_pair(s, r, slot, now, at_least=now + 0.001)
         return dropped
 
     def _note_pair(self, s: _Sender, r: str, slot: int, now: float, at_least: float = 0.0) -> None:
-        """Remember when the pair bucket `slot` will be full again (after a take or a restore)."""
+        """Make sure the pair bucket `slot` has an entry in the expiry heap no later than the time
+        it is full again. A take or a later `last` only moves that time later, so an entry noted
+        before still qualifies: a pair taken many times between two housekeeping rounds costs one
+        entry, which forget_full_pairs notes again from the state it finds when it comes due."""
+        if r in s.noted:
+            return
         rate = self._pair_rate / 60.0
         if rate <= 0.0:
             return
-        table = self._table
-        deficit = self._pair_burst - table.tokens(slot, now)
+        deficit = self._pair_burst - self._table.tokens(slot, now)
         self._seq += 1
         full_at = max(at_least, now + max(0.0, deficit) / rate)
-        heappush(self._pair_expiry, (full_at, self._seq, s, r, table.state(slot)[1]))
+        heappush(self._pair_expiry, (full_at, self._seq, s, r))
+        s.noted.add(r)
 
     # ------------------------------------------------------------------ internals
 

@@ -83,7 +83,7 @@ def accept_group(txn, dbs, group: AcceptGroup) -> None:
 
 
 class DispatchArg(NamedTuple):
-    items: list[tuple[str, bytes]]  # (id, encoded OutboxRecord holding the sealed envelope)
+    items: list[tuple[str, bytes]]  # (id, encoded OutboxRecord holding the envelope as sent)
     sessions: list[tuple[bytes, bytes]]  # (sessions key, sealed session record after these messages)
     limiter: list[tuple[bytes, tuple[float, float]]]
     failed: list[tuple[str, str, int]] = []  # (id, reason, at_ms): could not be encrypted, ends here
@@ -101,23 +101,28 @@ def dispatch(txn, dbs, arg: DispatchArg) -> DispatchResult:
     produced those ciphertexts, and the limiter state that let them go, in one commit (invariant 3:
     no ciphertext leaves before its ratchet state is durable). Messages in `failed` leave pending
     and fail (messages, webhook_outbox) in the same commit."""
-    pending, outbox, limiter, sessions = dbs["pending"], dbs["outbox"], dbs["limiter"], dbs["sessions"]
     moved = []
-    get, put, delete = txn.get, txn.put, txn.delete
-    for msg_id, record in arg.items:
-        key = msg_id.encode()
-        if get(key, db=pending) is None:
-            continue
-        put(key, record, db=outbox)
-        delete(key, db=pending)
-        moved.append(msg_id)
-    for key, blob in arg.sessions:
-        put(key, blob, db=sessions)
-    for key, state in arg.limiter:
-        put(key, _enc(state), db=limiter)
+    with txn.cursor(db=dbs["pending"]) as pending, txn.cursor(db=dbs["outbox"]) as outbox:
+        find, drop, put = pending.set_key, pending.delete, outbox.put
+        for msg_id, record in arg.items:
+            key = msg_id.encode()
+            if not find(key):
+                continue
+            put(key, record)
+            drop()
+            moved.append(msg_id)
+    with txn.cursor(db=dbs["sessions"]) as sessions:
+        put = sessions.put
+        for key, blob in arg.sessions:
+            put(key, blob)
+    with txn.cursor(db=dbs["limiter"]) as limiter:
+        put = limiter.put
+        for key, state in arg.limiter:
+            put(key, _enc(state))
     changes = []
     if arg.failed:
         updates = []
+        delete, pending = txn.delete, dbs["pending"]
         for msg_id, reason, at_ms in arg.failed:
             if delete(msg_id.encode(), db=pending):
                 updates.append((msg_id, "failed", at_ms, reason, False))
@@ -148,12 +153,7 @@ class StatusArg(NamedTuple):
     events: IdGenerator
 
 
-def _advance(rec: R.MessageRecord, status: str) -> bool:
-    if rec.status == status or rec.status == "failed":
-        return False
-    if status == "failed":
-        return rec.status not in ("delivered", "read")
-    return R.STATUS_RANK[status] > R.STATUS_RANK[rec.status]
+_RANK = R.STATUS_RANK  # a status only moves forward; failed ends it unless already delivered or read
 
 
 def _webhook_event(event_id: str, msg_id: str, rec: R.MessageRecord, status: str, at_ms: int,
@@ -176,37 +176,55 @@ def _webhook_event(event_id: str, msg_id: str, rec: R.MessageRecord, status: str
 def apply_status(txn, dbs, arg: StatusArg) -> list[StatusChange]:
     """messages (+ outbox removal, + webhook_outbox): move each message forward; duplicates and
     stale answers change nothing. Returns the changes that took effect."""
-    messages, outbox, hooks_db = dbs["messages"], dbs["outbox"], dbs["webhook_outbox"]
+    # One cursor per table: a cursor's get and put skip the keyword parsing and the per-call
+    # table lookup of txn.get / txn.put, a good part of the cost of a receipt.
+    with txn.cursor(db=dbs["messages"]) as messages, txn.cursor(db=dbs["outbox"]) as outbox:
+        return _apply_status(txn, dbs["webhook_outbox"], messages, outbox, arg)
+
+
+def _apply_status(txn, hooks_db, messages, outbox, arg: StatusArg) -> list[StatusChange]:
     decode = R.message_decoder.decode
-    get, put, delete = txn.get, txn.put, txn.delete
+    find, value, put = messages.set_key, messages.value, messages.put
+    find_outbox, drop = outbox.set_key, outbox.delete
+    hooks, events = arg.hooks, arg.events
     changes = []
+    append = changes.append
     for msg_id, status, at_ms, reason, drop_outbox in arg.updates:
         key = msg_id.encode()
-        if drop_outbox:
-            delete(key, db=outbox)
-        raw = get(key, db=messages)
-        if raw is None:
+        if drop_outbox and find_outbox(key):
+            drop()
+        if not find(key):
             continue
-        rec = decode(raw)
-        if not _advance(rec, status):
+        rec = decode(value())
+        current = rec.status
+        if current == status or current == "failed":
             continue
-        if status == "failed" and not drop_outbox:
-            delete(key, db=outbox)
+        if status == "failed":
+            if current == "delivered" or current == "read":
+                continue
+            if not drop_outbox and find_outbox(key):
+                drop()
+        elif _RANK[status] <= _RANK[current]:
+            continue
         rec.status = status
-        rec.events.append((status, at_ms))
+        timeline = rec.events
+        timeline.append((status, at_ms))
         if reason:
             rec.reason = reason
-        put(key, _enc(rec), db=messages)
-        accepted_ms = rec.events[0][1]
-        sent_ms = next((t for s, t in rec.events if s == "sent"), 0)
-        changes.append(StatusChange(msg_id, status, at_ms, accepted_ms, rec.workspace, rec.sender, rec.recipient,
-                                    reason or "", sent_ms))
-        endpoints = arg.hooks.get(rec.workspace)
+        put(key, _enc(rec))
+        sent_ms = 0
+        for event, t in timeline:
+            if event == "sent":
+                sent_ms = t
+                break
+        append(StatusChange(msg_id, status, at_ms, timeline[0][1], rec.workspace, rec.sender, rec.recipient,
+                            reason, sent_ms))
+        endpoints = hooks.get(rec.workspace)
         if endpoints:
-            event_id = arg.events.new()
+            event_id = events.new()
             body = _webhook_event(event_id, msg_id, rec, status, at_ms, reason)
             for endpoint in endpoints:
-                put(endpoint + b"\0" + event_id.encode(), body, db=hooks_db)
+                txn.put(endpoint + b"\0" + event_id.encode(), body, db=hooks_db)
     return changes
 
 

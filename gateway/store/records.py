@@ -40,7 +40,8 @@ STATUS_RANK = {"accepted": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
 TERMINAL = frozenset(("delivered", "read", "failed"))
 
 
-class MessageRecord(Struct, array_like=True):
+class MessageRecord(Struct, array_like=True, gc=False):
+    # gc=False: decoded and re-encoded for every status change; it holds plain data, no cycles.
     workspace: str
     sender: str
     recipient: str
@@ -60,11 +61,18 @@ class PendingRecord(Struct, array_like=True):
 
 
 class OutboxRecord(Struct, array_like=True):
+    """A committed Submit frame waiting for the network's ack. `payload` is the end-to-end
+    envelope exactly as sent (never encrypted again): ratchet ciphertext, already unreadable
+    without the recipient's keys, so it is stored as it is. Records written before that change
+    hold it sealed under a data key (4 or 5 fields, `sealed` left out: True) and are opened
+    when sent again."""
+
     sender: str
     recipient: str
     priority: int
-    payload: bytes  # sealed at rest: the end-to-end envelope exactly as sent (never re-encrypted)
+    payload: bytes
     not_before_ms: int = 0  # set after a throttle answer
+    sealed: bool = True  # payload sealed at rest (records of earlier versions); new ones write False
 
 
 class IdempotencyRecord(Struct, array_like=True):
