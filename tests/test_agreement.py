@@ -1,11 +1,15 @@
 """X3DH / PQXDH agreement: Ed25519 identities used for DH through their X25519 twins, signed prekeys,
 the wire bundle and header, one-time prekeys used once, and seeded derivation for simulated parties."""
+import os
+
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from nacl.bindings import crypto_sign_ed25519_pk_to_curve25519
 
 from gateway.crypto.agreement import (
     PQXDH_INFO,
+    EphemeralKeyPool,
     X3DH_INFO,
     InitialHeader,
     PqRequired,
@@ -128,6 +132,25 @@ def test_identity_key_of_the_wrong_length_is_rejected():
         ed25519_public_to_x25519(b"\x09" * 31)
 
 
+def test_conversion_agrees_with_libsodium_for_generated_keys():
+    for _ in range(50):
+        k = IdentityKeyPair.generate()
+        assert ed25519_public_to_x25519(k.public.ed25519) == crypto_sign_ed25519_pk_to_curve25519(k.public.ed25519)
+
+
+def test_a_y_is_refused_as_off_the_curve_exactly_when_euler_criterion_finds_no_x():
+    p = 2**255 - 19
+    d = -121665 * pow(121666, -1, p) % p
+    for y in range(2, 300):
+        has_x = pow((y * y - 1) * (d * y * y + 1) % p, (p - 1) // 2, p) == 1
+        encoded = y.to_bytes(32, "little")
+        if has_x:
+            assert len(ed25519_public_to_x25519(encoded)) == 32
+        else:
+            with pytest.raises(InvalidKey, match="not a point"):
+                ed25519_public_to_x25519(encoded)
+
+
 # --- Encodings ---
 
 def test_identity_is_encoded_as_type_5_and_its_x25519_twin():
@@ -148,6 +171,36 @@ def test_pq_prekey_is_encoded_as_type_0x0a_and_signed_over_that_encoding():
     pq = make_pq_prekey(k, 7)
     assert pq.encoded[0] == 0x0A and pq.encoded[1:] == pq.public and len(pq.encoded) == 1569
     k.public.verify(pq.signature, pq.encoded)
+
+
+# --- Signature verification ---
+
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+def test_a_signature_with_s_plus_the_group_order_is_refused():
+    # S + L satisfies the verification equation too; RFC 8032 requires S < L, so it must not verify.
+    k = derive_identity(SEED, GATEWAY_NUMBER)
+    spk = make_signed_prekey(k, 7)
+    s = int.from_bytes(spk.signature[32:], "little") + ED25519_ORDER
+    assert s < 2**256
+    with pytest.raises(BadSignature):
+        k.public.verify(spk.signature[:32] + s.to_bytes(32, "little"), spk.encoded)
+
+
+@pytest.mark.parametrize("length", [0, 63, 65])
+def test_a_signature_of_the_wrong_length_is_refused(length):
+    k = derive_identity(SEED, GATEWAY_NUMBER)
+    spk = make_signed_prekey(k, 7)
+    with pytest.raises(BadSignature):
+        k.public.verify((spk.signature * 2)[:length], spk.encoded)
+
+
+def test_a_signature_does_not_verify_another_message():
+    k = derive_identity(SEED, GATEWAY_NUMBER)
+    spk, other = make_signed_prekey(k, 7), make_signed_prekey(k, 8)
+    with pytest.raises(BadSignature):
+        k.public.verify(spk.signature, other.encoded)
 
 
 # --- Wire structs ---
@@ -345,6 +398,56 @@ def test_signature_cache_checks_a_bundle_once_and_still_rejects_forgeries(gatewa
     forged = PrekeyBundle(**{**_fields(bundle), "pq_prekey_signature": _forge(bundle.pq_prekey_signature)})
     with pytest.raises(BadSignature):
         initiate(customer.identity, forged, signatures=cache)
+
+
+# --- Ephemeral keys made ahead ---
+
+def _public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+def test_an_ephemeral_key_pool_hands_out_each_key_once():
+    pool = EphemeralKeyPool(5)
+    assert pool.refill() == 5 and len(pool) == 5
+    taken = {_public(pool.take()) for _ in range(5)}
+    assert len(taken) == 5 and len(pool) == 0
+    assert _public(pool.take()) not in taken  # empty: a fresh key made on the spot
+    assert len(pool) == 0
+
+
+def test_an_ephemeral_key_pool_refills_up_to_its_capacity_and_the_limit():
+    pool = EphemeralKeyPool(4)
+    assert pool.refill(limit=3) == 3
+    assert pool.refill() == 1
+    assert pool.refill() == 0 and len(pool) == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_takes_the_keys_its_parent_made():
+    pool = EphemeralKeyPool(3)
+    pool.refill()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report what it holds and takes, then leave without running pytest's teardown
+        try:
+            held = len(pool)
+            os.write(write, bytes([held]) + b"".join(_public(pool.take()) for _ in range(3)))
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    assert len(out) == 97 and out[0] == 0
+    assert len(pool) == 3
+    parents = {_public(pool.take()) for _ in range(3)}
+    assert len(pool) == 0
+    assert not {out[i:i + 32] for i in range(1, 97, 32)} & parents
+
+
+def test_an_ephemeral_key_pool_needs_a_positive_capacity():
+    with pytest.raises(ValueError):
+        EphemeralKeyPool(0)
 
 
 # --- Deterministic derivation ---

@@ -3,6 +3,7 @@ contact, the ratchet state round-tripped through its sealed record, the hot cach
 frames, and netsim's decryption (failures counted, sessions left unchanged)."""
 import pytest
 
+from gateway.crypto.agreement import EphemeralKeyPool, InitialHeader
 from gateway.crypto.identity import PrekeyBundle
 from gateway.crypto.seal import Sealer
 from gateway.e2e import envelope
@@ -47,6 +48,27 @@ def test_first_messages_carry_the_pqxdh_header_until_confirmed_and_all_decrypt(s
     assert envelope.decode(third)[0] is None
     assert devices.receive(SENDER, BOB, third, 1.0) == (b"three", None)
     assert devices.stats()["sessions"] == 1 and devices.stats()["decrypt_failures"] == 0
+
+
+def test_a_session_started_from_a_key_pool_takes_two_distinct_keys_for_ek_and_the_ratchet(sender):
+    class Recording(EphemeralKeyPool):
+        def take(self):
+            key = super().take()
+            self.handed.append(key.public_key().public_bytes_raw())
+            return key
+
+    devices = Devices(7)
+    pool = Recording(2)
+    pool.handed = []
+    pool.refill()
+    session = start_session(sender.identity, PrekeyBundle.decode(devices.recipient_bundle(BOB)), 1000,
+                            ephemerals=pool)
+    assert len(pool) == 0 and len(set(pool.handed)) == 2
+    header = InitialHeader.decode(session.header)
+    ratchet_key = session.ratchet.encrypt(b"x", session.ad)[:32]  # a ratchet message starts with DHs
+    assert [header.ephemeral_key[1:], ratchet_key] == pool.handed
+    first = session.encrypt(b"one")
+    assert devices.receive(SENDER, BOB, first, 1.0) == (b"one", None)
 
 
 def test_session_state_round_trips_through_its_sealed_record(sender):

@@ -6,6 +6,7 @@ and never accept a one-time prekey its lookup reports as unknown or already used
 from __future__ import annotations
 
 import functools
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ from gateway.crypto.identity import (
 
 __all__ = [
     "X3DH_INFO", "PQXDH_INFO", "AgreementError", "UnknownPrekey", "PqRequired", "BadSignature", "InvalidKey",
-    "MalformedMessage", "InitialHeader", "Initiated", "Session", "SignatureCache", "PrekeyStore", "kdf", "initiate", "respond",
+    "MalformedMessage", "InitialHeader", "Initiated", "Session", "SignatureCache", "EphemeralKeyPool", "PrekeyStore", "kdf",
+    "initiate", "respond",
 ]
 
 # HKDF info strings. X3DH: an application name. PQXDH: info_curve_hash_pqkem joined with "_", as the
@@ -153,6 +155,47 @@ class SignatureCache:
 
     def __len__(self) -> int:
         return len(self._seen)
+
+
+class EphemeralKeyPool:
+    """Fresh X25519 key pairs made ahead of need (in idle time), so that starting a session does not
+    wait for key generation. Each key is handed out once and dropped from the pool: never reused, never
+    stored. An empty pool makes a key on the spot, so `take` always returns a fresh one. A process
+    forked from the one that filled the pool never takes those keys (its parent may take them too)."""
+
+    __slots__ = ("capacity", "_keys", "_pid")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self._keys: list[X25519PrivateKey] = []
+        self._pid = os.getpid()
+
+    def refill(self, limit: int | None = None) -> int:
+        """Make keys until the pool is full, at most `limit` of them (~45 us each); how many were made."""
+        self._forget_if_forked()
+        count = self.capacity - len(self._keys)
+        if limit is not None:
+            count = min(count, limit)
+        if count <= 0:
+            return 0
+        generate = X25519PrivateKey.generate
+        self._keys.extend([generate() for _ in range(count)])
+        return count
+
+    def take(self) -> X25519PrivateKey:
+        self._forget_if_forked()
+        return self._keys.pop() if self._keys else X25519PrivateKey.generate()
+
+    def _forget_if_forked(self) -> None:
+        if self._pid != os.getpid():
+            self._keys.clear()
+            self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        self._forget_if_forked()
+        return len(self._keys)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -9,14 +9,16 @@ import functools
 import hashlib
 from typing import Annotated
 
+import gmpy2
 import msgspec
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM1024PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from msgspec import Meta
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 # Type bytes, as libsignal assigns them: 0x05 = Curve25519 ("DJB") public key; 0x0A = ML-KEM-1024
 # (FIPS 203). libsignal's 0x08 is the pre-standard Kyber1024, a different KEM, so it is not used.
@@ -60,21 +62,12 @@ _SMALL_ORDER_U = frozenset({
     325606250916557431795983626356110631294008115727848805560023387167927233504,
     39382357235489614581723060781553021112529911719440698176882885853963445705823,
 })
-
-
-def _is_square(a: int) -> bool:
-    """Whether a is a square mod p: the Jacobi symbol (a/p) by the binary reciprocity algorithm,
-    about four times faster in Python than Euler's criterion pow(a, (p - 1) / 2, p)."""
-    n, t = _P, 1
-    while a:
-        z = (a & -a).bit_length() - 1
-        a >>= z
-        if z & 1 and n & 7 in (3, 5):
-            t = -t
-        if a & 3 == 3 and n & 3 == 3:
-            t = -t
-        a, n = n % a, a
-    return t == 1 or n != 1
+# The field arithmetic runs in GMP: the Jacobi symbol and the inversion mod p cost ~60 us with
+# Python ints and ~4 us through gmpy2, once per new peer's identity.
+_PM = gmpy2.mpz(_P)
+_DM = gmpy2.mpz(_D)
+_jacobi = gmpy2.jacobi
+_invert = gmpy2.invert
 
 
 def ed25519_public_to_x25519(ed25519_public: bytes) -> bytes:
@@ -95,15 +88,17 @@ def _ed25519_public_to_x25519(ed25519_public: bytes) -> bytes:
     y = n & ((1 << 255) - 1)
     if y >= _P:
         raise InvalidKey("non-canonical Ed25519 public key (y >= p)")
-    # x^2 = (y^2 - 1) / (d y^2 + 1); it is a square iff the product (y^2 - 1)(d y^2 + 1) is one.
-    y2 = y * y % _P
+    # x^2 = (y^2 - 1) / (d y^2 + 1); it is a square iff the product (y^2 - 1)(d y^2 + 1) is one
+    # (Jacobi symbol 1, or 0 when y^2 = 1 and x = 0).
+    ym = gmpy2.mpz(y)
+    y2 = ym * ym % _PM
     if y2 == 1 and n >> 255:
         raise InvalidKey("non-canonical Ed25519 public key (x = 0 with the sign bit set)")
-    if not _is_square((y2 - 1) * (_D * y2 + 1) % _P):
+    if _jacobi((y2 - 1) * (_DM * y2 + 1) % _PM, _PM) < 0:
         raise InvalidKey("Ed25519 public key is not a point on the curve")
     if y == 1:
         raise InvalidKey("Ed25519 public key is the identity point")
-    u = (1 + y) * pow(1 - y, -1, _P) % _P
+    u = int((1 + ym) * _invert(1 - ym, _PM) % _PM)
     if u in _SMALL_ORDER_U:
         raise InvalidKey("Ed25519 public key has small order")
     return u.to_bytes(KEY_LEN, "little")
@@ -173,18 +168,23 @@ class IdentityKey:
 
     `encoded` = 0x05 || X25519 twin is what goes into AD and safety numbers."""
 
-    __slots__ = ("ed25519", "x25519", "encoded", "_verifier")
+    __slots__ = ("ed25519", "x25519", "encoded")
 
     def __init__(self, ed25519_public: bytes) -> None:
         self.ed25519 = bytes(ed25519_public)
         self.x25519 = ed25519_public_to_x25519(self.ed25519)
         self.encoded = encode_ec(self.x25519)
-        self._verifier = Ed25519PublicKey.from_public_bytes(self.ed25519)
 
     def verify(self, signature: bytes, message: bytes) -> None:
+        """Ed25519 (RFC 8032) through libsodium's crypto_sign_open, about twice as fast here as
+        OpenSSL's: cofactorless, refusing a non-canonical S or public key and a small-order R or
+        public key. No honest signature has any of these; they are extra refusals of crafted ones
+        that OpenSSL's verification would let through."""
+        if len(signature) != SIGNATURE_LEN:
+            raise BadSignature(f"an Ed25519 signature is {SIGNATURE_LEN} bytes, got {len(signature)}")
         try:
-            self._verifier.verify(signature, message)
-        except InvalidSignature:
+            crypto_sign_open(bytes(signature) + bytes(message), self.ed25519)
+        except BadSignatureError:
             raise BadSignature("signature does not verify under this identity key") from None
 
     def __eq__(self, other: object) -> bool:

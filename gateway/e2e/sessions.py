@@ -124,12 +124,18 @@ class LiveSession:
 
 
 def start_session(identity: IdentityKeyPair, bundle: PrekeyBundle, now_ms: int,
-                  signatures: agreement.SignatureCache | None = None) -> LiveSession:
+                  signatures: agreement.SignatureCache | None = None,
+                  ephemerals: agreement.EphemeralKeyPool | None = None) -> LiveSession:
     """Alice's side of a new session: PQXDH (X3DH without a PQ prekey) from the recipient's bundle,
     then RatchetInitAlice with the recipient's signed prekey as its first ratchet key. Raises
-    BadSignature / InvalidKey for a bundle that must not be used."""
-    init = agreement.initiate(identity, bundle, signatures=signatures)
-    ratchet = Session.init_alice(init.session.shared_key, decode_ec(bundle.signed_prekey))
+    BadSignature / InvalidKey for a bundle that must not be used. With `ephemerals`, the ephemeral
+    key EK_A and the first ratchet key pair are two keys taken from that pool (made ahead of need);
+    they are distinct, as the specifications have them: EK_A is deleted once SK is derived, while
+    the ratchet key lives in the session state until the recipient's reply."""
+    ek = None if ephemerals is None else ephemerals.take()
+    dhs = None if ephemerals is None else ephemerals.take()
+    init = agreement.initiate(identity, bundle, ephemeral=ek, signatures=signatures)
+    ratchet = Session.init_alice(init.session.shared_key, decode_ec(bundle.signed_prekey), rng_private=dhs)
     return LiveSession(ratchet, init.session.associated_data, bundle.identity_key, init.header.encode(), now_ms)
 
 
