@@ -15,7 +15,7 @@ import logging
 import trio
 
 from gateway.crypto.identity import InvalidKey, MalformedMessage, PrekeyBundle
-from gateway.crypto.agreement import BadSignature, SignatureCache
+from gateway.crypto.agreement import BadSignature, EphemeralKeyPool, SignatureCache
 from gateway.crypto.ratchet import RatchetError
 from gateway.crypto.seal import SealError
 from gateway.e2e.bundles import BundleRequests, BundleTimeout
@@ -33,6 +33,7 @@ log = logging.getLogger("gateway.delivery")
 RESEND_CHUNK = 2048
 RECEIPT_STATUSES = frozenset(("delivered", "read", "failed"))
 ENCRYPT_CHUNK = 128  # messages ratchet-encrypted between two checkpoints (a few ms of CPU)
+EPHEMERAL_POOL = 512  # keys kept ready: the first 256 new sessions after an idle moment skip key generation
 MAX_AT_MS = 1 << 46  # year ~4200: anything later is not a time the network could mean
 
 
@@ -45,6 +46,9 @@ class Delivery:
         self.keyring = keyring
         self.sessions = SessionCache(gw.config.crypto.session_cache)
         self.signatures = SignatureCache(4096)
+        # fresh X25519 keys made in idle time for the next sessions (two each: EK_A and the first
+        # ratchet key), so a burst of new recipients does not wait for key generation
+        self.ephemerals = EphemeralKeyPool(EPHEMERAL_POOL)
         self.bundles = BundleRequests()
         self.link = None  # set by the composition root before run()
         self.inbound = None  # gateway.inbound.InboundPath, set by the composition root
@@ -117,6 +121,8 @@ class Delivery:
             now = self.gw.clock.now()
             batch = sched.ready(now, self.gw.config.scheduler.dispatch_batch)
             if not batch:
+                await self._refill_while_idle()
+                now = self.gw.clock.now()
                 wake = sched.next_wakeup(now)
                 delay = None if wake is None else max(0.0, wake - now)
                 with trio.move_on_after(delay if delay is not None else float("inf")):
@@ -124,6 +130,12 @@ class Delivery:
                 self._pushed = trio.Event()
                 continue
             await self._dispatch(batch, now)
+
+    async def _refill_while_idle(self) -> None:
+        """Nothing to dispatch: make keys for the next sessions, a few at a time (~45 us each), until
+        the pool is full or work arrives."""
+        while not self._pushed.is_set() and self.ephemerals.refill(limit=8):
+            await trio.lowlevel.checkpoint()
 
     async def _dispatch(self, batch: list[QueuedMessage], now: float) -> None:
         sched = self.scheduler
@@ -274,7 +286,8 @@ class Delivery:
             try:
                 if bundle is None:
                     raise InvalidKey("malformed bundle")
-                session = start_session(self.keyring.identity(sender), bundle, now_ms, self.signatures)
+                session = start_session(self.keyring.identity(sender), bundle, now_ms, self.signatures,
+                                        self.ephemerals)
             except (BadSignature, InvalidKey, RatchetError) as exc:
                 log.warning("bundle of %s refused: %s", recipient, exc)
                 self._no_session[key] = "bad_prekey_bundle"

@@ -1,5 +1,7 @@
 """The delivery shell against a real store and writer, with the network link replaced by a
 recorder: answers from the network that make no sense are acknowledged and ignored, never fatal."""
+import trio
+
 from gateway.network.frames import Ack, Receipt, ReceiptAck, Submit
 from gateway.store import ops
 from gateway.store import records as R
@@ -61,5 +63,22 @@ async def test_outbox_records_of_the_sealed_format_are_opened_and_new_ones_sent_
             old5: ("+14155550101", b"envelope-5", 2),
             new: ("+14155550102", b"envelope-n", 1),
         }
+
+    await with_gateway(tmp_path, body)
+
+
+async def test_idle_time_fills_the_key_pool_and_stops_when_work_arrives(tmp_path):
+    from gateway.delivery import EPHEMERAL_POOL
+
+    async def body(gw, link):
+        delivery = gw.delivery
+        delivery._pushed = trio.Event()  # as the dispatch loop leaves it after a wake-up: nothing waiting
+        await delivery._refill_while_idle()
+        assert len(delivery.ephemerals) == EPHEMERAL_POOL
+        taken = {delivery.ephemerals.take().public_key().public_bytes_raw() for _ in range(10)}
+        assert len(taken) == 10  # each key handed out once
+        delivery.poke()  # work arrived: no key is made before it is dispatched
+        await delivery._refill_while_idle()
+        assert len(delivery.ephemerals) == EPHEMERAL_POOL - 10
 
     await with_gateway(tmp_path, body)
