@@ -13,6 +13,7 @@ extensions = [
         extra_compile_args=["-O3"],
     ),
     Extension("gateway._native.normalize", ["native/normalize.pyx"], extra_compile_args=["-O3"]),
+    Extension("gateway._native.http1", ["native/http1.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

@@ -209,16 +209,25 @@ class _Load:
 
 
 def run_load(host: str, port: int, *, connections: int, duration_s: float,
-             make_request: Callable[[int], bytes], warmup_s: float = 1.0) -> dict:
-    """Keep one request in flight per connection for warmup_s + duration_s; report the measured part."""
+             make_request: Callable[[int], bytes], warmup_s: float = 1.0,
+             on_measure: Callable[[bool], None] | None = None) -> dict:
+    """Keep one request in flight per connection for warmup_s + duration_s; report the measured part.
+    `on_measure(True)` is called as the measured part starts and `on_measure(False)` as it ends (e.g.
+    to read the server's CPU time)."""
     load = _Load(host, port, make_request)
     try:
         now = perf_counter()
         for _ in range(connections):
             load.open_conn(now)
         measure_from = perf_counter() + warmup_s
+        load.run(measure_from, measure_from)
+        if on_measure is not None:
+            on_measure(True)
+        measure_from = perf_counter()
         load.run(measure_from + duration_s, measure_from)
         measured = max(1e-9, perf_counter() - measure_from)
+        if on_measure is not None:
+            on_measure(False)
     finally:
         load.close()
     return load.result(measured, connections)

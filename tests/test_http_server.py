@@ -105,6 +105,28 @@ async def test_pipelined_requests_are_answered_in_order(nursery):
     assert [body for _, _, body in await c.read(5)] == [b"/0", b"/1", b"/2", b"/3", b"/4"]
 
 
+async def test_pipelined_plain_and_unusual_requests_in_one_read_keep_their_order(nursery):
+    c = await Raw.connect(await start(nursery))
+    await c.send(post("/a", b"one") + b"POST /b HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"3\r\ntwo\r\n0\r\n\r\n" + post("/c", b"three") + get("/d", "X-A: 1\r\nX-A: 2\r\n")
+                 + post("/e", b"five"))
+    answers = [orjson.loads(body) for _, _, body in await c.read(5)]
+    assert [(a["path"], a["body"]) for a in answers] == [
+        ("/a", "one"), ("/b", "two"), ("/c", "three"), ("/d", ""), ("/e", "five")]
+
+
+async def test_a_request_split_across_reads_after_a_complete_one_is_served(nursery):
+    c = await Raw.connect(await start(nursery))
+    second = post("/second", b"0123456789")
+    await c.send(post("/first", b"x") + second[:20])
+    [(_, _, body)] = await c.read()
+    assert orjson.loads(body)["path"] == "/first"
+    await c.send(second[20:])
+    [(_, _, body)] = await c.read()
+    assert orjson.loads(body) | {"remote": ""} == {"method": "POST", "path": "/second", "query": "",
+                                                    "body": "0123456789", "remote": ""}
+
+
 async def test_request_fields_are_parsed(nursery):
     seen: list[Request] = []
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http
 import logging
 import math
+import os
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,22 @@ import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
 logger = logging.getLogger("gateway.http")
+
+
+def _native_reader():
+    """gateway._native.http1.parse_request, the one-pass reader of plainly formed requests, or None:
+    then (not built, or GATEWAY_PURE_PYTHON=1) httptools, its pure twin, reads every request."""
+    if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
+        return None
+    try:
+        from gateway._native.http1 import parse_request  # noqa: PLC0415 - optional extension
+    except ImportError:
+        return None
+    return parse_request
+
+
+_parse_request = _native_reader()
+IMPLEMENTATION = "native" if _parse_request is not None else "pure"
 
 _RECV_SIZE = 65536
 _LINGER_S = 1.0
@@ -269,6 +286,27 @@ class _Conn:
         self.body: bytes | bytearray = b""
         self.keep_alive = True
         self.echo = self.expect = self.continued = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse one read: plainly formed complete requests in one native pass each while the
+        parser is between requests, the rest (from the first request it declines) by httptools."""
+        parse = _parse_request
+        if parse is not None and self.state == _BETWEEN:
+            pos, end = 0, len(data)
+            ready, targets = self.ready, _TARGETS
+            while True:
+                got = parse(data, pos, self.max_header, self.max_body)
+                if got is None:
+                    break
+                method, url, headers, body, pos = got
+                path, query = targets.get(url) or _split_target(url)
+                ready.append(Request(method, path, query, headers, body, True, self.remote, self.now,
+                                     self.memo))
+                if pos == end:
+                    return
+            if pos:
+                data = data[pos:]
+        self.parser.feed_data(data)
 
     # -- httptools callbacks (hot path: keep them lean) ------------------------------------------
     def on_message_begin(self) -> None:
@@ -530,7 +568,7 @@ class _Server:
         sock = conn.sock
         fd = sock.fileno()  # an int skips trio's fileno() lookup on every wait
         recv = sock.recv
-        feed = conn.parser.feed_data
+        feed = conn.feed
         ready = conn.ready
         queue = conn.queue
         handler = self.handler
