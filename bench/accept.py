@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from bench.loadclient import run_load
-from bench.procs import pin_load_side, start_gateway
+from bench.procs import cpu_seconds, pin_load_side, start_gateway
 
 
 def request_factory(port: int, key: str):
@@ -23,13 +22,6 @@ def request_factory(port: int, key: str):
         return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
     return make
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_one(label: str, *, rate: int, burst: int, duration_s: float, connections: int) -> dict:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import threading
 import time
 
 import trio
 
-from bench.procs import metric, pin_load_side, start_gateway, start_netsim
+from bench.procs import cpu_seconds, metric, pin_load_side, start_gateway, start_netsim
 from loadtest.netsim.server import fetch_stats
 
 
@@ -69,13 +68,6 @@ def feeder(port: int, key: str, *, rate: float, duration_s: float, batch: int, t
     for w in workers:
         w.join()
     return {"accepted": sum(accepted), "errors": sum(errors)}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process `pid` has used so far (from /proc/PID/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _NO_PAIR_LIMIT = "\n[scheduler]\npair_rate_per_minute = 600000.0\npair_burst = 100000\n"
@@ -132,7 +124,7 @@ def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, thread
         base_unique = trio.run(fetch_stats, "127.0.0.1", netsim_port).get("unique", 0)
         sampler = threading.Thread(target=sample)
         sampler.start()
-        cpu0 = cpu_seconds(gw.popen.pid)
+        cpu0, netsim_cpu0 = cpu_seconds(gw.popen.pid), cpu_seconds(netsim.popen.pid)
         t0 = time.monotonic()
         fed = feeder(port, key, rate=rate, duration_s=duration_s, batch=batch, threads=threads,
                      recipients=recipients)
@@ -146,6 +138,7 @@ def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, thread
             time.sleep(0.5)
         drained_s = time.monotonic() - t0
         gateway_cpu_s = cpu_seconds(gw.popen.pid) - cpu0
+        netsim_cpu_s = cpu_seconds(netsim.popen.pid) - netsim_cpu0
         done.set()
         sampler.join()
         stats = trio.run(fetch_stats, "127.0.0.1", netsim_port)
@@ -171,6 +164,7 @@ def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, thread
         "delivered_per_s_over_run": round(delivered / drained_s),
         "gateway_cpu_s": round(gateway_cpu_s, 2),
         "gateway_cpu_us_per_delivered": round(gateway_cpu_s * 1e6 / delivered, 1) if delivered else None,
+        "netsim_cpu_s": round(netsim_cpu_s, 2),  # netsim shares its core with the feeder
         "delivered_per_s_steady_min": round(min(steady)) if steady else None,
         "delivered_per_s_steady_median": round(sorted(steady)[len(steady) // 2]) if steady else None,
         "netsim_unique": unique,

@@ -53,6 +53,13 @@ def pin(cpu: int):
     return lambda: os.sched_setaffinity(0, target)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process `pid` (all its threads) has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pin_load_side() -> None:
     """Keep the calling (load) process off CPU 0, where the gateway runs."""
     cpus = sorted(os.sched_getaffinity(0))
