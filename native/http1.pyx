@@ -51,16 +51,6 @@ _NAMES = {}
 _DECLINED = frozenset(("transfer-encoding", "connection", "upgrade", "expect"))
 
 
-cdef inline Py_ssize_t _find_crlf(const char* p, Py_ssize_t i, Py_ssize_t n):
-    while i + 1 < n:
-        if p[i] == b"\r":
-            return i if p[i + 1] == b"\n" else -1
-        if p[i] == b"\n":
-            return -1
-        i += 1
-    return -2  # incomplete
-
-
 def parse_request(bytes data not None, Py_ssize_t pos, Py_ssize_t max_header, Py_ssize_t max_body):
     """The request that starts at data[pos:] as (method, target bytes, headers, body, end offset),
     or None when it is not a complete request of the common, strictly formed kind.
