@@ -19,9 +19,9 @@ holds the GIL for ~0.4-1.2 µs per key (growing with the automaton), so a 100,00
 in a worker thread in one automaton would stall the event loop for 50 ms or more; in shards of
 1,024 keys it never holds it for more than ~1 ms at a time (4,096-key shards took ~5 ms each here,
 which alone used up the 5 ms stall budget). Lists of up to SHARD_KEYS keys (the usual ones) scan
-with a single automaton. Freeing is as
-costly as making: a 100,000-term scanner dropped at once holds the GIL for 30-80 ms, so its holder
-frees a replaced one with `release`, an automaton at a time (see policy/release.py).
+with a single automaton. Freeing is as costly as making: a 100,000-term scanner dropped at once
+holds the GIL for 30-80 ms, so its holder frees a replaced one with `release`, an automaton at a
+time (see policy/release.py).
 """
 from __future__ import annotations
 
