@@ -235,3 +235,37 @@ async def test_a_callback_that_raises_does_not_stop_the_writer(store, caplog):
         nursery.cancel_scope.cancel()
     assert store.get("messages", b"c") == b"v"
     assert "callback of store operation put failed" in caplog.text
+
+
+async def test_a_long_batch_lets_other_tasks_run_between_its_ops_and_commits_whole(store, monkeypatch):
+    import time
+
+    from gateway.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "APPLY_SLICE_S", 0.001)
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.05)
+    ran_during_apply: list[int] = []
+    applying = []
+
+    def slow_put(txn, dbs, arg):
+        applying.append(arg[0])
+        time.sleep(0.0015)  # each op alone exceeds the slice
+        return put(txn, dbs, arg)
+
+    async def watcher():
+        while len(applying) < 6:
+            if applying:
+                ran_during_apply.append(len(applying))
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        nursery.start_soon(watcher)
+        async with trio.open_nursery() as senders:
+            for i in range(6):
+                senders.start_soon(writer.write, slow_put, (b"k%03d" % i, b"v"))
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 1 and writer.ops_committed == 6  # one batch, one commit
+    assert set(ran_during_apply) & {1, 2, 3, 4, 5}  # the watcher ran between ops of that batch
+    with store.env.begin(db=store.dbs["messages"]) as txn:
+        assert [k for k, _ in txn.cursor()] == [b"k%03d" % i for i in range(6)]

@@ -8,9 +8,9 @@ load the event loop and the disk work side by side instead of in turn.
 
 Who does what: LMDB ties the write lock to the thread that begins a write transaction, so a
 long-lived writer thread begins, commits and aborts every write transaction. The operations
-themselves (the puts) run on the event loop's thread, in one synchronous pass per batch, while the
-writer thread waits: py-lmdb releases the GIL around every put, and running them in a second thread
-on the same core turned each of them into a GIL hand-over. Only the commit (and its fsync) runs
+themselves (the puts) run on the event loop's thread, in order, while the writer thread waits
+(other tasks get a turn between two ops every APPLY_SLICE_S): py-lmdb releases the GIL around every
+put, and running them in a second thread on the same core turned each of them into a GIL hand-over. Only the commit (and its fsync) runs
 beside the event loop. Nothing is reported written before its commit returned; a full map fails the
 whole batch with StorageFull and writes none of it.
 
@@ -24,6 +24,7 @@ import logging
 import queue
 import threading
 from collections import deque
+from time import perf_counter
 from typing import Any, Callable
 
 import lmdb
@@ -69,6 +70,8 @@ class _Reply:
         self.value = value
         self.event.set()
 
+
+APPLY_SLICE_S = 0.002  # ops applied on the event loop before other tasks get a turn
 
 # Commands to the writer thread.
 _BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
@@ -219,7 +222,8 @@ class Writer:
         failed: dict[int, Exception] = {}
         while True:
             try:
-                results = self._apply(txn, batch.ops, batch.args, failed)
+                with trio.CancelScope(shield=True):  # the thread holds the transaction open
+                    results = await self._apply(txn, batch.ops, batch.args, failed)
             except lmdb.MapFullError:
                 log.warning("LMDB map full: %d operations refused", len(batch.ops))
                 await self._call(_ABORT)
@@ -263,13 +267,20 @@ class Writer:
             self._answered.append(batch)
             self._answer()
 
-    def _apply(self, txn, ops: list[Op], args: list[Any], failed: dict[int, Exception]) -> list | None:
-        """Run every op in one pass; None if an op failed (it is recorded in `failed`).
-        lmdb errors propagate: they fail the whole batch."""
+    async def _apply(self, txn, ops: list[Op], args: list[Any], failed: dict[int, Exception]) -> list | None:
+        """Run every op in order; None if an op failed (it is recorded in `failed`). lmdb errors
+        propagate: they fail the whole batch. Between two ops, once APPLY_SLICE_S has gone by, the
+        other tasks get a turn (a batch of a dispatch round, receipts and accepts can take tens of
+        milliseconds): new operations meanwhile gather in the next batch, and nothing of this one
+        is visible to readers before its commit."""
         dbs = self._dbs
         results: list[Any] = []
         append = results.append
+        slice_end = perf_counter() + APPLY_SLICE_S
         for i, (op, arg) in enumerate(zip(ops, args)):
+            if i and perf_counter() > slice_end:
+                await trio.lowlevel.checkpoint()
+                slice_end = perf_counter() + APPLY_SLICE_S
             if i in failed:
                 append(failed[i])
                 continue
