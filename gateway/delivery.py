@@ -26,7 +26,7 @@ from gateway.network.link import LinkDown
 from gateway.schedule.scheduler import QueuedMessage, Scheduler
 from gateway.store import ops
 from gateway.store import records as R
-from gateway.store.writer import StorageError, StorageFull, write_until_stored
+from gateway.store.writer import StorageError, StorageFull, write_all_until_stored, write_until_stored
 
 log = logging.getLogger("gateway.delivery")
 
@@ -34,6 +34,7 @@ RESEND_CHUNK = 2048
 RECEIPT_STATUSES = frozenset(("delivered", "read", "failed"))
 ENCRYPT_CHUNK = 128  # messages ratchet-encrypted between two checkpoints (a few ms of CPU)
 EPHEMERAL_POOL = 512  # keys kept ready: the first 256 new sessions after an idle moment skip key generation
+STATUS_PIECE = 256  # receipts per apply_status operation (a few ms of applying each)
 MAX_AT_MS = 1 << 46  # year ~4200: anything later is not a time the network could mean
 
 
@@ -479,8 +480,16 @@ class Delivery:
 
     async def _apply(self, updates: list) -> None:
         # Nothing is acknowledged to the network until stored: keep trying through a full store.
-        arg = ops.StatusArg(updates, self.gw.webhook_targets(), self.gw.event_ids)
-        changes = await write_until_stored(self.gw.writer, ops.apply_status, arg)
+        # A read can bring thousands of receipts (~5-10 µs each to apply): they go in pieces, in
+        # order, so that applying them never holds the event loop for more than a few ms at a time.
+        targets, event_ids = self.gw.webhook_targets(), self.gw.event_ids
+        args = [ops.StatusArg(updates[i:i + STATUS_PIECE], targets, event_ids)
+                for i in range(0, len(updates), STATUS_PIECE)]
+        if len(args) == 1:
+            changes = await write_until_stored(self.gw.writer, ops.apply_status, args[0])
+        else:
+            changes = [c for piece in await write_all_until_stored(self.gw.writer, ops.apply_status, args)
+                       for c in piece]
         self._after_changes(changes)
 
     def _after_changes(self, changes) -> None:

@@ -34,6 +34,35 @@ async def test_receipt_time_out_of_range_is_replaced_by_the_time_of_arrival(tmp_
     await with_gateway(tmp_path, body)
 
 
+async def test_thousands_of_answers_in_one_read_are_applied_in_pieces_and_in_order(tmp_path, monkeypatch):
+    from gateway import delivery
+
+    ids = ["01M80G6YDF0AVP1GGNM39%05d" % i for i in range(delivery.STATUS_PIECE * 2)]
+    pieces: list[int] = []
+    apply_status = ops.apply_status
+
+    def recording(txn, dbs, arg):
+        pieces.append(len(arg.updates))
+        return apply_status(txn, dbs, arg)
+
+    monkeypatch.setattr(ops, "apply_status", recording)
+
+    async def body(gw, link):
+        for msg_id in ids:
+            await accept(gw, msg_id)
+        # each message's ack, then its delivered receipt, then read: the pieces cut across them
+        frames = [Ack(i, "ok", "") for i in ids] + [Receipt(i, "delivered", 5) for i in ids]
+        frames += [Receipt(i, "read", 6) for i in ids[::2]]
+        await gw.delivery.on_frames(frames)
+        assert pieces == [delivery.STATUS_PIECE] * 4 + [len(frames) - 4 * delivery.STATUS_PIECE]
+        for n, msg_id in enumerate(ids):
+            rec = gw.store.message(msg_id)
+            expected = ["accepted", "sent", "delivered"] + (["read"] if n % 2 == 0 else [])
+            assert [status for status, _ in rec.events] == expected, msg_id
+
+    await with_gateway(tmp_path, body)
+
+
 async def test_rejected_submit_fails_the_message_with_the_reason(tmp_path):
     async def body(gw, link):
         await accept(gw, "01M80G6YDF0AVP1GGNM3839WG2")

@@ -269,3 +269,40 @@ async def test_a_long_batch_lets_other_tasks_run_between_its_ops_and_commits_who
     assert set(ran_during_apply) & {1, 2, 3, 4, 5}  # the watcher ran between ops of that batch
     with store.env.begin(db=store.dbs["messages"]) as txn:
         assert [k for k, _ in txn.cursor()] == [b"k%03d" % i for i in range(6)]
+
+
+async def test_several_ops_written_together_are_applied_in_order_in_one_commit(store):
+    from gateway.store.writer import write_all_until_stored
+
+    order: list[int] = []
+
+    def record(txn, dbs, arg):
+        order.append(arg)
+        txn.put(b"k%03d" % arg, b"v", db=dbs["messages"])
+        return arg * 10
+
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        assert await write_all_until_stored(writer, record, list(range(20))) == [i * 10 for i in range(20)]
+        nursery.cancel_scope.cancel()
+    assert order == list(range(20)) and writer.commits == 1
+
+
+async def test_writing_several_ops_waits_out_a_full_store_and_raises_an_ops_own_error(tmp_path):
+    from gateway.store.writer import write_all_until_stored
+
+    s = open_store(str(tmp_path), map_size_mb=1)
+    try:
+        writer = Writer(s.env, s.dbs, max_ops=1000, window_s=0.01)
+        big = b"x" * 400_000
+        async with trio.open_nursery() as nursery:
+            await nursery.start(writer.run)
+            with trio.move_on_after(0.5) as waited:  # 3 x 400 KB never fit a 1 MB map: it keeps trying
+                await write_all_until_stored(writer, put, [(b"a", big), (b"b", big), (b"c", big)], pause_s=0.05)
+            assert waited.cancelled_caught
+            with pytest.raises(ValueError, match="bad op"):
+                await write_all_until_stored(writer, boom, [None, None])
+            nursery.cancel_scope.cancel()
+    finally:
+        s.close()

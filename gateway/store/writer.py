@@ -356,3 +356,37 @@ async def write_until_stored(writer: Writer, op: Op, arg: Any = None, pause_s: f
             log.warning("store refused %s (%s); retrying in %.1f s",
                         getattr(op, "__name__", op), type(exc).__name__, pause_s)
             await trio.sleep(pause_s)
+
+
+async def write_all_until_stored(writer: Writer, op: Op, args: list, pause_s: float = 1.0) -> list:
+    """`write_until_stored` for several operations at once: queued together and in order (one batch
+    holds them as far as `max_ops` allows, and the writer gives other tasks a turn between them),
+    their results in the same order. For work too large to apply in one step, cut into pieces."""
+    results: list = [None] * len(args)
+    todo = list(range(len(args)))
+    while todo:
+        outcome: dict[int, BaseException | None] = {}
+        finished = trio.Event()
+        expected = len(todo)
+
+        def done_for(i: int) -> Done:
+            def done(result: Any, error: BaseException | None) -> None:
+                results[i] = result
+                outcome[i] = error
+                if len(outcome) == expected:
+                    finished.set()
+            return done
+
+        for i in todo:
+            writer.submit(op, args[i], done_for(i))
+        await finished.wait()
+        failed = [i for i in todo if outcome[i] is not None]
+        for i in failed:
+            if not isinstance(outcome[i], (StorageFull, StorageError)):
+                raise outcome[i]
+        if failed:
+            log.warning("store refused %d of %d %s; retrying in %.1f s", len(failed), len(todo),
+                        getattr(op, "__name__", op), pause_s)
+            await trio.sleep(pause_s)
+        todo = failed
+    return results
