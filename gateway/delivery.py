@@ -485,11 +485,8 @@ class Delivery:
         targets, event_ids = self.gw.webhook_targets(), self.gw.event_ids
         args = [ops.StatusArg(updates[i:i + STATUS_PIECE], targets, event_ids)
                 for i in range(0, len(updates), STATUS_PIECE)]
-        if len(args) == 1:
-            changes = await write_until_stored(self.gw.writer, ops.apply_status, args[0])
-        else:
-            changes = [c for piece in await write_all_until_stored(self.gw.writer, ops.apply_status, args)
-                       for c in piece]
+        pieces = await write_all_until_stored(self.gw.writer, ops.apply_status, args)
+        changes = [c for piece in pieces for c in piece]
         self._after_changes(changes)
 
     def _after_changes(self, changes) -> None:

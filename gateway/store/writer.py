@@ -10,8 +10,8 @@ Who does what: LMDB ties the write lock to the thread that begins a write transa
 long-lived writer thread begins, commits and aborts every write transaction. The operations
 themselves (the puts) run on the event loop's thread, in order, while the writer thread waits
 (other tasks get a turn between two ops every APPLY_SLICE_S): py-lmdb releases the GIL around every
-put, and running them in a second thread on the same core turned each of them into a GIL hand-over. Only the commit (and its fsync) runs
-beside the event loop. Nothing is reported written before its commit returned; a full map fails the
+put, and running them in a second thread on the same core turned each of them into a GIL hand-over.
+Only the commit (and its fsync) runs beside the event loop. Nothing is reported written before its commit returned; a full map fails the
 whole batch with StorageFull and writes none of it.
 
 A caller either awaits `write()` (its task parks until the commit), or hands over a callback with
