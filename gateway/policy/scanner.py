@@ -37,6 +37,7 @@ from gateway.policy.normalize import (IMPLEMENTATION, fold_char, is_unspaced, ru
                                       skeleton_pair)
 
 SHARD_KEYS = 2048  # keys per automaton (see the module docstring)
+KEY_BUCKETS = 64  # dicts the build data is spread over (see `Scanner.build`)
 PAUSE_EVERY = 32  # terms normalized (or keys added) between two calls of `pause` while building
 
 
@@ -143,7 +144,9 @@ class Scanner:
         """Raises ValueError for a term with no letter or digit (it would match everywhere or nowhere).
         `pause`, when given, is called every PAUSE_EVERY terms and keys and after each automaton is made: a
         builder running in a worker thread passes a call that releases the GIL (`time.sleep(0)`)."""
-        keys: dict[str, tuple[int, int, dict[_Entry, None]]] = {}
+        # the build data in KEY_BUCKETS dicts: one dict of 100,000 keys resizes in single C calls
+        # that hold the GIL for up to ~7 ms
+        buckets: list[dict[str, tuple[int, int, dict[_Entry, None]]]] = [{} for _ in range(KEY_BUCKETS)]
         count = 0
         for category, items in terms.items():
             for term in items:
@@ -159,24 +162,27 @@ class Scanner:
                     variants.append(_core(core.replace(" ", "")))
                 for v_core, v_need in variants:
                     key = f" {v_core} " if whole else v_core
-                    slot = keys.setdefault(key, (int(whole), len(v_core), {}))
+                    slot = buckets[hash(key) % KEY_BUCKETS].setdefault(key, (int(whole), len(v_core), {}))
                     slot[2][_Entry(term.text, category, v_need)] = None
         automata = []
         automaton = None
-        for n in range(1, len(keys) + 1):
-            # popped, so the build data goes key by key: freed all at once at the end, 100,000
-            # keys' worth held the GIL for ~35 ms
-            key, (lead, size, entries) = keys.popitem()
-            if pause is not None and n % PAUSE_EVERY == 0:
-                pause()
-            if automaton is None:
-                automaton = ahocorasick.Automaton()
-            needs = [e.need for e in entries]
-            runs = None if None in needs else _runs(lead, needs)
-            automaton.add_word(key, _Key(lead, size, tuple(entries), runs))
-            if len(automaton) >= SHARD_KEYS:
-                automata.append(_made(automaton, pause))
-                automaton = None
+        n = 0
+        for keys in buckets:
+            while keys:
+                # popped, so the build data goes key by key: freed all at once at the end, 100,000
+                # keys' worth held the GIL for ~35 ms
+                key, (lead, size, entries) = keys.popitem()
+                n += 1
+                if pause is not None and n % PAUSE_EVERY == 0:
+                    pause()
+                if automaton is None:
+                    automaton = ahocorasick.Automaton()
+                needs = [e.need for e in entries]
+                runs = None if None in needs else _runs(lead, needs)
+                automaton.add_word(key, _Key(lead, size, tuple(entries), runs))
+                if len(automaton) >= SHARD_KEYS:
+                    automata.append(_made(automaton, pause))
+                    automaton = None
         if automaton is not None:
             automata.append(_made(automaton, pause))
         return cls(tuple(automata), count)
