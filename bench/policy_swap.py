@@ -1,8 +1,11 @@
 """Event-loop stall while a 100,000-term sensitive-word list replaces a 1,000-term one under send
 traffic: a whole gateway (embedded netsim, real LMDB writer) runs in this process's trio loop, send
 tasks push POST /v1/messages through its request dispatcher (auth, decode, screening, group commit,
-delivery), and a probe task measures how late each 1 ms sleep wakes up. The figure is the probe's
-worst lateness during the PUT, next to the same traffic without one.
+delivery), and two probes watch the loop: a client in its own process times the loop's answer to a
+byte sent every 1 ms (bench/loop_ping.py: the figure), and a task measures how late each 1 ms sleep
+wakes up (which also counts epoll's rounding of timeouts up to whole milliseconds). The window of the
+PUT runs on for AFTER_S after its answer, so what the swap leaves behind counts too; the same
+traffic without a PUT comes first.
 
 It generates its own data in a temporary directory; it reports the target rather than failing on it.
 """
@@ -20,6 +23,8 @@ import time
 import orjson
 import trio
 
+from bench import loop_ping
+from bench.loop_ping import LoopPing
 from bench.policy_scan import terms
 from bench.procs import pin_load_side
 from gateway.app import Gateway, ensure_admin_key
@@ -31,6 +36,7 @@ from gateway.http.server import Deferred, Request
 STALL_TARGET_MS = 5.0
 RECIPIENTS = 200  # few, so end-to-end sessions are agreed once and the traffic is the accept path
 PROBE_S = 0.001
+AFTER_S = 1.0  # the PUT's window goes on this long after its answer
 CONFIG = """
 [server]
 listen = "127.0.0.1:0"
@@ -131,10 +137,11 @@ async def sender(gw: Gateway, key: str, counts: dict, seed: int) -> None:
 
 
 async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders: int) -> dict:
-    probe = Probe()
+    probe, ping = Probe(), LoopPing()
     counts: dict[int, int] = {}
     async with trio.open_nursery() as nursery:
         await nursery.start(gw.run)
+        await nursery.start(ping.run)
         small = orjson.dumps({"action": "flag", "terms": terms(1_000) + ["free"]})
         resp = await answer(await gw.handle(request("PUT", "/admin/v1/sensitive-words/spam", key, small)))
         assert resp.status in (200, 201), resp.body
@@ -143,24 +150,30 @@ async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders:
         for i in range(senders):
             nursery.start_soon(sender, gw, key, counts, i)
         await trio.sleep(1.0)  # warm up
-        mark, sent0, t0 = len(probe.lags), sum(counts.values()), time.perf_counter()
+        mark, sent0, t0, base_start = len(probe.lags), sum(counts.values()), time.perf_counter(), time.monotonic()
         await trio.sleep(baseline_s)
         baseline = probe.window(mark, t0) | {"sends_per_s": (sum(counts.values()) - sent0) / (time.perf_counter() - t0)}
-        mark, sent0, t0 = len(probe.lags), sum(counts.values()), time.perf_counter()
+        mark, sent0, t0, put_start = len(probe.lags), sum(counts.values()), time.perf_counter(), time.monotonic()
         resp = await answer(await gw.handle(request("PUT", "/admin/v1/sensitive-words/spam", key, big)))
         put_s = time.perf_counter() - t0
-        during = probe.window(mark, t0) | {"sends_per_s": (sum(counts.values()) - sent0) / put_s}
+        await trio.sleep(AFTER_S)  # what the swap leaves behind (freeing the old rules, collections) counts too
+        during = probe.window(mark, t0) | {"sends_per_s": (sum(counts.values()) - sent0) / (time.perf_counter() - t0)}
+        put_end = time.monotonic()
         assert resp.status == 200, resp.body
         check = await answer(await gw.handle(
             request("POST", "/v1/messages", key, b'{"to":"+14155550100","text":{"body":"free"}}')))
         nursery.cancel_scope.cancel()
     gc.callbacks.remove(probe.on_gc)
+    pings = ping.samples()
+    answers = {"baseline": loop_ping.window(pings, base_start, put_start, STALL_TARGET_MS),
+               "during_put": loop_ping.window(pings, put_start, put_end, STALL_TARGET_MS)}
     return {
         "terms": len(orjson.loads(big)["terms"]), "put_body_bytes": len(big), "put_s": put_s, "senders": senders,
-        "baseline": baseline, "during_put": during, "statuses": {str(k): v for k, v in counts.items()},
+        "io_answer": answers, "baseline": baseline, "during_put": during,
+        "statuses": {str(k): v for k, v in counts.items()},
         "next_send_obeys_new_list": check.status == 422,
         "target_max_stall_ms": STALL_TARGET_MS,
-        "meets_target": during["max_ms"] <= STALL_TARGET_MS,
+        "meets_target": answers["during_put"].get("max_ms", float("inf")) <= STALL_TARGET_MS,
     }
 
 
@@ -182,14 +195,19 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, senders: int = 16) ->
 
 def print_table(r: dict) -> None:
     b, d = r["baseline"], r["during_put"]
-    print(f"loop stall, send traffic only   max {b['max_ms']:6.2f} ms  p99 {b['p99_ms']:5.2f} ms  "
-          f"({b['samples']} probes, {b['sends_per_s']:,.0f} sends/s; longest of {b['gc_collections']} GC passes "
-          f"{b['gc_max_ms']:.2f} ms)")
-    print(f"loop stall, PUT {r['terms']:,} terms  max {d['max_ms']:6.2f} ms  p99 {d['p99_ms']:5.2f} ms  "
-          f"({d['samples']} probes, {d['over_target']} over {r['target_max_stall_ms']} ms, "
-          f"{d['sends_per_s']:,.0f} sends/s; PUT took {r['put_s']:.2f} s; longest of {d['gc_collections']} GC "
-          f"passes {d['gc_max_ms']:.2f} ms)")
-    print(f"next send obeys the new list: {r['next_send_obeys_new_list']}")
+    ab, ad = r["io_answer"]["baseline"], r["io_answer"]["during_put"]
+    print(f"loop answer to I/O, traffic only  max {ab['max_ms']:6.2f} ms  p99 {ab['p99_ms']:5.2f} ms  "
+          f"({ab['samples']} pings, {b['sends_per_s']:,.0f} sends/s)")
+    print(f"loop answer to I/O, PUT {r['terms']:,}  max {ad['max_ms']:6.2f} ms  p99 {ad['p99_ms']:5.2f} ms  "
+          f"({ad['samples']} pings, {ad['over_target']} over {r['target_max_stall_ms']} ms, "
+          f"{d['sends_per_s']:,.0f} sends/s; PUT took {r['put_s']:.2f} s)")
+    print(f"1 ms timer lateness, traffic only max {b['max_ms']:6.2f} ms  p99 {b['p99_ms']:5.2f} ms  "
+          f"({b['samples']} probes; longest of {b['gc_collections']} GC passes {b['gc_max_ms']:.2f} ms)")
+    print(f"1 ms timer lateness, PUT          max {d['max_ms']:6.2f} ms  p99 {d['p99_ms']:5.2f} ms  "
+          f"({d['samples']} probes, {d['over_target']} over {r['target_max_stall_ms']} ms; longest of "
+          f"{d['gc_collections']} GC passes {d['gc_max_ms']:.2f} ms)")
+    print(f"next send obeys the new list: {r['next_send_obeys_new_list']}; "
+          f"meets the {r['target_max_stall_ms']} ms target (loop answer to I/O): {r['meets_target']}")
 
 
 def main(argv: list[str] | None = None) -> int:
