@@ -1,11 +1,13 @@
 """Event-loop stall while a 100,000-term sensitive-word list replaces a 1,000-term one under send
-traffic: a whole gateway (embedded netsim, real LMDB writer) runs in this process's trio loop, send
-tasks push POST /v1/messages through its request dispatcher (auth, decode, screening, group commit,
-delivery), and two probes watch the loop: a client in its own process times the loop's answer to a
-byte sent every 1 ms (bench/loop_ping.py: the figure), and a task measures how late each 1 ms sleep
-wakes up (which also counts epoll's rounding of timeouts up to whole milliseconds). The window of the
-PUT runs on for AFTER_S after its answer, so what the swap leaves behind counts too; the same
-traffic without a PUT comes first.
+traffic: a whole gateway (embedded netsim, real LMDB writer) runs in this process's trio loop, and
+POST /v1/messages go through its request dispatcher (auth, decode, screening, group commit,
+delivery), started in an open loop (1,000/s by default: twice the 500/s peak of a typical
+contract) or by closed-loop senders (`--senders`, which keep the loop saturated). Two probes watch
+the loop: a client in its own process times the loop's answer to a byte sent every 1 ms
+(bench/loop_ping.py: the figure), and a task measures how late each 1 ms sleep wakes up (which also
+counts epoll's rounding of timeouts up to whole milliseconds). The window of the PUT runs on for
+AFTER_S after its answer, so what the swap leaves behind counts too; the same traffic without a
+PUT comes first.
 
 It generates its own data in a temporary directory; it reports the target rather than failing on it.
 """
@@ -37,6 +39,7 @@ STALL_TARGET_MS = 5.0
 RECIPIENTS = 200  # few, so end-to-end sessions are agreed once and the traffic is the accept path
 PROBE_S = 0.001
 AFTER_S = 1.0  # the PUT's window goes on this long after its answer
+MAX_IN_FLIGHT = 10_000  # open-loop sends unanswered at once
 CONFIG = """
 [server]
 listen = "127.0.0.1:0"
@@ -126,17 +129,44 @@ async def answer(resp):
     return resp.response
 
 
+async def send_one(gw: Gateway, key: str, counts: dict, rng: random.Random) -> None:
+    body = orjson.dumps({"to": f"+1415555{rng.randrange(RECIPIENTS):04d}",
+                         "text": {"body": rng.choice(TEXTS).format(n=rng.randrange(10**6))}})
+    resp = await answer(await gw.handle(request("POST", "/v1/messages", key, body)))
+    counts[resp.status] = counts.get(resp.status, 0) + 1
+
+
 async def sender(gw: Gateway, key: str, counts: dict, seed: int) -> None:
+    """Closed loop: the next send as soon as the last one is answered."""
     rng = random.Random(seed)
     while True:
-        n = rng.randrange(10**6)
-        body = orjson.dumps({"to": f"+1415555{rng.randrange(RECIPIENTS):04d}",
-                             "text": {"body": rng.choice(TEXTS).format(n=n)}})
-        resp = await answer(await gw.handle(request("POST", "/v1/messages", key, body)))
-        counts[resp.status] = counts.get(resp.status, 0) + 1
+        await send_one(gw, key, counts, rng)
 
 
-async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders: int) -> dict:
+async def open_loop(gw: Gateway, key: str, counts: dict, rate: float) -> None:
+    """Open loop: sends started at `rate` per second whatever the answers do, at most MAX_IN_FLIGHT
+    unanswered (past that the gateway is not keeping up, and the run says so in its send rate)."""
+    rng = random.Random(0)
+    in_flight = 0
+
+    async def one() -> None:
+        nonlocal in_flight
+        try:
+            await send_one(gw, key, counts, rng)
+        finally:
+            in_flight -= 1
+
+    async with trio.open_nursery() as nursery:
+        due = trio.current_time()
+        while True:
+            due += 1.0 / rate
+            await trio.sleep_until(due)
+            if in_flight < MAX_IN_FLIGHT:
+                in_flight += 1
+                nursery.start_soon(one)
+
+
+async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders: int, rate: float) -> dict:
     probe, ping = Probe(), LoopPing()
     counts: dict[int, int] = {}
     async with trio.open_nursery() as nursery:
@@ -147,8 +177,11 @@ async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders:
         assert resp.status in (200, 201), resp.body
         nursery.start_soon(probe.run)
         gc.callbacks.append(probe.on_gc)
-        for i in range(senders):
-            nursery.start_soon(sender, gw, key, counts, i)
+        if senders:
+            for i in range(senders):
+                nursery.start_soon(sender, gw, key, counts, i)
+        else:
+            nursery.start_soon(open_loop, gw, key, counts, rate)
         await trio.sleep(1.0)  # warm up
         mark, sent0, t0, base_start = len(probe.lags), sum(counts.values()), time.perf_counter(), time.monotonic()
         await trio.sleep(baseline_s)
@@ -168,7 +201,8 @@ async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders:
     answers = {"baseline": loop_ping.window(pings, base_start, put_start, STALL_TARGET_MS),
                "during_put": loop_ping.window(pings, put_start, put_end, STALL_TARGET_MS)}
     return {
-        "terms": len(orjson.loads(big)["terms"]), "put_body_bytes": len(big), "put_s": put_s, "senders": senders,
+        "terms": len(orjson.loads(big)["terms"]), "put_body_bytes": len(big), "put_s": put_s,
+        "load": f"{senders} closed-loop senders" if senders else f"open loop, {rate:,.0f} sends/s",
         "io_answer": answers, "baseline": baseline, "during_put": during,
         "statuses": {str(k): v for k, v in counts.items()},
         "next_send_obeys_new_list": check.status == 422,
@@ -177,7 +211,8 @@ async def measure(gw: Gateway, key: str, big: bytes, baseline_s: float, senders:
     }
 
 
-def run(big_terms: int = 100_000, baseline_s: float = 3.0, senders: int = 16) -> dict:
+def run(big_terms: int = 100_000, baseline_s: float = 3.0, senders: int = 0, rate: float = 1_000.0) -> dict:
+    """`senders` closed-loop senders (which saturate the loop), or with none an open loop at `rate`."""
     with tempfile.TemporaryDirectory(prefix="policy-swap-") as tmp:
         init_keys(os.path.join(tmp, "keys"))
         gw = Gateway(parse_config(CONFIG.format(data_dir=tmp)))
@@ -188,7 +223,7 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, senders: int = 16) ->
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)  # as `gateway run` does
         try:
-            return trio.run(measure, gw, key, big, baseline_s, senders)
+            return trio.run(measure, gw, key, big, baseline_s, senders, rate)
         finally:
             gw.close()
 
@@ -196,6 +231,7 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, senders: int = 16) ->
 def print_table(r: dict) -> None:
     b, d = r["baseline"], r["during_put"]
     ab, ad = r["io_answer"]["baseline"], r["io_answer"]["during_put"]
+    print(f"load: {r['load']}")
     print(f"loop answer to I/O, traffic only  max {ab['max_ms']:6.2f} ms  p99 {ab['p99_ms']:5.2f} ms  "
           f"({ab['samples']} pings, {b['sends_per_s']:,.0f} sends/s)")
     print(f"loop answer to I/O, PUT {r['terms']:,}  max {ad['max_ms']:6.2f} ms  p99 {ad['p99_ms']:5.2f} ms  "
@@ -214,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.policy_swap")
     ap.add_argument("--terms", type=int, default=100_000)
     ap.add_argument("--baseline", type=float, default=3.0, help="seconds of traffic without a PUT")
-    ap.add_argument("--senders", type=int, default=16)
+    ap.add_argument("--rate", type=float, default=1_000.0, help="open-loop sends per second")
+    ap.add_argument("--senders", type=int, default=0,
+                    help="closed-loop senders instead of the open loop (8 keep this machine's loop saturated)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     pin_load_side()
-    result = run(args.terms, args.baseline, args.senders)
+    result = run(args.terms, args.baseline, args.senders, args.rate)
     print(json.dumps(result, indent=2)) if args.json else print_table(result)
     return 0
 

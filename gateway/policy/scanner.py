@@ -143,7 +143,7 @@ class Scanner:
     def build(cls, terms: Mapping[str, Iterable[Term]], pause: Callable[[], None] | None = None) -> Scanner:
         """Raises ValueError for a term with no letter or digit (it would match everywhere or nowhere).
         `pause`, when given, is called every PAUSE_EVERY terms and keys and after each automaton is made: a
-        builder running in a worker thread passes a call that releases the GIL (`time.sleep(0)`)."""
+        builder running in a worker thread passes a call that lets the event loop's thread run (policy/service.py)."""
         # the build data in KEY_BUCKETS dicts: one dict of 100,000 keys resizes in single C calls
         # that hold the GIL for up to ~7 ms
         buckets: list[dict[str, tuple[int, int, dict[_Entry, None]]]] = [{} for _ in range(KEY_BUCKETS)]

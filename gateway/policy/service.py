@@ -100,8 +100,8 @@ COLLECT_EVERY = 32  # pauses between two collections in any case (~1,000 terms o
 
 class _BuilderGc:
     """While a builder runs in a worker thread, automatic collection is off for the whole process
-    and the builder's pauses collect the young generation every GC_STEP objects instead (the event
-    loop's young objects with it). A build makes ~3 container objects per term; left to automatic
+    and the builder's pauses collect the young generation instead (see `_pause`; the event loop's
+    young objects go with it). A build makes ~3 container objects per term; left to automatic
     collection, a pass of an older generation would traverse a 100,000-term build's structures,
     holding the GIL for 5-20 ms in one go. Older generations are collected as usual again once the
     last builder is done."""
@@ -142,7 +142,22 @@ def _pause() -> None:
         gcs.pauses += 1
         if gcs.pauses % COLLECT_EVERY == 0 or gc.get_count()[0] >= GC_STEP:
             gc.collect(0)
-    time.sleep(0)  # releases the GIL so the event loop thread takes it at once
+    _yield()
+
+
+def _yield() -> None:
+    """Let the event loop's thread have the GIL and the CPU if it is waiting for them. Releasing the
+    GIL alone (`time.sleep(0)`) hands nothing over on a core the two threads share: the builder
+    keeps running and takes the GIL back before the woken loop thread is scheduled, and the loop
+    waits out the switch interval (5 ms). `sched_yield` releases the GIL around the call and puts
+    the builder behind the loop thread; with nothing else runnable it returns at once."""
+    if _SCHED_YIELD is not None:
+        _SCHED_YIELD()
+    else:
+        time.sleep(0)
+
+
+_SCHED_YIELD = getattr(os, "sched_yield", None)
 
 
 def _building(fn, *args):
