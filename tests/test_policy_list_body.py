@@ -73,3 +73,45 @@ def test_more_than_max_terms_gives_the_length_error_of_one_decode():
         decode_word_list(body)
     assert str(pieces.value) == str(whole.value)
     assert "$.terms" in str(pieces.value)
+
+
+class _NoWholeBodyDecode:
+    def decode(self, body):
+        raise AssertionError("the usual shape must not be decoded in one call")
+
+
+@pytest.mark.parametrize("head, tail", [
+    (b'{"action":"block","terms":', b"}"),
+    (b'{"action": "mask", "terms": ', b', "whole_word": true}'),
+    (b' \n{\r\n\t"action" :\t"flag" ,\n "terms"\n:\n', b'\n,\n"whole_word" : false \n}\n '),
+    (b'{"action":"review","terms":', b',"whole_word":null}'),
+])
+def test_the_usual_shape_is_read_around_its_terms_without_one_decode_of_the_whole_body(monkeypatch, head, tail):
+    from gateway.policy import engine
+    monkeypatch.setattr(engine, "_SHAPE", _NoWholeBodyDecode())
+    terms = [f"term{i}" for i in range(8_000)] + [{"text": "free money", "whole_word": False}]
+    body = head + orjson.dumps(terms) + tail
+    assert decode_word_list(body) == WHOLE.decode(body)
+
+
+@pytest.mark.parametrize("make", [
+    lambda a, b: b'{"action":"block","terms":' + a + b',"action":"flag","terms":' + b + b"}",
+    lambda a, b: b'{"action":"block","terms":' + a + b',"extra":' + b + b"}",
+    lambda a, b: b'{"action":"block","terms":' + a + b',"whole_word":true,"terms":' + b + b"}",
+    lambda a, b: b'{"action":"block","terms":' + a + b"," + b + b"}",
+    lambda a, b: b'{"action":"block","terms":' + a[:-1] + b"]]" + b"}",
+    lambda a, b: b'{"action":"block","terms":' + a + b',"whole_word":true}\v',
+])
+def test_bodies_that_only_look_like_the_usual_shape_give_what_one_decode_gives(make):
+    a = orjson.dumps([f"a{i}" for i in range(6_000)])
+    b = orjson.dumps([f"b{i}" for i in range(6_000)])
+    body = make(a, b)
+    assert len(body) > PIECE_BYTES
+    try:
+        expected = WHOLE.decode(body)
+    except msgspec.DecodeError as exc:
+        with pytest.raises(type(exc)) as got:
+            decode_word_list(body)
+        assert str(got.value) == str(exc)
+    else:
+        assert decode_word_list(body) == expected
