@@ -94,8 +94,8 @@ def load_word_files(directory: str | None) -> FileLists:
     return out
 
 
-GC_STEP = 2_000  # young container objects a builder lets pile up before it collects them (~0.2 ms)
-COLLECT_EVERY = 32  # pauses between two collections in any case (~1,000 terms or keys)
+GC_STEP = 1_000  # young container objects a builder lets pile up before it collects them (~0.1-0.2 ms)
+COLLECT_EVERY = 16  # pauses between two collections in any case (~500 terms or keys)
 
 
 class _BuilderGc:
