@@ -27,3 +27,9 @@ def test_a_window_counts_the_pings_sent_in_it():
     assert w["samples"] == 2 and w["over_target"] == 1
     assert abs(w["max_ms"] - 6.0) < 1e-9
     assert loop_ping.window(samples, 5.0, 6.0, target_ms=5.0) == {"samples": 0}
+
+
+async def test_the_floor_bench_pings_a_bare_loop_with_its_busy_steps():
+    from bench import loop_floor
+    r = await loop_floor.measure(0.3, busy_ms=0.2)
+    assert r["io_answer"]["samples"] >= 20 and r["io_answer"]["max_ms"] > 0
