@@ -61,11 +61,16 @@ class LoopPing:
 
 def window(samples: list[tuple[float, float]], start: float, end: float, target_ms: float) -> dict:
     """Round trips of the pings sent in [start, end] (CLOCK_MONOTONIC seconds), in milliseconds."""
-    rtts = sorted(rtt for at, rtt in samples if start <= at <= end)
-    if not rtts:
+    return summary([rtt for at, rtt in samples if start <= at <= end], target_ms)
+
+
+def summary(delays_s: list[float], target_ms: float) -> dict:
+    """Count, worst, p99 and how many over `target_ms` of delays given in seconds, in milliseconds."""
+    delays = sorted(delays_s)
+    if not delays:
         return {"samples": 0}
-    return {"samples": len(rtts), "max_ms": rtts[-1] * 1000, "p99_ms": rtts[int(len(rtts) * 0.99)] * 1000,
-            "over_target": sum(1 for x in rtts if x * 1000 > target_ms)}
+    return {"samples": len(delays), "max_ms": delays[-1] * 1000, "p99_ms": delays[int(len(delays) * 0.99)] * 1000,
+            "over_target": sum(1 for x in delays if x * 1000 > target_ms)}
 
 
 def _off(loop_cpus: set[int]) -> None:

@@ -95,14 +95,12 @@ class Probe:
             self.lags.append(time.perf_counter() - t0 - PROBE_S)
 
     def window(self, start: int, since: float) -> dict:
-        lags = sorted(self.lags[start:])
-        if not lags:
-            return {"samples": 0}
+        lags = loop_ping.summary(self.lags[start:], STALL_TARGET_MS)
+        if not lags["samples"]:
+            return lags
         gcs = [(gen, s) for t, gen, s in self.collections if t >= since]
-        return {"samples": len(lags), "max_ms": lags[-1] * 1000, "p99_ms": lags[int(len(lags) * 0.99)] * 1000,
-                "over_target": sum(1 for x in lags if x * 1000 > STALL_TARGET_MS),
-                "gc_collections": len(gcs), "gc_max_ms": max((s for _, s in gcs), default=0.0) * 1000,
-                "gc_max_generation": max((gen for gen, s in gcs if s * 1000 > STALL_TARGET_MS), default=None)}
+        return lags | {"gc_collections": len(gcs), "gc_max_ms": max((s for _, s in gcs), default=0.0) * 1000,
+                       "gc_max_generation": max((gen for gen, s in gcs if s * 1000 > STALL_TARGET_MS), default=None)}
 
 
 def request(method: str, path: str, key: str, body: bytes) -> Request:
