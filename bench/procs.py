@@ -14,6 +14,8 @@ import tempfile
 import time
 import urllib.request
 
+from loadtest.procs import pinner as pin  # pins against every CPU, whatever this process is pinned to
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BENCH_CONFIG = """
@@ -45,12 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def pin(cpu: int):
-    cpus = os.sched_getaffinity(0)
-    target = {cpu} if cpu in cpus else cpus
-    return lambda: os.sched_setaffinity(0, target)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -34,7 +34,7 @@ def pin_self(cpu: int = LOAD_CPU) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
-def _pinner(cpu: int):
+def pinner(cpu: int):
     """preexec_fn pinning a child to `cpu` (to every CPU this machine has when it has no such CPU)."""
     target = {cpu} if cpu in _ALL_CPUS else set(_ALL_CPUS)
     return lambda: os.sched_setaffinity(0, target)
@@ -87,7 +87,7 @@ def start_netsim(scn: Scenario, record_path: str, cpu: int = LOAD_CPU) -> Proc:
         args += ["--inbound-rate", str(ns.inbound_rate), "--inbound-customers", str(pool),
                  "--inbound-count", str(count), "--inbound-customer-prefix", prefix]
     p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=_pinner(cpu))
+                         preexec_fn=pinner(cpu))
     return Proc("netsim", p, _port_from_first_line(p, "netsim"))
 
 
@@ -95,13 +95,13 @@ def start_proxy(target_port: int, cut_every_s: float, down_for_s: float, cpu: in
     args = [sys.executable, "-m", "loadtest.proxy", "--target", str(target_port),
             "--cut-every", str(cut_every_s), "--down-for", str(down_for_s)]
     p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=_pinner(cpu))
+                         preexec_fn=pinner(cpu))
     return Proc("proxy", p, _port_from_first_line(p, "proxy"))
 
 
 def start_noop(cpu: int = GATEWAY_CPU) -> Proc:
     p = subprocess.Popen([sys.executable, "-m", "loadtest.noop"], cwd=ROOT, stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pinner(cpu))
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pinner(cpu))
     return Proc("noop", p, _port_from_first_line(p, "noop"))
 
 
@@ -150,7 +150,7 @@ class GatewayProc:
         p = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", self.config_path,
                               "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir,
                               "--log-level", "warning"],
-                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_pinner(self.cpu))
+                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pinner(self.cpu))
         log.close()
         self.proc = Proc("gateway", p, self.port)
         self.starts += 1
