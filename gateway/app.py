@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from functools import partial
 
 import trio
@@ -28,7 +29,7 @@ from gateway.e2e.keyring import Keyring
 from gateway.e2e.keys import KeyFileError
 from gateway.http.auth import Authenticator, AuthError, authorize, mint_key
 from gateway.http.router import Router
-from gateway.http.server import Request, Response, ServerLimits, serve_http
+from gateway.http.server import Deferred, Request, Response, ServerLimits, serve_http
 from gateway.inbound import InboundPath
 from gateway.ids import IdGenerator
 from gateway.metrics import GatewayMetrics
@@ -49,6 +50,22 @@ READERS = ("app", "admin", "supervisor")
 HOUSEKEEPING_S = 60.0
 # The listener, the LMDB environment and the network link are built once, at start.
 RESTART_SECTIONS = ("server", "store", "network", "crypto")
+
+
+def _error_response(err: ApiError | AuthError) -> Response:
+    response = Response.error(err.status, err.code, err.message, getattr(err, "details", None),
+                              getattr(err, "retry_after", None))
+    if isinstance(err, AuthError) and err.status == 401:
+        response.headers = [("WWW-Authenticate", "Bearer")]
+    return response
+
+
+async def _finish(answer: Awaitable[Response | Deferred]) -> Response | Deferred:
+    """Await what a handler left to wait for, with its API errors as their error bodies."""
+    try:
+        return await answer
+    except (ApiError, AuthError) as err:
+        return _error_response(err)
 
 
 class Gateway:
@@ -121,7 +138,17 @@ class Gateway:
         r.add("POST", "/admin/v1/reviews/{id}/approve", rev.approve, ("admin", "supervisor"))
         r.add("POST", "/admin/v1/reviews/{id}/reject", rev.reject, ("admin", "supervisor"))
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response | Deferred:
+        answer = self.handle_now(request)
+        if isinstance(answer, (Response, Deferred)):
+            return answer
+        return await answer
+
+    def handle_now(self, request: Request) -> Response | Deferred | Awaitable[Response | Deferred]:
+        """Route, authenticate and run the handler as far as it goes without awaiting: a plain
+        handler (a `def`) answers at once or hands back an awaitable for what must wait (a commit,
+        say); an `async def` handler's coroutine is handed back unstarted. The HTTP server calls this
+        from its one reading task, so nothing here may block."""
         route, params, known = self.router.match(request.method, request.path)
         if route is None:
             if known:
@@ -137,14 +164,12 @@ class Gateway:
             if route.roles is not None:
                 principal = self.auth.authenticate(request.headers.get("authorization"), request.memo)
                 authorize(principal, route.roles)
-            return await route.handler(request, principal, params)
-        except ApiError as err:
-            return Response.error(err.status, err.code, err.message, err.details, err.retry_after)
-        except AuthError as err:
-            response = Response.error(err.status, err.code, err.message)
-            if err.status == 401:
-                response.headers = [("WWW-Authenticate", "Bearer")]
-            return response
+            answer = route.handler(request, principal, params)
+        except (ApiError, AuthError) as err:
+            return _error_response(err)
+        if isinstance(answer, (Response, Deferred)):
+            return answer
+        return _finish(answer)
 
     def observe_response(self, request: Request, response: Response, seconds: float) -> None:
         """The server's report of each answer written: API latency by route (matched routes only)."""
@@ -338,7 +363,8 @@ class Gateway:
                 limits = ServerLimits(max_body_bytes=s.max_body_bytes, max_header_bytes=s.max_header_bytes,
                                       request_timeout_s=s.request_timeout_s, keepalive_timeout_s=s.keepalive_timeout_s)
                 self.http_port = await nursery.start(partial(serve_http, self.handle, listen_host, listen_port, limits,
-                                                             on_response=self.observe_response))
+                                                             on_response=self.observe_response,
+                                                             handle_now=self.handle_now))
                 log.info("gateway listening on http://%s:%d", listen_host, self.http_port)
                 task_status.started(self.http_port)
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable
 from typing import Annotated, Literal
 
 import msgspec
@@ -190,7 +191,10 @@ class MessagesApi:
 
     # -- handlers ---------------------------------------------------------------------------
 
-    async def send(self, request: Request, principal, params) -> Response | Deferred:
+    def send(self, request: Request, principal, params) -> Response | Deferred | Awaitable[Response]:
+        """Answered without awaiting in the common case (see Gateway.handle_now): a plain message
+        joins the open group commit and its 202 is a Deferred. A blocked message, a list hit and an
+        Idempotency-Key hand back what must wait for its own commit."""
         try:
             req = _send_decoder.decode(request.body)
         except msgspec.DecodeError as exc:
@@ -200,16 +204,20 @@ class MessagesApi:
         try:
             prepared = self.prepare(req, principal.workspace, gw.clock_ms())
         except Blocked as err:
-            await gw.policy.record_blocked([err.record])
-            raise
+            return self._refuse(err)
         if prepared.verdict is not None or "idempotency-key" in request.headers:
-            return await self._commit(request, principal, [prepared], 202, orjson.dumps(prepared.answer()))
+            return self._commit(request, principal, [prepared], 202, orjson.dumps(prepared.answer()))
         # The common case: answered by the group commit itself, no task waits for it.
         plain = self._plain
         if plain is None or plain.group.sealed:
             plain = self._plain = _PlainAccepts(gw)
             gw.writer.submit(ops.accept_group, plain.group, plain.committed)
         return plain.add(prepared)
+
+    async def _refuse(self, err: Blocked) -> Response:
+        """A blocked message's 422 goes out once its policy event is stored."""
+        await self.gw.policy.record_blocked([err.record])
+        raise err
 
     async def send_batch(self, request: Request, principal, params) -> Response:
         try:
@@ -304,7 +312,7 @@ class MessagesApi:
         flags = [p.flag for p in prepared if p.flag is not None]
         return P.accept_with_policy, P.PolicyAcceptArg(accept, held, records, flags, self.gw.event_ids)
 
-    async def get(self, request: Request, principal, params) -> Response:
+    def get(self, request: Request, principal, params) -> Response:
         msg_id = params[0]
         record = self.gw.store.message(msg_id) if is_id(msg_id) else None
         if record is None:

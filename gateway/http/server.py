@@ -5,6 +5,13 @@ never route, authenticate or interpret bodies, and one connection's failure must
 A handler may answer with a `Deferred` (a response decided later, e.g. after a group commit): the
 connection task goes on without waiting, and whoever decides writes it out through `resolve()`,
 still in request order, without waking the connection task.
+
+Who reads: every connection has a task, but a connection that waits for its next request is parked
+in the one `_Mux` task, which waits on its own epoll set for all of them. When requests arrive, the
+mux reads, parses and answers them itself through the synchronous `handle_now` (a request costs a
+recv and a send, no task switch and no epoll registration); whatever needs more (an awaitable
+answer, a partial or malformed request, Connection: close, a peer that does not read its answers)
+goes back to the connection's task, which goes on from exactly that point.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import http
 import logging
 import math
 import os
+import select
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -23,7 +31,8 @@ import httptools
 import msgspec
 import orjson
 import trio
-from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+from trio.lowlevel import (Abort, checkpoint, current_task, notify_closing, reschedule, wait_readable,
+                           wait_task_rescheduled, wait_writable)
 
 logger = logging.getLogger("gateway.http")
 
@@ -134,6 +143,9 @@ class Deferred:
 
 
 Handler = Callable[[Request], Awaitable["Response | Deferred"]]
+# The synchronous entry: an answer now, or an awaitable (not started yet) that the connection's task
+# awaits for it. Never awaits anything itself: it runs in the mux, on behalf of every connection.
+HandleNow = Callable[[Request], "Response | Deferred | Awaitable[Response | Deferred]"]
 
 
 class ServerLimits(msgspec.Struct, frozen=True):
@@ -253,12 +265,14 @@ class _Conn:
     __slots__ = ("sock", "remote", "parser", "ready", "scope", "phase", "mark", "now", "nread",
                  "max_body", "max_header", "state", "started", "url", "headers", "body", "hraw",
                  "method", "keep_alive", "echo", "expect", "continued", "memo", "queue", "backlog",
-                 "closed", "waiter", "waiting_input", "draining", "on_response", "spawn")
+                 "closed", "waiter", "waiting_input", "draining", "on_response", "spawn", "fd", "task",
+                 "handoff", "fail", "pending")
 
     def __init__(self, sock: socket.socket, remote: str, limits: ServerLimits,
                  on_response: Callable[[Request, Response, float], None] | None = None,
                  spawn: Callable | None = None) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.remote = remote
         self.parser = httptools.HttpRequestParser(self)
         self.ready: list[Request] = []
@@ -286,6 +300,56 @@ class _Conn:
         self.body: bytes | bytearray = b""
         self.keep_alive = True
         self.echo = self.expect = self.continued = False
+        self.task: trio.lowlevel.Task | None = None  # the connection's task, while parked in the mux
+        # Set by the mux when it hands a read over to the task: the parse failure (status, as
+        # _parse_failure gives it) and the awaitable answer to ready[0] it did not await.
+        self.handoff = False
+        self.fail = 0
+        self.pending: Awaitable | None = None
+
+    def take(self, data: bytes) -> int:
+        """One read's bytes into the parser: 0, or the status to fail the connection with."""
+        self.waiting_input = False
+        self.now = perf_counter()
+        self.nread = len(data)
+        try:
+            self.feed(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            return _parse_failure(exc)
+        return 0
+
+    def answer(self, req: Request, resp: Response | Deferred, out: list[bytes]) -> list[bytes]:
+        """Put the answer to `req` in request order: into `out` (sent once this read's requests are
+        answered), or into `queue` behind a Deferred still undecided; returns the `out` to go on with."""
+        queue = self.queue
+        try:
+            if type(resp) is not Response:  # a Deferred
+                if resp.response is None:
+                    if out:  # everything before it goes out first
+                        self.write(b"".join(out))
+                        out = []
+                    resp._conn, resp._req = self, req
+                    queue.append(resp)
+                    return out
+                resp = resp.response
+            data = _encode(resp, _connection_line(req), req.method == "HEAD")
+        except Exception:
+            resp = _handler_failed(req)
+            data = _encode(resp, _connection_line(req), False)
+        if queue:
+            queue.append(data)
+        else:
+            out.append(data)
+        if self.on_response is not None:
+            self.on_response(req, resp, perf_counter() - req.started)
+        return out
+
+    def send_out(self, out: list[bytes]) -> None:
+        """After a read's requests: send what is decided, then what a Deferred may have freed."""
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.queue:
+            self.flush()
 
     def feed(self, data: bytes) -> None:
         """Parse one read: plainly formed complete requests in one native pass each while the
@@ -490,15 +554,19 @@ class _Conn:
 # Server
 
 class _Server:
-    __slots__ = ("handler", "limits", "on_response", "conns", "nursery")
+    __slots__ = ("limits", "on_response", "conns", "nursery", "mux")
 
     def __init__(self, handler: Handler, limits: ServerLimits,
-                 on_response: Callable[[Request, Response, float], None] | None) -> None:
-        self.handler = handler
+                 on_response: Callable[[Request, Response, float], None] | None,
+                 handle_now: HandleNow | None = None) -> None:
         self.limits = limits
         self.on_response = on_response
         self.conns: set[_Conn] = set()
         self.nursery: trio.Nursery | None = None
+        # Every request goes through handle_now, in the mux or in its connection's task. Without it,
+        # the handler's coroutine is what it hands back: the task awaits it for every request, and
+        # the mux only saves the tasks their own epoll waits.
+        self.mux = _Mux(handle_now or handler)
 
     async def accept_loop(self, lsock: socket.socket, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -555,6 +623,11 @@ class _Server:
             conn.closed = True
             conn.queue.clear()
             self.conns.discard(conn)
+            self.mux.forget(conn)
+            if conn.pending is not None:  # an answer handed over but never awaited (cancelled first)
+                close = getattr(conn.pending, "close", None)
+                if close is not None:
+                    close()
             notify_closing(sock)
             sock.close()
 
@@ -563,61 +636,46 @@ class _Server:
 
         Every request completed by one read is answered in order and the answers go out in one send.
         An answer that is a pending Deferred is written when it resolves (Deferred.resolve), and so
-        is everything after it; meanwhile this task goes back to reading.
+        is everything after it; meanwhile this task goes back to reading. Waiting for input, the
+        connection is parked in the mux, which may answer many requests before it hands a read back.
         """
-        sock = conn.sock
-        fd = sock.fileno()  # an int skips trio's fileno() lookup on every wait
-        recv = sock.recv
-        feed = conn.feed
+        recv = conn.sock.recv
         ready = conn.ready
         queue = conn.queue
-        handler = self.handler
-        on_response = self.on_response
+        mux = self.mux
+        handle_now = mux.handle_now
         while True:
-            try:
-                data = recv(_RECV_SIZE)
-            except BlockingIOError:
-                await wait_readable(fd)
-                continue
-            if not data:
-                await conn.wait_flushed()  # a half-closed peer still gets its answers
-                return False
-            conn.waiting_input = False
-            conn.now = perf_counter()
-            conn.nread = len(data)
-            try:
-                feed(data)
-                fail = 0
-            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-                fail = _parse_failure(exc)
+            if conn.backlog or len(queue) > _QUEUE_MAX:
+                await conn.wait_flushed()  # a peer that does not read its answers is not read from
+            pending = None
+            if conn.handoff:  # the mux read and parsed; go on from where it stopped
+                conn.handoff = False
+                fail, pending = conn.fail, conn.pending
+                conn.fail, conn.pending = 0, None
+            else:
+                try:
+                    data = recv(_RECV_SIZE)
+                except BlockingIOError:
+                    await mux.park(conn)
+                    continue
+                if not data:
+                    await conn.wait_flushed()  # a half-closed peer still gets its answers
+                    return False
+                fail = conn.take(data)
             conn.phase = _BUSY
             out: list[bytes] = []
             close = False
             for req in ready:
                 try:
-                    resp = await handler(req)
-                    if type(resp) is not Response and isinstance(resp, Deferred):
-                        if resp.response is None:
-                            if out:  # everything before it goes out first
-                                conn.write(b"".join(out))
-                                out = []
-                            resp._conn, resp._req = conn, req
-                            queue.append(resp)
-                            if not req.keep_alive:
-                                close = True
-                                break
-                            continue
-                        resp = resp.response
-                    data = _encode(resp, _connection_line(req), req.method == "HEAD")
+                    if pending is not None:
+                        resp, pending = pending, None
+                    else:
+                        resp = handle_now(req)
+                    if not isinstance(resp, (Response, Deferred)):
+                        resp = await resp
                 except Exception:
                     resp = _handler_failed(req)
-                    data = _encode(resp, _connection_line(req), False)
-                if queue:
-                    queue.append(data)
-                else:
-                    out.append(data)
-                if on_response is not None:
-                    on_response(req, resp, perf_counter() - req.started)
+                out = conn.answer(req, resp, out)
                 if not req.keep_alive:
                     close = True
                     break
@@ -637,26 +695,126 @@ class _Server:
                     queue.extend(tail)
                 else:
                     out.extend(tail)
-            if out:
-                conn.write(out[0] if len(out) == 1 else b"".join(out))
-            if queue:
-                conn.flush()
+            conn.send_out(out)
             if close:
                 await conn.wait_flushed()
                 return True
-            if conn.backlog or len(queue) > _QUEUE_MAX:
-                await conn.wait_flushed()  # a peer that does not read its answers is not read from
             conn.waiting_input = True
-            if queue:
-                # Answers are pending (e.g. a group commit): they go out when decided, without this
-                # task; the next request wakes it.
+            if not queue:
+                conn.mark = perf_counter()
+                conn.phase = _IDLE if conn.state == _BETWEEN else _READING
+                await checkpoint()  # fairness: once per read this task went through
+
+
+class _Mux:
+    """Reads for every connection that waits for input: one task, one epoll set of their sockets.
+
+    A connection's task parks here (`park`) when its socket has nothing to read. When requests come
+    in, `serve` reads and parses them and, while each is plainly formed and answered synchronously by
+    `handle_now`, answers them itself: the connection stays parked and its task sleeps on. Anything
+    else (a partial, malformed or closing request, an awaitable answer, end of input, a peer that
+    does not read its answers) is handed back to the task, with what was read and parsed, and the
+    socket leaves the set until the task parks again."""
+
+    __slots__ = ("ep", "parked", "handle_now")
+
+    def __init__(self, handle_now: HandleNow) -> None:
+        self.ep = select.epoll()
+        self.parked: dict[int, _Conn] = {}
+        self.handle_now = handle_now
+
+    async def park(self, conn: _Conn) -> None:
+        """Until the mux hands this connection's input back to its task (or the task is cancelled)."""
+        fd = conn.fd
+        self.ep.register(fd, select.EPOLLIN)
+        self.parked[fd] = conn
+        conn.task = current_task()
+
+        def abort(_raise_cancel) -> Abort:
+            self.forget(conn)
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
+
+    def forget(self, conn: _Conn) -> None:
+        if self.parked.pop(conn.fd, None) is not None:
+            conn.task = None
+            try:
+                self.ep.unregister(conn.fd)
+            except OSError:  # closed meanwhile: the kernel dropped it from the set already
+                pass
+
+    def hand_back(self, conn: _Conn) -> None:
+        task = conn.task
+        self.forget(conn)
+        reschedule(task)
+
+    async def run(self) -> None:
+        poll, parked, serve = self.ep.poll, self.parked, self.serve
+        fd = self.ep.fileno()
+        try:
+            while True:
                 await wait_readable(fd)
-                continue
+                for cfd, _ in poll(0):
+                    conn = parked.get(cfd)
+                    if conn is None:
+                        continue
+                    try:
+                        serve(conn)
+                    except Exception:  # one connection's failure ends that connection only
+                        logger.exception("HTTP connection from %s failed", conn.remote)
+                        conn.closed = True
+                        conn.scope.cancel()
+        finally:
+            notify_closing(fd)
+            self.ep.close()
+
+    def serve(self, conn: _Conn) -> None:
+        if conn.backlog or len(conn.queue) > _QUEUE_MAX:
+            self.hand_back(conn)  # its task waits for the peer to read first
+            return
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:  # the task's own read meets the error (or end of input) and closes
+            self.hand_back(conn)
+            return
+        if not data:
+            self.hand_back(conn)
+            return
+        fail = conn.take(data)
+        conn.handoff = True  # unless all of it is answered below
+        if fail or conn.state != _BETWEEN:
+            conn.fail = fail
+            self.hand_back(conn)
+            return
+        conn.phase = _BUSY
+        ready = conn.ready
+        handle_now = self.handle_now
+        out: list[bytes] = []
+        for i, req in enumerate(ready):
+            if not req.keep_alive:  # its task answers it and closes
+                resp = None
+            else:
+                try:
+                    resp = handle_now(req)
+                except Exception:
+                    resp = _handler_failed(req)
+            if not isinstance(resp, (Response, Deferred)):  # to be awaited (or closing): the task goes on
+                conn.send_out(out)
+                del ready[:i]
+                conn.pending = resp  # None for the closing request: the task calls handle_now for it
+                self.hand_back(conn)
+                return
+            out = conn.answer(req, resp, out)
+        ready.clear()
+        conn.handoff = False
+        conn.send_out(out)
+        conn.waiting_input = True
+        if not conn.queue:
             conn.mark = perf_counter()
-            conn.phase = _IDLE if conn.state == _BETWEEN else _READING
-            # Yield once per read (fairness); by the time we resume, a closed-loop client has
-            # usually sent its next request, so the recv above succeeds without an epoll round.
-            await checkpoint()
+            conn.phase = _IDLE
 
 
 def _parse_failure(exc: Exception) -> int:
@@ -718,15 +876,19 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 async def serve_http(handler: Handler, host: str, port: int, limits: ServerLimits, *,
                      on_response: Callable[[Request, Response, float], None] | None = None,
+                     handle_now: HandleNow | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Bind host:port (0 = ephemeral), report the bound port via task_status, serve until cancelled."""
+    """Bind host:port (0 = ephemeral), report the bound port via task_status, serve until cancelled.
+    `handle_now`, when given, takes every request instead of `handler` (see HandleNow): it answers
+    what it can without awaiting and hands back an awaitable for the rest."""
     if not (math.isfinite(limits.request_timeout_s) and math.isfinite(limits.keepalive_timeout_s)):
         raise ValueError("server timeouts must be finite")
     lsock = _listen_socket(host, port)
-    server = _Server(handler, limits, on_response)
+    server = _Server(handler, limits, on_response, handle_now)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
+            nursery.start_soon(server.mux.run)
             task_status.started(lsock.getsockname()[1])
             await server.accept_loop(lsock, nursery)
     finally:

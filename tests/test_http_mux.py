@@ -1,0 +1,124 @@
+"""Specification of the server's reading task (gateway.http.server._Mux): requests of connections
+that wait for input are answered through the synchronous `handle_now`, and whatever it cannot
+answer at once goes to the connection's own task without losing, repeating or reordering anything."""
+
+from __future__ import annotations
+
+import trio
+
+from gateway.http.server import Deferred, Request, Response, serve_http
+from tests.test_http_server import FAST, Raw, get, post
+
+
+class Counting:
+    """handle_now + handler pair that records which requests each of them saw."""
+
+    def __init__(self) -> None:
+        self.now: list[str] = []
+        self.awaited: list[str] = []
+        self.deferred: list[Deferred] = []
+
+    def handle_now(self, req: Request):
+        self.now.append(req.path)
+        if req.path == "/boom":
+            raise RuntimeError("handler bug")
+        if req.path.startswith("/slow"):
+            return self._slow(req)
+        if req.path.startswith("/d"):
+            answer = Deferred()
+            self.deferred.append(answer)
+            return answer
+        return Response(200, req.path.encode() + b"|" + req.body, "text/plain")
+
+    async def _slow(self, req: Request) -> Response:
+        self.awaited.append(req.path)
+        await trio.sleep(0.05)
+        return Response(200, req.path.encode(), "text/plain")
+
+    async def handler(self, req: Request):
+        raise AssertionError("with handle_now given, the server never calls the handler")
+
+
+async def start(nursery, app: Counting, **kw) -> int:
+    return await nursery.start(lambda task_status: serve_http(
+        app.handler, "127.0.0.1", 0, FAST, handle_now=app.handle_now, task_status=task_status, **kw))
+
+
+async def test_pipelined_plain_requests_are_answered_by_handle_now_alone(nursery):
+    app = Counting()
+    c = await Raw.connect(await start(nursery, app))
+    await c.send(b"".join(post(f"/p{i}", b"%d" % i) for i in range(50)))
+    assert [body for _, _, body in await c.read(50)] == [b"/p%d|%d" % (i, i) for i in range(50)]
+    for i in range(3):
+        await c.send(get(f"/s{i}"))
+        assert (await c.read())[0][2] == f"/s{i}|".encode()
+    assert app.now == [f"/p{i}" for i in range(50)] + ["/s0", "/s1", "/s2"]
+    assert app.awaited == []
+
+
+async def test_an_awaitable_answer_goes_to_the_task_and_keeps_request_order(nursery):
+    app = Counting()
+    c = await Raw.connect(await start(nursery, app))
+    await c.send(get("/a") + get("/slow1") + get("/b") + get("/slow2") + get("/c"))
+    assert [body for _, _, body in await c.read(5)] == [b"/a|", b"/slow1", b"/b|", b"/slow2", b"/c|"]
+    # every request went through handle_now exactly once (in the mux or in the connection's task)
+    assert app.now == ["/a", "/slow1", "/b", "/slow2", "/c"]
+    assert app.awaited == ["/slow1", "/slow2"]
+    await c.send(get("/after"))  # parked in the mux again
+    assert (await c.read())[0][2] == b"/after|"
+    assert app.now[-1] == "/after"
+
+
+async def test_deferred_answers_from_handle_now_keep_order_with_later_ones(nursery):
+    app = Counting()
+    c = await Raw.connect(await start(nursery, app))
+    await c.send(get("/x") + get("/d1") + get("/y"))
+    [(_, _, first)] = await c.read()
+    assert first == b"/x|"
+    await trio.sleep(0.02)
+    assert c.responses == []  # /y waits behind the undecided /d1
+    app.deferred[0].resolve(Response(202, b"decided", "text/plain"))
+    assert [(s, b) for s, _, b in await c.read(2)] == [(202, b"decided"), (200, b"/y|")]
+
+
+async def test_handle_now_failing_answers_500_and_the_connection_goes_on(nursery):
+    app = Counting()
+    c = await Raw.connect(await start(nursery, app))
+    await c.send(get("/boom") + get("/ok"))
+    (s1, _, _), (s2, _, b2) = await c.read(2)
+    assert (s1, s2, b2) == (500, 200, b"/ok|")
+
+
+async def test_split_and_closing_requests_are_answered_once_each_in_order(nursery):
+    app = Counting()
+    port = await start(nursery, app)
+    c = await Raw.connect(port)
+    second = post("/split", b"0123456789")
+    await c.send(get("/one") + second[:20])  # a complete request, then half of one
+    assert (await c.read())[0][2] == b"/one|"
+    await c.send(second[20:])
+    assert (await c.read())[0][2] == b"/split|0123456789"
+    await c.send(get("/three"))
+    assert (await c.read())[0][2] == b"/three|"
+    await c.send(get("/slow", "Connection: close\r\n"))
+    [(status, headers, body)] = await c.read()
+    assert (status, headers.get("connection"), body) == (200, "close", b"/slow")
+    assert await c.closed_by_peer()
+    assert app.now == ["/one", "/split", "/three", "/slow"] and app.awaited == ["/slow"]
+
+
+async def test_a_failure_while_the_mux_answers_ends_that_connection_only(nursery):
+    def on_response(req, resp, seconds):
+        if req.path == "/fatal":
+            raise RuntimeError("metrics bug")
+
+    app = Counting()
+    port = await start(nursery, app, on_response=on_response)
+    bad, good = await Raw.connect(port), await Raw.connect(port)
+    await bad.send(get("/fatal"))
+    assert await bad.closed_by_peer()
+    await good.send(get("/fine"))
+    assert (await good.read())[0][2] == b"/fine|"
+    late = await Raw.connect(port)
+    await late.send(get("/late"))
+    assert (await late.read())[0][2] == b"/late|"
