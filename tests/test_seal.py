@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from gateway.crypto.keydir import KeyDirError, init_keys, load_sealer, rotate
-from gateway.crypto.seal import SealError, Sealer, key_id_of
+from gateway.crypto.seal import HEADER, SealError, Sealer, key_id_of
 
 K1, K2 = b"\x01" * 32, b"\x02" * 32
 
@@ -15,6 +15,30 @@ def test_sealed_text_opens_with_the_same_associated_data():
     blob = s.seal(b"your code is 123456", b"msg-1")
     assert b"123456" not in blob
     assert s.open(blob, b"msg-1") == b"your code is 123456"
+
+
+def test_every_seal_has_its_own_nonce_across_pool_refills():
+    s = Sealer({1: K1}, 1)
+    blobs = [s.seal(b"x", b"id-%d" % i) for i in range(1_000)]  # three pools of nonces and a bit
+    assert len({b[5:HEADER] for b in blobs}) == 1_000
+    assert all(s.open(b, b"id-%d" % i) == b"x" for i, b in enumerate(blobs))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() exists only on POSIX systems")
+def test_a_forked_child_does_not_reuse_the_parents_nonces():
+    s = Sealer({1: K1}, 1)
+    s.seal(b"x", b"a")  # the pool is drawn; the next nonces sit in this process's memory
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.write(write, s.seal(b"x", b"b")[5:HEADER])
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_nonce = os.read(read, 64)
+    os.close(read)
+    parent_nonces = {s.seal(b"x", b"b")[5:HEADER] for _ in range(340)}
+    assert len(child_nonce) == 12 and child_nonce not in parent_nonces
 
 
 def test_a_blob_moved_to_another_record_does_not_open():

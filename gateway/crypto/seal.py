@@ -9,6 +9,7 @@ record's key, e.g. the message id), so a sealed blob cannot be moved to another 
 from __future__ import annotations
 
 import os
+import weakref
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -16,6 +17,20 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 VERSION = 1
 HEADER = 1 + 4 + 12
 KEY_BYTES = 32
+NONCE_BYTES = 12
+_POOL_NONCES = 341  # nonces drawn from the OS in one call (4,092 bytes): one getrandom per 341 seals
+
+_sealers: weakref.WeakSet[Sealer] = weakref.WeakSet()
+
+
+def _forget_nonces_in_child() -> None:
+    """A forked child must never use the nonces its parent may use too: it draws its own."""
+    for sealer in list(_sealers):
+        sealer._drop_nonces()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_nonces_in_child)
 
 
 class SealError(Exception):
@@ -32,13 +47,26 @@ class Sealer:
         self._aead = {key_id: AESGCM(key) for key_id, key in keys.items()}
         self.active = active
         self._prefix = bytes((VERSION,)) + active.to_bytes(4, "big")
+        # Random nonces, drawn from the OS in pools (a getrandom call costs as much as the AES-GCM
+        # of a short text here); each is used once, and a forked child drops its copy.
+        self._drop_nonces()
+        _sealers.add(self)
+
+    def _drop_nonces(self) -> None:
+        self._nonces = b""
+        self._at = 0
 
     @property
     def key_ids(self) -> list[int]:
         return sorted(self._aead)
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
-        nonce = os.urandom(12)
+        at = self._at
+        if at == len(self._nonces):
+            self._nonces = os.urandom(_POOL_NONCES * NONCE_BYTES)
+            at = 0
+        self._at = at + NONCE_BYTES
+        nonce = self._nonces[at:at + NONCE_BYTES]
         return self._prefix + nonce + self._aead[self.active].encrypt(nonce, plaintext, aad)
 
     def open(self, blob: bytes, aad: bytes) -> bytes:

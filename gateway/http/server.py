@@ -348,7 +348,8 @@ class _Conn:
         """After a read's requests: send what is decided, then what a Deferred may have freed."""
         if out:
             self.write(out[0] if len(out) == 1 else b"".join(out))
-        if self.queue:
+        queue = self.queue
+        if queue and (type(queue[0]) is bytes or queue[0].response is not None):
             self.flush()
 
     def feed(self, data: bytes) -> None:
