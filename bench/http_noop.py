@@ -16,6 +16,7 @@ import trio
 
 from bench.loadclient import run_load
 from gateway.http.server import Response, ServerLimits, serve_http
+from loadtest.procs import cpu_seconds
 
 _BODY = b'{"to":"+15550100","type":"text","text":{"body":"hello"}}'
 _ROOT = Path(__file__).resolve().parents[1]
@@ -88,12 +89,7 @@ def _own_cpu_seconds() -> float:
 
 def _cpu_seconds(pid: int) -> float:
     """user + system CPU time of a process (0.0 where /proc is unavailable)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(pid) or 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

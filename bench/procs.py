@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.request
 
+from loadtest.procs import cpu_seconds  # noqa: F401 - re-exported for the bench CLIs
 from loadtest.procs import pinner as pin  # pins against every CPU, whatever this process is pinned to
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,13 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process `pid` (all its threads) has used so far, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin_load_side() -> None:

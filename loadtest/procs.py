@@ -29,6 +29,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time the process `pid` (all its threads) has used so far, from /proc;
+    None where that cannot be read (no /proc, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pin_self(cpu: int = LOAD_CPU) -> None:
     if cpu in _ALL_CPUS and len(_ALL_CPUS) > 1:
         os.sched_setaffinity(0, {cpu})

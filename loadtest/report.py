@@ -159,11 +159,12 @@ def render_markdown(report: dict, plots: list[str]) -> str:
     if peak:
         out += ["## Steps", "", f"Highest sustainable: **{_fmt(peak['sustainable_rps'])} requests/s = "
                 f"{_fmt(peak['sustainable_msgs_per_s'])} messages/s** (p99 <= {peak['p99_limit_ms']} ms, no errors).", "",
-                "| step | offered req/s | answered req/s | p99 ms | errors | unanswered | passed |",
-                "| --- | --- | --- | --- | --- | --- | --- |"]
+                "| step | offered req/s | answered req/s | p99 ms | errors | unanswered | gateway CPU % | passed |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in peak["steps"]:
             out.append(f"| {s['step']} | {_fmt(s['offered_rps'])} | {_fmt(s['answered_rps'])} | {_fmt(s['p99_ms'])} | "
-                       f"{s['errors']} | {s['unanswered']} | {'warm-up' if s.get('warmup') else 'yes' if s['passed'] else 'NO'} |")
+                       f"{s['errors']} | {s['unanswered']} | {_fmt(s.get('gateway_cpu_pct'))} | "
+                       f"{'warm-up' if s.get('warmup') else 'yes' if s['passed'] else 'NO'} |")
         out.append("")
     v = report.get("verdict")
     if v:

@@ -189,6 +189,15 @@ class Environment:
 # driving the load
 
 
+def cpu_share(cpu_at: dict[int, tuple[int, float] | None], first: int, last: int) -> float | None:
+    """Percent of one core the gateway used from second `first` to `last` of the run, from samples
+    of (pid, CPU seconds so far); None unless both ends were read from the same process."""
+    a, b = cpu_at.get(first), cpu_at.get(last)
+    if a is None or b is None or a[0] != b[0] or last <= first:
+        return None
+    return round(100 * (b[1] - a[1]) / (last - first), 1)
+
+
 class Drive:
     """State shared by the trio tasks of one load phase."""
 
@@ -205,6 +214,9 @@ class Drive:
         self.steps: list[dict] = []
         self.funnel: dict | None = None
         self.funnel_series: list[dict] = []  # the gateway's /metrics counters, sampled every second
+        # The gateway's CPU seconds used so far, at whole seconds of run time (managed runs only;
+        # None where unreadable or where the process was restarted since the second before).
+        self.cpu_at: dict[int, tuple[int, float] | None] = {}
 
     def note(self, what: str, **details) -> None:
         at = round(self.engine.elapsed(), 3)
@@ -289,8 +301,32 @@ class Drive:
             self.limits[number].append(Limit(asked, original.rate_per_minute, original.burst))
         self.note("sender restored", sender=number, rate_per_minute=body.get("rate_per_minute"))
 
+    def gateway_cpu(self) -> tuple[int, float] | None:
+        gw = self.env.gateway
+        if not self.env.managed or gw is None or gw.proc is None:
+            return None
+        pid = gw.proc.popen.pid
+        used = procs.cpu_seconds(pid)
+        return None if used is None else (pid, used)
+
+    async def sample_cpu(self) -> None:
+        """The gateway's CPU time at each whole second of run time, for the share of its core each
+        step used: a knee where the core is full is the gateway's CPU, not its waiting."""
+        second = 0
+        while True:
+            await self.sleep_until_run_time(second)
+            self.cpu_at[second] = self.gateway_cpu()
+            second += 1
+
     async def control_steps(self) -> None:
         """peak-ramp: judge each step a moment after it ends; stop at the first one that fails."""
+        async with trio.open_nursery() as nursery:
+            if self.env.managed:
+                nursery.start_soon(self.sample_cpu)
+            await self.judge_steps()
+            nursery.cancel_scope.cancel()
+
+    async def judge_steps(self) -> None:
         load, engine = self.scn.load, self.engine
         step = max(1, round(load.step_s))
         limit_ms = self.scn.checks.p99_ms
@@ -311,10 +347,11 @@ class Drive:
             warmup = i < load.warmup_steps
             row = {"step": i, "warmup": warmup, "offered_rps": rate, "offered_msgs_per_s": rate * per_msg,
                    "answered_rps": round(answered / step, 1), "p99_ms": None if p99 is None else round(p99, 3),
-                   "errors": errors, "unanswered": missing, "passed": ok}
+                   "errors": errors, "unanswered": missing, "passed": ok,
+                   "gateway_cpu_pct": cpu_share(self.cpu_at, first, last)}
             self.steps.append(row)
             self.note("step", **{k: row[k] for k in ("step", "offered_rps", "answered_rps", "p99_ms", "errors",
-                                                      "passed")})
+                                                      "gateway_cpu_pct", "passed")})
             if not ok and not warmup:
                 engine.stop()
                 return

@@ -8,7 +8,8 @@ import pytest
 from loadtest import latency as L
 from loadtest.checks import judge
 from loadtest.progress import progress_line, summary_table
-from loadtest.report import write_report
+from loadtest.report import render_markdown, write_report
+from loadtest.runner import cpu_share
 from loadtest.scenario import ScenarioError, parse_scenario
 from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
                                sender_tiers)
@@ -207,3 +208,28 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_every_few_seconds_o
     p_tty.say("done")
     assert tty.text.count("\r") == 4 and "\n" not in tty.text.split("done")[0].rstrip("\n")
     assert plain.text.splitlines() == ["line 0.0", "line 5.5"]
+
+
+def test_a_steps_cpu_share_needs_both_ends_read_from_one_gateway_process():
+    samples = {0: (11, 1.0), 5: (11, 5.5), 10: (12, 0.5), 15: (12, 4.0), 20: None}
+    assert cpu_share(samples, 0, 5) == 90.0
+    assert cpu_share(samples, 10, 15) == 70.0
+    assert cpu_share(samples, 5, 10) is None  # restarted in between: another process's clock
+    assert cpu_share(samples, 15, 20) is None  # unreadable at one end
+    assert cpu_share(samples, 20, 25) is None  # never sampled
+
+
+def test_the_step_table_shows_each_steps_gateway_cpu_share():
+    steps = [{"step": 0, "warmup": True, "offered_rps": 500, "answered_rps": 499.8, "p99_ms": 3.2, "errors": 0,
+              "unanswered": 0, "passed": True, "gateway_cpu_pct": 31.4},
+             {"step": 1, "warmup": False, "offered_rps": 8000, "answered_rps": 7402.8, "p99_ms": 396.3,
+              "errors": 0, "unanswered": 12, "passed": False, "gateway_cpu_pct": 99.6},
+             {"step": 2, "warmup": False, "offered_rps": 9000, "answered_rps": 1.0, "p99_ms": None, "errors": 0,
+              "unanswered": 0, "passed": False}]  # a report from a run against --target: no CPU figure
+    text = render_markdown({"scenario": "peak-ramp", "ok": True, "peak": {
+        "sustainable_rps": 500, "sustainable_msgs_per_s": 500, "p99_limit_ms": 100, "steps": steps}}, [])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "offered" not in line]
+    assert "| gateway CPU % |" in text
+    assert rows[-3:] == ["| 0 | 500 | 499.8 | 3.2 | 0 | 0 | 31.4 | warm-up |",
+                         "| 1 | 8,000 | 7,402.8 | 396.3 | 0 | 12 | 99.6 | NO |",
+                         "| 2 | 9,000 | 1.0 | - | 0 | 0 | - | NO |"]
