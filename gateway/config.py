@@ -60,7 +60,7 @@ class SchedulerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     pair_rate_per_minute: PositiveFloat = 10.0
     pair_burst: PositiveInt = 45
     starvation_guard: PositiveInt = 10
-    dispatch_batch: Annotated[int, Meta(ge=1, le=65_536)] = 2048
+    dispatch_batch: Annotated[int, Meta(ge=1, le=65_536)] = 512
     throttle_max_retries: Annotated[int, Meta(ge=0)] = 20
     max_queued: PositiveInt = 5_000_000
 
