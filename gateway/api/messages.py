@@ -110,9 +110,11 @@ class _PlainAccepts:
             for answer, _ in self.answers:
                 answer.resolve(refusal)
             return
-        self.gw.enqueue(self.queued)
-        for answer, body in self.answers:
-            answer.resolve(Response(202, body))
+        try:
+            for answer, body in self.answers:  # the 202s first: the scheduler's bookkeeping can follow
+                answer.resolve(Response(202, body))
+        finally:  # committed messages are scheduled whatever became of their answers
+            self.gw.enqueue(self.queued)
 
 
 def _store_refusal(gw, error: BaseException, requests: int = 1) -> Response:
