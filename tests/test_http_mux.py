@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import trio
 
-from gateway.http.server import Deferred, Request, Response, serve_http
+from gateway.http.server import Deferred, Request, Response, ServerLimits, serve_http
 from tests.test_http_server import FAST, Raw, get, post
 
 
@@ -39,9 +39,9 @@ class Counting:
         raise AssertionError("with handle_now given, the server never calls the handler")
 
 
-async def start(nursery, app: Counting, **kw) -> int:
+async def start(nursery, app: Counting, limits=FAST, **kw) -> int:
     return await nursery.start(lambda task_status: serve_http(
-        app.handler, "127.0.0.1", 0, FAST, handle_now=app.handle_now, task_status=task_status, **kw))
+        app.handler, "127.0.0.1", 0, limits, handle_now=app.handle_now, task_status=task_status, **kw))
 
 
 async def test_pipelined_plain_requests_are_answered_by_handle_now_alone(nursery):
@@ -122,3 +122,28 @@ async def test_a_failure_while_the_mux_answers_ends_that_connection_only(nursery
     late = await Raw.connect(port)
     await late.send(get("/late"))
     assert (await late.read())[0][2] == b"/late|"
+
+
+async def test_a_peer_that_does_not_read_its_answers_stalls_no_one_else(nursery):
+    class Big(Counting):
+        def handle_now(self, req: Request):
+            self.now.append(req.path)
+            body = b"x" * 1_000_000 if req.path.startswith("/big") else req.path.encode()
+            return Response(200, body, "text/plain")
+
+    app = Big()
+    port = await start(nursery, app, ServerLimits(keepalive_timeout_s=5.0))  # FAST would reap the slow peer
+    slow = await Raw.connect(port)
+    await slow.send(b"".join(get(f"/big{i}") for i in range(20)))  # 20 MB of answers, none read yet
+    await trio.sleep(0.2)
+    await slow.send(b"".join(get(f"/big{i}") for i in range(20, 25)))
+    other = await Raw.connect(port)
+    with trio.fail_after(2):
+        await other.send(get("/small"))
+        assert (await other.read())[0][2] == b"/small"
+    await trio.sleep(0.2)
+    # what the slow peer sent after its answers backed up is not even read until it reads
+    assert [p for p in app.now if p.startswith("/big")] == [f"/big{i}" for i in range(20)]
+    answers = await slow.read(25)  # now read: every answer, whole and in order
+    assert [len(body) for _, _, body in answers] == [1_000_000] * 25
+    assert [p for p in app.now if p.startswith("/big")] == [f"/big{i}" for i in range(25)]
