@@ -198,6 +198,19 @@ def cpu_share(cpu_at: dict[int, tuple[int, float] | None], first: int, last: int
     return round(100 * (b[1] - a[1]) / (last - first), 1)
 
 
+def counter_rate(series: list[dict], key: str, first: float, last: float) -> float | None:
+    """Per-second rate of one of the gateway's counters from second `first` to `last` of the run,
+    from the samples (`t` and the counters) taken in it; None with fewer than two a second apart,
+    or across a restart (the counter went back)."""
+    inside = [s for s in series if first - 0.5 <= s["t"] <= last + 0.5]
+    if len(inside) < 2 or inside[-1]["t"] - inside[0]["t"] < 1.0:
+        return None
+    a, b = inside[0], inside[-1]
+    if b[key] < a[key]:
+        return None
+    return round((b[key] - a[key]) / (b["t"] - a["t"]), 1)
+
+
 class Drive:
     """State shared by the trio tasks of one load phase."""
 
@@ -348,10 +361,13 @@ class Drive:
             row = {"step": i, "warmup": warmup, "offered_rps": rate, "offered_msgs_per_s": rate * per_msg,
                    "answered_rps": round(answered / step, 1), "p99_ms": None if p99 is None else round(p99, 3),
                    "errors": errors, "unanswered": missing, "passed": ok,
-                   "gateway_cpu_pct": cpu_share(self.cpu_at, first, last)}
+                   "gateway_cpu_pct": cpu_share(self.cpu_at, first, last),
+                   # whether delivery kept up: a step whose accepts hold while this falls behind
+                   # is bought with a backlog
+                   "sent_per_s": counter_rate(self.funnel_series, "sent", first, last)}
             self.steps.append(row)
             self.note("step", **{k: row[k] for k in ("step", "offered_rps", "answered_rps", "p99_ms", "errors",
-                                                      "gateway_cpu_pct", "passed")})
+                                                      "gateway_cpu_pct", "sent_per_s", "passed")})
             if not ok and not warmup:
                 engine.stop()
                 return

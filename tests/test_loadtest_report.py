@@ -9,7 +9,7 @@ from loadtest import latency as L
 from loadtest.checks import judge
 from loadtest.progress import progress_line, summary_table
 from loadtest.report import render_markdown, write_report
-from loadtest.runner import cpu_share
+from loadtest.runner import counter_rate, cpu_share
 from loadtest.scenario import ScenarioError, parse_scenario
 from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
                                sender_tiers)
@@ -221,15 +221,24 @@ def test_a_steps_cpu_share_needs_both_ends_read_from_one_gateway_process():
 
 def test_the_step_table_shows_each_steps_gateway_cpu_share():
     steps = [{"step": 0, "warmup": True, "offered_rps": 500, "answered_rps": 499.8, "p99_ms": 3.2, "errors": 0,
-              "unanswered": 0, "passed": True, "gateway_cpu_pct": 31.4},
+              "unanswered": 0, "passed": True, "gateway_cpu_pct": 31.4, "sent_per_s": 498.0},
              {"step": 1, "warmup": False, "offered_rps": 8000, "answered_rps": 7402.8, "p99_ms": 396.3,
-              "errors": 0, "unanswered": 12, "passed": False, "gateway_cpu_pct": 99.6},
+              "errors": 0, "unanswered": 12, "passed": False, "gateway_cpu_pct": 99.6, "sent_per_s": 5400.5},
              {"step": 2, "warmup": False, "offered_rps": 9000, "answered_rps": 1.0, "p99_ms": None, "errors": 0,
               "unanswered": 0, "passed": False}]  # a report from a run against --target: no CPU figure
     text = render_markdown({"scenario": "peak-ramp", "ok": True, "peak": {
         "sustainable_rps": 500, "sustainable_msgs_per_s": 500, "p99_limit_ms": 100, "steps": steps}}, [])
     rows = [line for line in text.splitlines() if line.startswith("| ") and "offered" not in line]
-    assert "| gateway CPU % |" in text
-    assert rows[-3:] == ["| 0 | 500 | 499.8 | 3.2 | 0 | 0 | 31.4 | warm-up |",
-                         "| 1 | 8,000 | 7,402.8 | 396.3 | 0 | 12 | 99.6 | NO |",
-                         "| 2 | 9,000 | 1.0 | - | 0 | 0 | - | NO |"]
+    assert "| gateway CPU % | sent msg/s |" in text
+    assert rows[-3:] == ["| 0 | 500 | 499.8 | 3.2 | 0 | 0 | 31.4 | 498.0 | warm-up |",
+                         "| 1 | 8,000 | 7,402.8 | 396.3 | 0 | 12 | 99.6 | 5,400.5 | NO |",
+                         "| 2 | 9,000 | 1.0 | - | 0 | 0 | - | - | NO |"]
+
+
+def test_a_steps_send_rate_comes_from_the_counters_sampled_inside_it():
+    series = [{"t": 4.02, "sent": 100.0}, {"t": 5.01, "sent": 600.0}, {"t": 6.03, "sent": 1_100.0},
+              {"t": 10.04, "sent": 3_100.0}, {"t": 11.0, "sent": 10.0}]  # restarted after 10 s
+    assert counter_rate(series, "sent", 5, 10) == 497.0  # 2,500 sent between t=5.01 and t=10.04
+    assert counter_rate(series, "sent", 10, 15) is None  # the counter went back: a restart
+    assert counter_rate(series, "sent", 20, 25) is None  # no samples
+    assert counter_rate([{"t": 5.0, "sent": 1.0}], "sent", 5, 10) is None  # one sample only
