@@ -64,10 +64,10 @@ def run(*, connections: int = 32, duration_s: float = 5.0, warmup_s: float = 1.0
         request = _post_request(port)
         run_load("127.0.0.1", port, connections=connections, duration_s=warmup_s,
                  make_request=lambda _i: request, warmup_s=0.0)
-        cpu_before, own_before = _cpu_seconds(proc.pid), _own_cpu_seconds()
+        cpu_before, own_before = cpu_seconds(proc.pid) or 0.0, _own_cpu_seconds()
         result = run_load("127.0.0.1", port, connections=connections, duration_s=duration_s,
                           make_request=lambda _i: request, warmup_s=0.0)
-        server_cpu = _cpu_seconds(proc.pid) - cpu_before
+        server_cpu = (cpu_seconds(proc.pid) or 0.0) - cpu_before
         client_cpu = _own_cpu_seconds() - own_before
     finally:
         proc.terminate()
@@ -85,11 +85,6 @@ def run(*, connections: int = 32, duration_s: float = 5.0, warmup_s: float = 1.0
 def _own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (0.0 where /proc is unavailable)."""
-    return cpu_seconds(pid) or 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import time
 import urllib.request
 
 from loadtest.procs import cpu_seconds  # noqa: F401 - re-exported for the bench CLIs
+from loadtest.procs import free_port
 from loadtest.procs import pinner as pin  # pins against every CPU, whatever this process is pinned to
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,12 +42,6 @@ tier = "bench"
 [network]
 {network}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pin_load_side() -> None:

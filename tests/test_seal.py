@@ -24,7 +24,6 @@ def test_every_seal_has_its_own_nonce_across_pool_refills():
     assert all(s.open(b, b"id-%d" % i) == b"x" for i, b in enumerate(blobs))
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() exists only on POSIX systems")
 def test_a_forked_child_does_not_reuse_the_parents_nonces():
     s = Sealer({1: K1}, 1)
     s.seal(b"x", b"a")  # the pool is drawn; the next nonces sit in this process's memory
