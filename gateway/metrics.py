@@ -124,6 +124,12 @@ class GatewayMetrics:
             "Time from acceptance to the delivered receipt.",
             DELIVERY_BOUNDS,
         )
+        self.commit = r.histogram(
+            "gateway_store_commit_seconds",
+            "Group commits: from handing a batch to the writer thread to the event loop seeing it durable "
+            "(fsync included). Every 202 waits for one.",
+            LATENCY_BOUNDS,
+        )
         self.webhooks = r.counter(
             "gateway_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ("outcome",)
         )

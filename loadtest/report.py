@@ -160,12 +160,12 @@ def render_markdown(report: dict, plots: list[str]) -> str:
         out += ["## Steps", "", f"Highest sustainable: **{_fmt(peak['sustainable_rps'])} requests/s = "
                 f"{_fmt(peak['sustainable_msgs_per_s'])} messages/s** (p99 <= {peak['p99_limit_ms']} ms, no errors).", "",
                 "| step | offered req/s | answered req/s | p99 ms | errors | unanswered | gateway CPU % | sent msg/s "
-                "| passed |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| commits/s | commit ms (mean) | passed |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in peak["steps"]:
             out.append(f"| {s['step']} | {_fmt(s['offered_rps'])} | {_fmt(s['answered_rps'])} | {_fmt(s['p99_ms'])} | "
                        f"{s['errors']} | {s['unanswered']} | {_fmt(s.get('gateway_cpu_pct'))} | "
-                       f"{_fmt(s.get('sent_per_s'))} | "
+                       f"{_fmt(s.get('sent_per_s'))} | {_fmt(s.get('commits_per_s'))} | {_fmt(s.get('commit_ms'))} | "
                        f"{'warm-up' if s.get('warmup') else 'yes' if s['passed'] else 'NO'} |")
         out.append("")
     v = report.get("verdict")

@@ -69,6 +69,12 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def commits_from_metrics(m: dict[str, float]) -> dict:
+    """The gateway's group commits so far and the seconds they took (as its event loop saw them)."""
+    return {"commits": m.get("gateway_store_commit_seconds_count", 0.0),
+            "commit_s": m.get("gateway_store_commit_seconds_sum", 0.0)}
+
+
 def funnel_from_metrics(m: dict[str, float]) -> dict:
     return {"accepted": m.get("gateway_messages_accepted_total", 0.0),
             **{s: m.get(f'gateway_messages_status_total{{status="{s}"}}', 0.0)
@@ -211,6 +217,16 @@ def counter_rate(series: list[dict], key: str, first: float, last: float) -> flo
     return round((b[key] - a[key]) / (b["t"] - a["t"]), 1)
 
 
+def mean_commit_ms(series: list[dict], first: float, last: float) -> float | None:
+    """The gateway's mean group-commit time in ms from second `first` to `last` of the run (the
+    wait every 202 has in it), from the same samples as `counter_rate`; None without a commit."""
+    commits = counter_rate(series, "commits", first, last)
+    seconds = counter_rate(series, "commit_s", first, last)
+    if not commits or seconds is None:
+        return None
+    return round(1000 * seconds / commits, 2)
+
+
 class Drive:
     """State shared by the trio tasks of one load phase."""
 
@@ -257,8 +273,10 @@ class Drive:
             await trio.sleep(1.0)
             try:
                 resp = await self.client.request("GET", self.base + "/metrics", timeout_s=1.0)
-                self.funnel = funnel_from_metrics(parse_metrics(resp.body.decode()))
-                self.funnel_series.append({"t": round(engine.elapsed(), 2), **self.funnel})
+                metrics = parse_metrics(resp.body.decode())
+                self.funnel = funnel_from_metrics(metrics)
+                self.funnel_series.append({"t": round(engine.elapsed(), 2), **self.funnel,
+                                           **commits_from_metrics(metrics)})
             except Exception:  # noqa: BLE001 - the display must never end the run (e.g. mid-crash)
                 pass
             t = engine.elapsed()
@@ -364,10 +382,14 @@ class Drive:
                    "gateway_cpu_pct": cpu_share(self.cpu_at, first, last),
                    # whether delivery kept up: a step whose accepts hold while this falls behind
                    # is bought with a backlog
-                   "sent_per_s": counter_rate(self.funnel_series, "sent", first, last)}
+                   "sent_per_s": counter_rate(self.funnel_series, "sent", first, last),
+                   # the store's share of each answer's wait, and how often it commits
+                   "commits_per_s": counter_rate(self.funnel_series, "commits", first, last),
+                   "commit_ms": mean_commit_ms(self.funnel_series, first, last)}
             self.steps.append(row)
             self.note("step", **{k: row[k] for k in ("step", "offered_rps", "answered_rps", "p99_ms", "errors",
-                                                      "gateway_cpu_pct", "sent_per_s", "passed")})
+                                                      "gateway_cpu_pct", "sent_per_s", "commits_per_s",
+                                                      "commit_ms", "passed")})
             if not ok and not warmup:
                 engine.stop()
                 return

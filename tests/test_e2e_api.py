@@ -181,6 +181,10 @@ def test_metrics_expose_counters_queue_depth_and_histograms(gw):
                  'gateway_queue_depth{priority="bulk"}', "gateway_http_request_duration_seconds_bucket",
                  "gateway_accepted_to_delivered_seconds_count"):
         assert name in text, name
+    # every accept, dispatch round and receipt batch went through a timed group commit
+    commits = next(ln for ln in text.splitlines() if ln.startswith("gateway_store_commit_seconds_count "))
+    took = next(ln for ln in text.splitlines() if ln.startswith("gateway_store_commit_seconds_sum "))
+    assert float(commits.split()[1]) >= 3 and float(took.split()[1]) > 0
 
 
 def test_readyz_reports_ready_with_the_link_up(gw):

@@ -9,7 +9,7 @@ from loadtest import latency as L
 from loadtest.checks import judge
 from loadtest.progress import progress_line, summary_table
 from loadtest.report import render_markdown, write_report
-from loadtest.runner import counter_rate, cpu_share
+from loadtest.runner import commits_from_metrics, counter_rate, cpu_share, mean_commit_ms, parse_metrics
 from loadtest.scenario import ScenarioError, parse_scenario
 from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
                                sender_tiers)
@@ -221,18 +221,20 @@ def test_a_steps_cpu_share_needs_both_ends_read_from_one_gateway_process():
 
 def test_the_step_table_shows_each_steps_gateway_cpu_share():
     steps = [{"step": 0, "warmup": True, "offered_rps": 500, "answered_rps": 499.8, "p99_ms": 3.2, "errors": 0,
-              "unanswered": 0, "passed": True, "gateway_cpu_pct": 31.4, "sent_per_s": 498.0},
+              "unanswered": 0, "passed": True, "gateway_cpu_pct": 31.4, "sent_per_s": 498.0,
+              "commits_per_s": 210.0, "commit_ms": 1.27},
              {"step": 1, "warmup": False, "offered_rps": 8000, "answered_rps": 7402.8, "p99_ms": 396.3,
-              "errors": 0, "unanswered": 12, "passed": False, "gateway_cpu_pct": 99.6, "sent_per_s": 5400.5},
+              "errors": 0, "unanswered": 12, "passed": False, "gateway_cpu_pct": 99.6, "sent_per_s": 5400.5,
+              "commits_per_s": 38.5, "commit_ms": 14.08},
              {"step": 2, "warmup": False, "offered_rps": 9000, "answered_rps": 1.0, "p99_ms": None, "errors": 0,
               "unanswered": 0, "passed": False}]  # a report from a run against --target: no CPU figure
     text = render_markdown({"scenario": "peak-ramp", "ok": True, "peak": {
         "sustainable_rps": 500, "sustainable_msgs_per_s": 500, "p99_limit_ms": 100, "steps": steps}}, [])
     rows = [line for line in text.splitlines() if line.startswith("| ") and "offered" not in line]
-    assert "| gateway CPU % | sent msg/s |" in text
-    assert rows[-3:] == ["| 0 | 500 | 499.8 | 3.2 | 0 | 0 | 31.4 | 498.0 | warm-up |",
-                         "| 1 | 8,000 | 7,402.8 | 396.3 | 0 | 12 | 99.6 | 5,400.5 | NO |",
-                         "| 2 | 9,000 | 1.0 | - | 0 | 0 | - | - | NO |"]
+    assert "| gateway CPU % | sent msg/s | commits/s | commit ms (mean) |" in text
+    assert rows[-3:] == ["| 0 | 500 | 499.8 | 3.2 | 0 | 0 | 31.4 | 498.0 | 210.0 | 1.3 | warm-up |",
+                         "| 1 | 8,000 | 7,402.8 | 396.3 | 0 | 12 | 99.6 | 5,400.5 | 38.5 | 14.1 | NO |",
+                         "| 2 | 9,000 | 1.0 | - | 0 | 0 | - | - | - | - | NO |"]
 
 
 def test_a_steps_send_rate_comes_from_the_counters_sampled_inside_it():
@@ -242,3 +244,17 @@ def test_a_steps_send_rate_comes_from_the_counters_sampled_inside_it():
     assert counter_rate(series, "sent", 10, 15) is None  # the counter went back: a restart
     assert counter_rate(series, "sent", 20, 25) is None  # no samples
     assert counter_rate([{"t": 5.0, "sent": 1.0}], "sent", 5, 10) is None  # one sample only
+
+
+def test_a_steps_mean_commit_time_comes_from_the_commit_histograms_sum_and_count():
+    text = ("# HELP gateway_store_commit_seconds Group commits\n"
+            'gateway_store_commit_seconds_bucket{le="0.001"} 90\n'
+            "gateway_store_commit_seconds_sum 0.250000\n"
+            "gateway_store_commit_seconds_count 100\n")
+    assert commits_from_metrics(parse_metrics(text)) == {"commits": 100.0, "commit_s": 0.25}
+    assert commits_from_metrics({}) == {"commits": 0.0, "commit_s": 0.0}  # a gateway without the histogram
+    series = [{"t": 5.0, "commits": 100.0, "commit_s": 0.25}, {"t": 7.5, "commits": 150.0, "commit_s": 0.5},
+              {"t": 10.0, "commits": 200.0, "commit_s": 1.25}, {"t": 12.0, "commits": 200.0, "commit_s": 1.25}]
+    assert mean_commit_ms(series, 5, 10) == 10.0  # 1.0 s over 100 commits
+    assert mean_commit_ms(series, 10, 12) is None  # no commit in the step
+    assert mean_commit_ms(series, 20, 25) is None  # no samples

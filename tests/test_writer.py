@@ -42,6 +42,20 @@ async def test_concurrent_writes_share_one_commit(store):
     assert results == {i: b"k%03d" % i for i in range(50)}
 
 
+async def test_each_commit_reports_how_long_the_loop_waited_for_it(store):
+    took: list[float] = []
+    writer = Writer(store.env, store.dbs, max_ops=10, window_s=1.0, on_commit=took.append)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        async with trio.open_nursery() as senders:
+            for i in range(25):
+                senders.start_soon(writer.write, put, (b"k%03d" % i, b"v"))
+        with pytest.raises(ValueError):
+            await writer.write(boom)  # dropped from its batch, which then commits nothing: still a commit
+        nursery.cancel_scope.cancel()
+    assert len(took) == writer.commits == 4 and all(0 < t < 5 for t in took)
+
+
 async def test_batch_closes_at_max_ops(store):
     writer = Writer(store.env, store.dbs, max_ops=10, window_s=1.0)
     async with trio.open_nursery() as nursery:

@@ -79,9 +79,12 @@ _BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
 
 class Writer:
     def __init__(self, env: lmdb.Environment, dbs: dict, *, max_ops: int = 4096,
-                 window_s: float = 0.002) -> None:
+                 window_s: float = 0.002, on_commit: Callable[[float], None] | None = None) -> None:
         self._env = env
         self._dbs = dbs
+        # Called on the event loop after each commit with the seconds from handing the batch to the
+        # thread to the loop seeing it durable: the fsync and the loop's own delay to notice.
+        self._on_commit = on_commit
         self._max_ops = max_ops
         self._window_s = window_s
         self._batch = _Batch()
@@ -246,10 +249,13 @@ class Writer:
             if isinstance(txn, Exception):
                 self._fail(batch, StorageError(str(txn)))
                 return None
+        posted = perf_counter()
         reply = self._post(_COMMIT)
         self._answer()  # the batch committed before answers while this one commits
         error, next_txn = await self._wait(reply)
         if error is None:
+            if self._on_commit is not None:
+                self._on_commit(perf_counter() - posted)
             self.commits += 1
             self.ops_committed += len(batch.ops)
             batch.results = results
