@@ -21,6 +21,7 @@ commits (or at once when there is none), so answering a batch of requests wakes 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -57,18 +58,36 @@ class _Batch:
         self.callbacks: list[tuple[int, Done]] = []  # (index of the op, its callback)
 
 
-class _Reply:
-    """One answer from the writer thread, delivered on the event loop's thread."""
+class _Replies:
+    """The writer thread's answers to the event loop: the thread appends one and bumps an eventfd;
+    the writer task waits for that fd to be readable, so the event loop's own I/O wait wakes it.
+    (`TrioToken.run_sync_soon` wakes the loop's system task first, which then wakes the writer
+    task: one more scheduling batch, several milliseconds each when the loop is busy.) One command
+    is outstanding at a time, so answers and commands pair up in order."""
 
-    __slots__ = ("event", "value")
+    __slots__ = ("fd", "values")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
-        self.value: Any = None
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.values: deque[Any] = deque()
 
-    def set(self, value: Any) -> None:
-        self.value = value
-        self.event.set()
+    def put(self, value: Any) -> None:
+        """From the writer thread."""
+        self.values.append(value)
+        os.eventfd_write(self.fd, 1)
+
+    async def get(self) -> Any:
+        values = self.values
+        while not values:
+            await trio.lowlevel.wait_readable(self.fd)
+            try:
+                os.eventfd_read(self.fd)
+            except BlockingIOError:  # read already, with the answer taken before this wait
+                pass
+        return values.popleft()
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 APPLY_SLICE_S = 0.002  # ops applied on the event loop before other tasks get a turn
@@ -91,7 +110,7 @@ class Writer:
         self._closed: deque[_Batch] = deque()  # full batches waiting for their commit
         self._work = trio.Event()
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._replies: _Replies | None = None
         self._answered: deque[_Batch] = deque()  # committed batches whose callbacks have not run yet
         self.commits = 0
         self.ops_committed = 0
@@ -138,7 +157,7 @@ class Writer:
         return bool(self._closed) or bool(self._batch.ops)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self._token = trio.lowlevel.current_trio_token()
+        self._replies = _Replies()
         thread = threading.Thread(target=self._thread_main, name="gateway-writer", daemon=True)
         thread.start()
         task_status.started()
@@ -160,10 +179,11 @@ class Writer:
                 txn = await self._commit(self._next(), txn)
         finally:
             self._answer()  # committed batches get their answers even when stopping
-            self._requests.put((_STOP, None, None))
+            self._requests.put((_STOP, None))
             # A commit in flight must finish before the environment may be closed.
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(thread.join)
+            self._replies.close()
 
     def _next(self) -> _Batch:
         """The next batch to commit: a full one first, else the open one (which closes now)."""
@@ -187,19 +207,17 @@ class Writer:
 
     async def _call(self, command: int, arg: Any = None) -> Any:
         """Hand a command to the writer thread and wait for its answer."""
-        return await self._wait(self._post(command, arg))
+        self._post(command, arg)
+        return await self._wait()
 
-    def _post(self, command: int, arg: Any = None) -> _Reply:
-        reply = _Reply()
-        self._requests.put((command, arg, reply.set))
-        return reply
+    def _post(self, command: int, arg: Any = None) -> None:
+        """Hand a command to the writer thread; `_wait` for its answer before the next command."""
+        self._requests.put((command, arg))
 
-    @staticmethod
-    async def _wait(reply: _Reply) -> Any:
+    async def _wait(self) -> Any:
         """Never cancelled midway: the thread would go on with a transaction nobody waits for."""
         with trio.CancelScope(shield=True):
-            await reply.event.wait()
-        return reply.value
+            return await self._replies.get()
 
     def _answer(self) -> None:
         """Run the callbacks of the committed batches (in commit order, each op's in queue order)."""
@@ -250,9 +268,9 @@ class Writer:
                 self._fail(batch, StorageError(str(txn)))
                 return None
         posted = perf_counter()
-        reply = self._post(_COMMIT)
+        self._post(_COMMIT)
         self._answer()  # the batch committed before answers while this one commits
-        error, next_txn = await self._wait(reply)
+        error, next_txn = await self._wait()
         if error is None:
             if self._on_commit is not None:
                 self._on_commit(perf_counter() - posted)
@@ -303,10 +321,10 @@ class Writer:
     # -- the writer thread ----------------------------------------------------------------
 
     def _thread_main(self) -> None:
-        env, requests, token = self._env, self._requests, self._token
+        env, requests, answer = self._env, self._requests, self._replies.put
         txn = None
         while True:
-            command, _, answer = requests.get()
+            command, _ = requests.get()
             if command == _STOP:
                 if txn is not None:
                     txn.abort()
@@ -327,12 +345,7 @@ class Writer:
             except Exception as exc:  # begin failed: the event loop fails the batch
                 log.error("LMDB transaction could not be started: %s", exc)
                 value = exc
-            try:
-                token.run_sync_soon(answer, value)
-            except trio.RunFinishedError:
-                if txn is not None:
-                    txn.abort()
-                return
+            answer(value)
 
     def _commit_in_thread(self, txn) -> tuple[BaseException | None, Any]:
         try:
