@@ -147,3 +147,44 @@ async def test_a_peer_that_does_not_read_its_answers_stalls_no_one_else(nursery)
     answers = await slow.read(25)  # now read: every answer, whole and in order
     assert [len(body) for _, _, body in answers] == [1_000_000] * 25
     assert [p for p in app.now if p.startswith("/big")] == [f"/big{i}" for i in range(25)]
+
+
+async def test_a_long_round_of_requests_lets_other_tasks_run_in_between(nursery, monkeypatch):
+    """Requests of many connections that arrive at once are served in slices: between two slices
+    the other tasks (the writer that commits what was accepted so far) get their turn."""
+    import socket
+    from time import perf_counter
+
+    from gateway.http import server as server_module
+
+    monkeypatch.setattr(server_module, "_MUX_SLICE_S", 0.001)
+    served: list[str] = []
+    seen: list[int] = []
+
+    def handle_now(req: Request):
+        end = perf_counter() + 0.0004  # a handler that takes a while: 40 of them ~16 ms
+        while perf_counter() < end:
+            pass
+        served.append(req.path)
+        return Response(200, b"ok", "text/plain")
+
+    async def handler(req):
+        raise AssertionError("plain requests never reach the task")
+
+    async def watcher():
+        while len(served) < 40:
+            seen.append(len(served))
+            await trio.sleep(0)
+
+    port = await nursery.start(lambda task_status: serve_http(
+        handler, "127.0.0.1", 0, FAST, handle_now=handle_now, task_status=task_status))
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+    await trio.sleep(0.1)  # accepted, and parked in the reading task
+    for i, sock in enumerate(socks):  # all 40 requests in, with no turn for the server in between
+        sock.sendall(get(f"/c{i}"))
+    nursery.start_soon(watcher)
+    for sock in socks:
+        with trio.socket.from_stdlib_socket(sock) as s:
+            assert (await s.recv(4096)).endswith(b"ok")
+    assert sorted(served) == sorted(f"/c{i}" for i in range(40))
+    assert any(0 < n < 40 for n in seen), seen  # the watcher ran while the round was being served

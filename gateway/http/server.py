@@ -57,6 +57,7 @@ _LINGER_S = 1.0
 _LINGER_MAX_BYTES = 4 * 1_048_576
 _CACHE_MAX = 512
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_MUX_SLICE_S = 0.002  # requests served by the reading task before the other tasks get a turn
 _QUEUE_MAX = 256  # pending answers on one connection before its task stops reading more requests
 
 # Connection phases, read by the reaper task.
@@ -756,8 +757,11 @@ class _Mux:
         try:
             while True:
                 await wait_readable(fd)
-                for cfd, _ in poll(0):
-                    conn = parked.get(cfd)
+                ready = poll(0)
+                last = len(ready) - 1
+                slice_end = perf_counter() + _MUX_SLICE_S
+                for i, (cfd, _) in enumerate(ready):
+                    conn = parked.get(cfd)  # (again after a turn: handed back, closed or parked anew)
                     if conn is None:
                         continue
                     try:
@@ -766,6 +770,11 @@ class _Mux:
                         logger.exception("HTTP connection from %s failed", conn.remote)
                         conn.closed = True
                         conn.scope.cancel()
+                    if i < last and perf_counter() > slice_end:
+                        # the others get a turn: the writer commits what was accepted so far, and
+                        # its answers go out, instead of waiting for hundreds more requests
+                        await checkpoint()
+                        slice_end = perf_counter() + _MUX_SLICE_S
         finally:
             notify_closing(fd)
             self.ep.close()
