@@ -79,6 +79,7 @@ class Gateway:
         self.store: Store = open_store(config.store.data_dir, config.store.map_size_mb)
         self.writer = Writer(self.store.env, self.store.dbs, max_ops=config.store.group_commit_max_ops,
                              window_s=config.store.group_commit_window_ms / 1000.0,
+                             lazy_s=config.store.group_commit_lazy_ms / 1000.0,
                              on_commit=self.metrics.commit.observe)
         self.ids = IdGenerator()
         self.event_ids = IdGenerator()

@@ -39,6 +39,7 @@ class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
     map_size_mb: PositiveInt = 4096
     group_commit_max_ops: PositiveInt = 4096
     group_commit_window_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0
+    group_commit_lazy_ms: Annotated[float, Meta(ge=0, le=1000)] = 10.0
     idempotency_ttl_h: PositiveFloat = 24.0
     storage_full_retry_after_s: PositiveInt = 30
 

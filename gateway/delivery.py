@@ -485,7 +485,9 @@ class Delivery:
         targets, event_ids = self.gw.webhook_targets(), self.gw.event_ids
         args = [ops.StatusArg(updates[i:i + STATUS_PIECE], targets, event_ids)
                 for i in range(0, len(updates), STATUS_PIECE)]
-        pieces = await write_all_until_stored(self.gw.writer, ops.apply_status, args)
+        # Lazy: acks and receipts wait (up to [store] group_commit_lazy_ms) for a commit that other
+        # work starts, instead of an fsync of their own for every network answer at low rates.
+        pieces = await write_all_until_stored(self.gw.writer, ops.apply_status, args, lazy=True)
         changes = [c for piece in pieces for c in piece]
         self._after_changes(changes)
 

@@ -56,6 +56,36 @@ async def test_each_commit_reports_how_long_the_loop_waited_for_it(store):
     assert len(took) == writer.commits == 4 and all(0 < t < 5 for t in took)
 
 
+async def test_a_lazy_write_alone_commits_once_its_wait_is_over(store):
+    writer = Writer(store.env, store.dbs, window_s=0.001, lazy_s=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        t0 = trio.current_time()
+        assert await writer.write(put, (b"late", b"v"), lazy=True) == b"late"
+        waited = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    assert 0.3 <= waited < 2 and writer.commits == 1
+    assert store.get("messages", b"late") == b"v"
+
+
+async def test_lazy_writes_share_the_commit_that_a_plain_write_starts(store):
+    writer = Writer(store.env, store.dbs, window_s=0.001, lazy_s=5.0)
+    lazy_done: list = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(3):
+            writer.submit(put, (b"lazy%d" % i, b"v"), lambda result, error: lazy_done.append((result, error)),
+                          lazy=True)
+        await trio.sleep(0.05)
+        assert writer.commits == 0 and lazy_done == []  # nothing started a commit yet
+        with trio.fail_after(1):  # far below the lazy writes' 5 s
+            await writer.write(put, (b"plain", b"v"))
+        await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 1 and writer.ops_committed == 4
+    assert lazy_done == [(b"lazy0", None), (b"lazy1", None), (b"lazy2", None)]
+
+
 async def test_batch_closes_at_max_ops(store):
     writer = Writer(store.env, store.dbs, max_ops=10, window_s=1.0)
     async with trio.open_nursery() as nursery:

@@ -46,7 +46,7 @@ class StorageError(Exception):
 
 
 class _Batch:
-    __slots__ = ("ops", "args", "results", "done", "error", "opened", "callbacks")
+    __slots__ = ("ops", "args", "results", "done", "error", "opened", "callbacks", "eager")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -56,6 +56,7 @@ class _Batch:
         self.error: BaseException | None = None
         self.opened = 0.0
         self.callbacks: list[tuple[int, Done]] = []  # (index of the op, its callback)
+        self.eager: float | None = None  # when its first operation that may not wait came (trio time)
 
 
 class _Replies:
@@ -98,7 +99,8 @@ _BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
 
 class Writer:
     def __init__(self, env: lmdb.Environment, dbs: dict, *, max_ops: int = 4096,
-                 window_s: float = 0.002, on_commit: Callable[[float], None] | None = None) -> None:
+                 window_s: float = 0.002, lazy_s: float = 0.0,
+                 on_commit: Callable[[float], None] | None = None) -> None:
         self._env = env
         self._dbs = dbs
         # Called on the event loop after each commit with the seconds from handing the batch to the
@@ -106,6 +108,7 @@ class Writer:
         self._on_commit = on_commit
         self._max_ops = max_ops
         self._window_s = window_s
+        self._lazy_s = lazy_s  # how long `lazy` operations wait for a commit that happens anyway
         self._batch = _Batch()
         self._closed: deque[_Batch] = deque()  # full batches waiting for their commit
         self._work = trio.Event()
@@ -115,9 +118,12 @@ class Writer:
         self.commits = 0
         self.ops_committed = 0
 
-    async def write(self, op: Op, arg: Any = None) -> Any:
-        """Run op(txn, dbs, arg) in the next commit and return its result once durable."""
-        batch, index = self._enqueue(op, arg)
+    async def write(self, op: Op, arg: Any = None, *, lazy: bool = False) -> Any:
+        """Run op(txn, dbs, arg) in the next commit and return its result once durable. A `lazy`
+        operation does not start a commit of its own before `lazy_s` has passed: it goes with the
+        next one that anything else starts (bookkeeping nobody is waiting on, such as the network's
+        acks and receipts, rides along with accepts instead of costing an fsync each)."""
+        batch, index = self._enqueue(op, arg, lazy)
         await batch.done.wait()
         if batch.error is not None:
             raise batch.error
@@ -126,22 +132,26 @@ class Writer:
             raise result
         return result
 
-    def submit(self, op: Op, arg: Any, done: Done) -> None:
+    def submit(self, op: Op, arg: Any, done: Done, *, lazy: bool = False) -> None:
         """Run op(txn, dbs, arg) in the next commit, then call done(result, None) on the event loop
         once it is durable, or done(None, error) if it failed (StorageFull, StorageError, or the
-        exception the op raised). `done` must not block; an exception from it is logged."""
-        batch, index = self._enqueue(op, arg)
+        exception the op raised). `done` must not block; an exception from it is logged. `lazy`
+        as for `write`."""
+        batch, index = self._enqueue(op, arg, lazy)
         batch.callbacks.append((index, done))
 
     def write_nowait(self, op: Op, arg: Any = None) -> _Batch:
         """Queue op without waiting; the returned batch's `done` event fires after its commit."""
         return self._enqueue(op, arg)[0]
 
-    def _enqueue(self, op: Op, arg: Any) -> tuple[_Batch, int]:
+    def _enqueue(self, op: Op, arg: Any, lazy: bool = False) -> tuple[_Batch, int]:
         batch = self._batch
         ops = batch.ops
         if not ops:
             batch.opened = trio.current_time()
+            self._work.set()  # (for a lazy one: the writer task sets its deadline)
+        if not lazy and batch.eager is None:
+            batch.eager = batch.opened if not ops else trio.current_time()
             self._work.set()
         ops.append(op)
         batch.args.append(arg)
@@ -152,9 +162,25 @@ class Writer:
         return batch, index
 
     def _has_work(self) -> bool:
-        # Read by the writer thread as a hint; only the event loop's thread ever takes work away,
-        # and it is waiting for that thread's answer when the hint is read.
-        return bool(self._closed) or bool(self._batch.ops)
+        """Work that may not wait (lazy operations alone may). Read by the writer thread as a hint;
+        only the event loop's thread ever takes work away, and it is waiting for that thread's
+        answer when the hint is read."""
+        return bool(self._closed) or self._batch.eager is not None
+
+    async def _until_work(self) -> None:
+        """Until there is work to commit: an operation that may not wait, or lazy ones whose
+        `lazy_s` has passed."""
+        while not self._has_work():
+            self._work = trio.Event()
+            batch = self._batch
+            if not batch.ops:
+                await self._work.wait()
+                continue
+            due = batch.opened + self._lazy_s
+            if trio.current_time() >= due:
+                return
+            with trio.move_on_at(due):
+                await self._work.wait()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._replies = _Replies()
@@ -166,9 +192,7 @@ class Writer:
             while True:
                 if txn is None:
                     self._answer()  # no commit to overlap with: answer now
-                    if not self._has_work():
-                        self._work = trio.Event()
-                        await self._work.wait()
+                    await self._until_work()
                     if not self._closed:
                         await self._linger()
                     txn = await self._call(_BEGIN)
@@ -198,7 +222,8 @@ class Writer:
         one scheduling round, and more only while each round still brings new operations, never
         past the window. Under load each batch is applied as soon as the previous commit
         returned, so this only runs when the writer was idle."""
-        deadline = self._batch.opened + self._window_s
+        batch = self._batch
+        deadline = (batch.opened if batch.eager is None else batch.eager) + self._window_s
         while not self._closed and trio.current_time() < deadline:
             before = len(self._batch.ops)
             await trio.sleep(0)
@@ -377,7 +402,8 @@ async def write_until_stored(writer: Writer, op: Op, arg: Any = None, pause_s: f
             await trio.sleep(pause_s)
 
 
-async def write_all_until_stored(writer: Writer, op: Op, args: list, pause_s: float = 1.0) -> list:
+async def write_all_until_stored(writer: Writer, op: Op, args: list, pause_s: float = 1.0, *,
+                                 lazy: bool = False) -> list:
     """`write_until_stored` for several operations at once: queued together and in order (one batch
     holds them as far as `max_ops` allows, and the writer gives other tasks a turn between them),
     their results in the same order. For work too large to apply in one step, cut into pieces."""
@@ -397,7 +423,7 @@ async def write_all_until_stored(writer: Writer, op: Op, args: list, pause_s: fl
             return done
 
         for i in todo:
-            writer.submit(op, args[i], done_for(i))
+            writer.submit(op, args[i], done_for(i), lazy=lazy)
         await finished.wait()
         failed = [i for i in todo if outcome[i] is not None]
         for i in failed:
