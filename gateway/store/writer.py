@@ -4,15 +4,18 @@ transaction and commits (with fsync) off the event loop, then wakes every caller
 A batch closes when it holds `max_ops` operations, when `window_s` has passed since its first
 operation, or as soon as a scheduling round passes without adding to it. While a commit is running,
 new operations gather in the next batch, which is applied as soon as the commit returns, so under
-load the event loop and the disk work side by side instead of in turn.
+load the event loop and the disk work side by side instead of in turn. A `lazy` operation (the
+network's acks and receipts) starts no commit of its own before `lazy_s` has passed: it goes with
+the next commit that other work starts.
 
 Who does what: LMDB ties the write lock to the thread that begins a write transaction, so a
 long-lived writer thread begins, commits and aborts every write transaction. The operations
 themselves (the puts) run on the event loop's thread, in order, while the writer thread waits
 (other tasks get a turn between two ops every APPLY_SLICE_S): py-lmdb releases the GIL around every
 put, and running them in a second thread on the same core turned each of them into a GIL hand-over.
-Only the commit (and its fsync) runs beside the event loop. Nothing is reported written before its commit returned; a full map fails the
-whole batch with StorageFull and writes none of it.
+Only the commit (and its fsync) runs beside the event loop. Nothing is reported written before its
+commit returned; a full map fails the whole batch with StorageFull and writes none of it. The thread
+answers each command through an eventfd that the writer task waits on (`_Replies`).
 
 A caller either awaits `write()` (its task parks until the commit), or hands over a callback with
 `submit()`: the callbacks of a committed batch run on the event loop's thread while the next batch
