@@ -32,6 +32,7 @@ from gateway.http.router import Router
 from gateway.http.server import Deferred, Request, Response, ServerLimits, serve_http
 from gateway.inbound import InboundPath
 from gateway.ids import IdGenerator
+from gateway.loopstats import LoopStats
 from gateway.metrics import GatewayMetrics
 from gateway.network.link import NetworkLink, parse_url
 from gateway.policy.service import PolicyService
@@ -75,6 +76,7 @@ class Gateway:
         self.clock = clock or Clock()
         self.clock_ms = self.clock.now_ms
         self.metrics = GatewayMetrics()
+        self.loop_stats = LoopStats()  # where the event loop's time goes (/metrics)
         self.sealer = self._load_sealer(config)
         self.store: Store = open_store(config.store.data_dir, config.store.map_size_mb)
         self.writer = Writer(self.store.env, self.store.dbs, max_ops=config.store.group_commit_max_ops,
@@ -335,10 +337,18 @@ class Gateway:
         reg.gauge("gateway_storage_map_bytes", "LMDB map size in bytes.",
                   lambda: [((), self.store.usage()[1])])
         reg.gauge("gateway_group_commits", "Group commits since start.", lambda: [((), self.writer.commits)])
+        # rate() of these is the event loop's share per kind of task, and its idle share
+        reg.counter_read("gateway_loop_busy_seconds_total", "Event-loop seconds spent in task steps, by the "
+                         "part of the gateway the task belongs to (http, store, delivery, network, ...).",
+                         lambda: sorted(((label,), round(s, 6)) for label, s in self.loop_stats.busy.items()),
+                         ("task",))
+        reg.counter_read("gateway_loop_idle_seconds_total", "Event-loop seconds spent waiting for I/O.",
+                         lambda: [((), round(self.loop_stats.idle, 6))])
 
     # -- run ----------------------------------------------------------------------------------
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        trio.lowlevel.add_instrument(self.loop_stats)
         rebuilt = self.delivery.rebuild()
         if rebuilt:
             log.info("restart: %d pending messages back in the scheduler", rebuilt)
@@ -370,6 +380,7 @@ class Gateway:
                 log.info("gateway listening on http://%s:%d", listen_host, self.http_port)
                 task_status.started(self.http_port)
         finally:
+            trio.lowlevel.remove_instrument(self.loop_stats)
             await self.webhooks.aclose()
 
     async def _network_target(self, nursery: trio.Nursery) -> tuple[str, int]:

@@ -58,7 +58,7 @@ def _labels(names: tuple[str, ...], values: tuple) -> str:
 class Registry:
     def __init__(self) -> None:
         self._items: list[tuple[str, object, tuple[str, ...]]] = []
-        self._gauges: list[tuple[str, str, tuple[str, ...], Gauge]] = []
+        self._gauges: list[tuple[str, str, tuple[str, ...], Gauge, str]] = []
 
     def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
         c = Counter(name, help)
@@ -72,7 +72,11 @@ class Registry:
         return h
 
     def gauge(self, name: str, help: str, read: Gauge, labels: tuple[str, ...] = ()) -> None:
-        self._gauges.append((name, help, labels, read))
+        self._gauges.append((name, help, labels, read, "gauge"))
+
+    def counter_read(self, name: str, help: str, read: Gauge, labels: tuple[str, ...] = ()) -> None:
+        """A counter kept elsewhere (it only grows), read through `read` when scraped."""
+        self._gauges.append((name, help, labels, read, "counter"))
 
     def render(self) -> bytes:
         out: list[str] = []
@@ -94,8 +98,8 @@ class Registry:
                 out.append(f"{item.name}_bucket{inf} {cumulative}\n")
                 out.append(f"{item.name}_sum{_labels(names, labels)} {s[-1]:.6f}\n")
                 out.append(f"{item.name}_count{_labels(names, labels)} {cumulative}\n")
-        for name, help, names, read in self._gauges:
-            out.append(f"# HELP {name} {help}\n# TYPE {name} gauge\n")
+        for name, help, names, read, kind in self._gauges:
+            out.append(f"# HELP {name} {help}\n# TYPE {name} {kind}\n")
             for labels, v in read():
                 out.append(f"{name}{_labels(names, labels)} {v:g}\n")
         return "".join(out).encode()

@@ -185,6 +185,14 @@ def test_metrics_expose_counters_queue_depth_and_histograms(gw):
     commits = next(ln for ln in text.splitlines() if ln.startswith("gateway_store_commit_seconds_count "))
     took = next(ln for ln in text.splitlines() if ln.startswith("gateway_store_commit_seconds_sum "))
     assert float(commits.split()[1]) >= 3 and float(took.split()[1]) > 0
+    # where the event loop's time went, by kind of task
+    busy = {ln.split('"')[1]: float(ln.split()[-1]) for ln in text.splitlines()
+            if ln.startswith("gateway_loop_busy_seconds_total{")}
+    assert {"http", "store", "delivery", "network"} <= set(busy) and all(v >= 0 for v in busy.values()), busy
+    assert busy["http"] > 0 and busy["store"] > 0 and busy["app"] < 60  # (not counted from the epoch)
+    assert "# TYPE gateway_loop_busy_seconds_total counter" in text
+    idle = next(ln for ln in text.splitlines() if ln.startswith("gateway_loop_idle_seconds_total "))
+    assert float(idle.split()[1]) > 0
 
 
 def test_readyz_reports_ready_with_the_link_up(gw):
