@@ -124,6 +124,26 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
+def _loop_table(steps: list[dict]) -> list[str]:
+    """Where the gateway's event loop spent each step (`loop_pct`: % of wall time by part of the
+    gateway, and idle), the busiest parts first; nothing when no step has it (a gateway without
+    those metrics)."""
+    totals: dict[str, float] = {}
+    for s in steps:
+        for part, pct in (s.get("loop_pct") or {}).items():
+            totals[part] = totals.get(part, 0.0) + pct
+    if not totals:
+        return []
+    parts = sorted((p for p in totals if p != "idle"), key=lambda p: -totals[p]) + (["idle"] if "idle" in totals else [])
+    out = ["Where the gateway's event loop spent each step (% of its wall time; parts under 0.5 % left out):", "",
+           "| step | " + " | ".join(parts) + " |", "| --- | " + " | ".join("---" for _ in parts) + " |"]
+    for s in steps:
+        shares = s.get("loop_pct") or {}
+        out.append(f"| {s['step']} | " + " | ".join(_fmt(shares.get(p)) for p in parts) + " |")
+    out.append("")
+    return out
+
+
 def render_markdown(report: dict, plots: list[str]) -> str:
     ok = report.get("ok")
     out = [f"# {report['scenario']}{' (quick)' if report.get('quick') else ''}: {'PASS' if ok else 'FAIL'}", ""]
@@ -168,6 +188,7 @@ def render_markdown(report: dict, plots: list[str]) -> str:
                        f"{_fmt(s.get('sent_per_s'))} | {_fmt(s.get('commits_per_s'))} | {_fmt(s.get('commit_ms'))} | "
                        f"{'warm-up' if s.get('warmup') else 'yes' if s['passed'] else 'NO'} |")
         out.append("")
+        out += _loop_table(peak["steps"])
     v = report.get("verdict")
     if v:
         out += ["## Completeness and rates", "", "| check | value |", "| --- | --- |"]

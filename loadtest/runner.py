@@ -75,6 +75,30 @@ def commits_from_metrics(m: dict[str, float]) -> dict:
             "commit_s": m.get("gateway_store_commit_seconds_sum", 0.0)}
 
 
+_LOOP_BUSY = 'gateway_loop_busy_seconds_total{task="'
+
+
+def loop_from_metrics(m: dict[str, float]) -> dict:
+    """The gateway's event-loop seconds so far: `loop:<part>` per part of the gateway, `loop:idle`."""
+    out = {"loop:" + name[len(_LOOP_BUSY):-2]: v for name, v in m.items() if name.startswith(_LOOP_BUSY)}
+    if "gateway_loop_idle_seconds_total" in m:
+        out["loop:idle"] = m["gateway_loop_idle_seconds_total"]
+    return out
+
+
+def loop_shares(series: list[dict], first: float, last: float) -> dict[str, float]:
+    """Percent of the step's wall time the gateway's event loop spent in each part (and idle), from
+    the counters sampled in it; parts under 0.5 % are left out."""
+    keys = {k for sample in series if first - 0.5 <= sample["t"] <= last + 0.5 for k in sample
+            if k.startswith("loop:")}
+    shares = {}
+    for key in sorted(keys):
+        rate = counter_rate([sample for sample in series if key in sample], key, first, last, digits=6)
+        if rate is not None and rate >= 0.005:
+            shares[key[5:]] = round(100 * rate, 1)
+    return shares
+
+
 def funnel_from_metrics(m: dict[str, float]) -> dict:
     return {"accepted": m.get("gateway_messages_accepted_total", 0.0),
             **{s: m.get(f'gateway_messages_status_total{{status="{s}"}}', 0.0)
@@ -204,7 +228,7 @@ def cpu_share(cpu_at: dict[int, tuple[int, float] | None], first: int, last: int
     return round(100 * (b[1] - a[1]) / (last - first), 1)
 
 
-def counter_rate(series: list[dict], key: str, first: float, last: float) -> float | None:
+def counter_rate(series: list[dict], key: str, first: float, last: float, digits: int = 1) -> float | None:
     """Per-second rate of one of the gateway's counters from second `first` to `last` of the run,
     from the samples (`t` and the counters) taken in it; None with fewer than two a second apart,
     or across a restart (the counter went back)."""
@@ -214,7 +238,7 @@ def counter_rate(series: list[dict], key: str, first: float, last: float) -> flo
     a, b = inside[0], inside[-1]
     if b[key] < a[key]:
         return None
-    return round((b[key] - a[key]) / (b["t"] - a["t"]), 1)
+    return round((b[key] - a[key]) / (b["t"] - a["t"]), digits)
 
 
 def mean_commit_ms(series: list[dict], first: float, last: float) -> float | None:
@@ -276,7 +300,7 @@ class Drive:
                 metrics = parse_metrics(resp.body.decode())
                 self.funnel = funnel_from_metrics(metrics)
                 self.funnel_series.append({"t": round(engine.elapsed(), 2), **self.funnel,
-                                           **commits_from_metrics(metrics)})
+                                           **commits_from_metrics(metrics), **loop_from_metrics(metrics)})
             except Exception:  # noqa: BLE001 - the display must never end the run (e.g. mid-crash)
                 pass
             t = engine.elapsed()
@@ -385,7 +409,9 @@ class Drive:
                    "sent_per_s": counter_rate(self.funnel_series, "sent", first, last),
                    # the store's share of each answer's wait, and how often it commits
                    "commits_per_s": counter_rate(self.funnel_series, "commits", first, last),
-                   "commit_ms": mean_commit_ms(self.funnel_series, first, last)}
+                   "commit_ms": mean_commit_ms(self.funnel_series, first, last),
+                   # where the gateway's event loop spent the step (% of wall time, by part)
+                   "loop_pct": loop_shares(self.funnel_series, first, last)}
             self.steps.append(row)
             self.note("step", **{k: row[k] for k in ("step", "offered_rps", "answered_rps", "p99_ms", "errors",
                                                       "gateway_cpu_pct", "sent_per_s", "commits_per_s",

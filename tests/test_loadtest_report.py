@@ -9,7 +9,8 @@ from loadtest import latency as L
 from loadtest.checks import judge
 from loadtest.progress import progress_line, summary_table
 from loadtest.report import render_markdown, write_report
-from loadtest.runner import commits_from_metrics, counter_rate, cpu_share, mean_commit_ms, parse_metrics
+from loadtest.runner import (commits_from_metrics, counter_rate, cpu_share, loop_from_metrics, loop_shares,
+                             mean_commit_ms, parse_metrics)
 from loadtest.scenario import ScenarioError, parse_scenario
 from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
                                sender_tiers)
@@ -258,3 +259,35 @@ def test_a_steps_mean_commit_time_comes_from_the_commit_histograms_sum_and_count
     assert mean_commit_ms(series, 5, 10) == 10.0  # 1.0 s over 100 commits
     assert mean_commit_ms(series, 10, 12) is None  # no commit in the step
     assert mean_commit_ms(series, 20, 25) is None  # no samples
+
+
+def test_a_steps_event_loop_shares_come_from_the_loop_counters():
+    text = ("# TYPE gateway_loop_busy_seconds_total counter\n"
+            'gateway_loop_busy_seconds_total{task="http"} 10.5\n'
+            'gateway_loop_busy_seconds_total{task="store"} 4.25\n'
+            "gateway_loop_idle_seconds_total 30\n")
+    assert loop_from_metrics(parse_metrics(text)) == {"loop:http": 10.5, "loop:store": 4.25, "loop:idle": 30.0}
+    assert loop_from_metrics({}) == {}  # a gateway without them
+    series = [{"t": 5.0, "loop:http": 1.0, "loop:idle": 2.0},  # "store" not seen yet in the first sample
+              {"t": 6.0, "loop:http": 1.4, "loop:store": 0.1, "loop:idle": 2.5, "loop:app": 0.0},
+              {"t": 10.0, "loop:http": 3.0, "loop:store": 0.9, "loop:idle": 4.5, "loop:app": 0.001}]
+    assert loop_shares(series, 5, 10) == {"http": 40.0, "store": 20.0, "idle": 50.0}  # app: under 0.5 %
+    series[-1]["loop:http"] = 1.3615  # shares to a tenth of a percent, not rounded to the rate's tenths
+    assert loop_shares(series, 5, 10)["http"] == 7.2
+    assert loop_shares(series, 20, 25) == {}
+
+
+def test_the_report_shows_where_the_event_loop_spent_each_step():
+    steps = [{"step": 0, "warmup": False, "offered_rps": 500, "answered_rps": 500.0, "p99_ms": 3.0, "errors": 0,
+              "unanswered": 0, "passed": True, "loop_pct": {"http": 20.0, "store": 10.0, "idle": 60.0}},
+             {"step": 1, "warmup": False, "offered_rps": 9000, "answered_rps": 8000.0, "p99_ms": 150.0, "errors": 0,
+              "unanswered": 0, "passed": False, "loop_pct": {"http": 35.0, "delivery": 25.0, "store": 30.0,
+                                                                  "idle": 1.0}}]
+    text = render_markdown({"scenario": "peak-ramp", "ok": True, "peak": {
+        "sustainable_rps": 500, "sustainable_msgs_per_s": 500, "p99_limit_ms": 100, "steps": steps}}, [])
+    assert "| step | http | store | delivery | idle |" in text
+    assert "| 0 | 20.0 | 10.0 | - | 60.0 |" in text and "| 1 | 35.0 | 30.0 | 25.0 | 1.0 |" in text
+    no_loop = render_markdown({"scenario": "peak-ramp", "ok": True, "peak": {
+        "sustainable_rps": 500, "sustainable_msgs_per_s": 500, "p99_limit_ms": 100,
+        "steps": [{k: v for k, v in steps[0].items() if k != "loop_pct"}]}}, [])
+    assert "event loop spent" not in no_loop
