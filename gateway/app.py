@@ -342,6 +342,9 @@ class Gateway:
                          "part of the gateway the task belongs to (http, store, delivery, network, ...).",
                          lambda: sorted(((label,), round(s, 6)) for label, s in self.loop_stats.busy.items()),
                          ("task",))
+        reg.counter_read("gateway_loop_steps_total", "Event-loop task steps, by the same parts (busy seconds "
+                         "over steps is their mean step: how long each holds the loop at a time).",
+                         lambda: sorted(((label,), n) for label, n in self.loop_stats.steps.items()), ("task",))
         reg.counter_read("gateway_loop_idle_seconds_total", "Event-loop seconds spent waiting for I/O.",
                          lambda: [((), round(self.loop_stats.idle, 6))])
 

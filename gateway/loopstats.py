@@ -34,7 +34,8 @@ def task_label(name: str) -> str:
 
 
 class LoopStats(trio.abc.Instrument):
-    """Seconds of task steps by label (`busy`), and seconds spent waiting for I/O (`idle`)."""
+    """Seconds of task steps by label (`busy`), their number (`steps`), and seconds spent waiting
+    for I/O (`idle`)."""
 
     def __init__(self, clock: Callable[[], float] = perf_counter) -> None:
         self.clock = clock
