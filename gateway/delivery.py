@@ -172,7 +172,9 @@ class Delivery:
             arg = ops.DispatchArg(items, blobs, limiter, failed,
                                   self.gw.webhook_targets() if failed else None, self.gw.event_ids)
             try:
-                result = await self.gw.writer.write(ops.dispatch, arg)
+                # Lazy: at low rates the round rides along with the next accept's commit (one
+                # commit per message instead of two); under load a commit is due at once anyway.
+                result = await self.gw.writer.write(ops.dispatch, arg, lazy=True)
             except (StorageFull, StorageError):
                 result = None
             if result is not None:

@@ -10,6 +10,7 @@ CONFIG = """
 [store]
 data_dir = "{data_dir}"
 map_size_mb = 32
+{store_extra}
 
 [[workspaces]]
 name = "default"
@@ -30,9 +31,9 @@ class RecordingLink:
         self.sent.extend(frames)
 
 
-async def with_gateway(tmp_path, body):
+async def with_gateway(tmp_path, body, store_extra: str = ""):
     init_keys(str(tmp_path / "keys"))
-    gw = Gateway(parse_config(CONFIG.format(data_dir=tmp_path)))
+    gw = Gateway(parse_config(CONFIG.format(data_dir=tmp_path, store_extra=store_extra)))
     gw.delivery.link = link = RecordingLink()
     try:
         async with trio.open_nursery() as nursery:

@@ -3,9 +3,11 @@ recorder: answers from the network that make no sense are acknowledged and ignor
 import trio
 
 from gateway.network.frames import Ack, Receipt, ReceiptAck, Submit
+from gateway.schedule.scheduler import QueuedMessage
 from gateway.store import ops
 from gateway.store import records as R
 from tests.inproc import with_gateway
+
 
 async def accept(gw, msg_id):
     rec = R.MessageRecord("default", "+15550000001", "+14155550100", 1, None, "accepted", [("accepted", 1)])
@@ -111,3 +113,30 @@ async def test_idle_time_fills_the_key_pool_and_stops_when_work_arrives(tmp_path
         assert len(delivery.ephemerals) == EPHEMERAL_POOL - 10
 
     await with_gateway(tmp_path, body)
+
+
+async def test_a_dispatch_round_goes_with_the_next_commit_instead_of_starting_one(tmp_path):
+    """At low rates a round's write waits (up to group_commit_lazy_ms) for the commit the next accept
+    starts: one commit per message instead of two. Nothing of the round is sent or stored before."""
+    msg_id, other = "01M80G6YDF0AVP1GGNM3839WG6", "01M80G6YDF0AVP1GGNM3839WG7"
+    sender = "+15550000001"
+
+    async def body(gw, link):
+        gw.keyring.identity = lambda number: None  # the sender's keys are gone: the round fails it, and stores that
+        await accept(gw, msg_id)
+        commits = gw.writer.commits
+        now = gw.clock.now()
+        gw.scheduler.push(QueuedMessage(msg_id, sender, "+14155550100", 1), now)
+        batch = gw.scheduler.ready(now, 10)
+        assert [m.id for m in batch] == [msg_id]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gw.delivery._dispatch, batch, now)
+            await trio.sleep(0.2)
+            assert gw.writer.commits == commits and gw.store.message(msg_id).status == "accepted"
+            with trio.fail_after(0.5):  # the round alone would wait 1 s
+                await accept(gw, other)
+        assert gw.writer.commits == commits + 1  # the accept's commit carried the round
+        rec = gw.store.message(msg_id)
+        assert (rec.status, rec.reason) == ("failed", "sender_keys_missing")
+
+    await with_gateway(tmp_path, body, store_extra="group_commit_lazy_ms = 1000")

@@ -350,3 +350,37 @@ async def test_writing_several_ops_waits_out_a_full_store_and_raises_an_ops_own_
             nursery.cancel_scope.cancel()
     finally:
         s.close()
+
+
+def _time_to_take_the_write_lock(env) -> float:
+    """Seconds another thread waits to begin a write transaction (the writer's thread holds the lock
+    while it has one open); gives up after 5 s."""
+    import threading
+    import time
+
+    took: list[float] = []
+
+    def take() -> None:
+        t0 = time.monotonic()
+        env.begin(write=True).abort()
+        took.append(time.monotonic() - t0)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(5)
+    return took[0] if took else 5.0
+
+
+async def test_after_a_commit_the_next_transaction_is_held_for_a_while_then_given_back(store):
+    """The thread begins the next transaction with the commit (no round trip when the next write
+    comes soon) and gives the write lock back to other writers once idle for hold_s."""
+    writer = Writer(store.env, store.dbs, window_s=0.001, hold_s=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.write(put, (b"first", b"v"))
+        waited = await trio.to_thread.run_sync(_time_to_take_the_write_lock, store.env)
+        assert 0.15 < waited < 2  # held after the commit, given back once idle
+        await writer.write(put, (b"second", b"v"))  # begins a transaction again, as before
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 2 and store.get("messages", b"second") == b"v"
+

@@ -5,17 +5,20 @@ A batch closes when it holds `max_ops` operations, when `window_s` has passed si
 operation, or as soon as a scheduling round passes without adding to it. While a commit is running,
 new operations gather in the next batch, which is applied as soon as the commit returns, so under
 load the event loop and the disk work side by side instead of in turn. A `lazy` operation (the
-network's acks and receipts) starts no commit of its own before `lazy_s` has passed: it goes with
-the next commit that other work starts.
+network's acks and receipts, dispatch rounds) starts no commit of its own before `lazy_s` has
+passed: it goes with the next commit that other work starts.
 
 Who does what: LMDB ties the write lock to the thread that begins a write transaction, so a
 long-lived writer thread begins, commits and aborts every write transaction. The operations
 themselves (the puts) run on the event loop's thread, in order, while the writer thread waits
 (other tasks get a turn between two ops every APPLY_SLICE_S): py-lmdb releases the GIL around every
 put, and running them in a second thread on the same core turned each of them into a GIL hand-over.
-Only the commit (and its fsync) runs beside the event loop. Nothing is reported written before its
-commit returned; a full map fails the whole batch with StorageFull and writes none of it. The thread
-answers each command through an eventfd that the writer task waits on (`_Replies`).
+Only the commit (and its fsync) runs beside the event loop. With each commit the thread begins the
+next transaction and holds it for up to `hold_s`, so the next batch needs no round trip to the thread
+to begin one; idle longer, the transaction is aborted and the write lock is free for other processes.
+Nothing is reported written before its commit returned; a full map fails the whole batch with
+StorageFull and writes none of it. The thread answers each command through an eventfd that the
+writer task waits on (`_Replies`).
 
 A caller either awaits `write()` (its task parks until the commit), or hands over a callback with
 `submit()`: the callbacks of a committed batch run on the event loop's thread while the next batch
@@ -24,6 +27,7 @@ commits (or at once when there is none), so answering a batch of requests wakes 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import threading
@@ -95,6 +99,7 @@ class _Replies:
 
 
 APPLY_SLICE_S = 0.002  # ops applied on the event loop before other tasks get a turn
+HOLD_S = 0.005  # a transaction begun after a commit waits this long for work (see Writer.run)
 
 # Commands to the writer thread.
 _BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
@@ -102,7 +107,7 @@ _BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
 
 class Writer:
     def __init__(self, env: lmdb.Environment, dbs: dict, *, max_ops: int = 4096,
-                 window_s: float = 0.002, lazy_s: float = 0.0,
+                 window_s: float = 0.002, lazy_s: float = 0.0, hold_s: float = HOLD_S,
                  on_commit: Callable[[float], None] | None = None) -> None:
         self._env = env
         self._dbs = dbs
@@ -112,6 +117,9 @@ class Writer:
         self._max_ops = max_ops
         self._window_s = window_s
         self._lazy_s = lazy_s  # how long `lazy` operations wait for a commit that happens anyway
+        # How long a write transaction begun right after a commit waits for work before it is
+        # given back (0: begin only for work already waiting).
+        self._hold_s = hold_s
         self._batch = _Batch()
         self._closed: deque[_Batch] = deque()  # full batches waiting for their commit
         self._work = trio.Event()
@@ -170,29 +178,40 @@ class Writer:
         answer when the hint is read."""
         return bool(self._closed) or self._batch.eager is not None
 
-    async def _until_work(self) -> None:
+    async def _until_work(self, until: float = math.inf) -> bool:
         """Until there is work to commit: an operation that may not wait, or lazy ones whose
-        `lazy_s` has passed."""
+        `lazy_s` has passed (True), or until `until` (trio time) has passed first (False)."""
         while not self._has_work():
             self._work = trio.Event()
             batch = self._batch
-            if not batch.ops:
-                await self._work.wait()
-                continue
-            due = batch.opened + self._lazy_s
+            due = until if not batch.ops else min(until, batch.opened + self._lazy_s)
             if trio.current_time() >= due:
-                return
-            with trio.move_on_at(due):
+                return bool(batch.ops) and due < until
+            if due == math.inf:
                 await self._work.wait()
+            else:
+                with trio.move_on_at(due):
+                    await self._work.wait()
+        return True
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self._replies = _Replies()
         thread = threading.Thread(target=self._thread_main, name="gateway-writer", daemon=True)
         thread.start()
         task_status.started()
-        txn = None  # a write transaction the thread began for work that was already waiting
+        txn = None  # the write transaction the thread began with the last commit, if any
         try:
             while True:
+                if txn is not None and not self._has_work():
+                    # The thread began this transaction right after the last commit, so that the
+                    # next batch needs no round trip to begin one: it waits for work, a while.
+                    self._answer()
+                    if await self._until_work(trio.current_time() + self._hold_s):
+                        if not self._closed:
+                            await self._linger()
+                    else:  # idle: give the write lock back (other processes may want to write)
+                        await self._call(_ABORT)
+                        txn = None
                 if txn is None:
                     self._answer()  # no commit to overlap with: answer now
                     await self._until_work()
@@ -384,9 +403,10 @@ class Writer:
         except lmdb.Error as exc:
             log.error("LMDB commit failed: %s", exc)
             return StorageError(str(exc)), None
-        if not self._has_work():
+        if self._hold_s <= 0 and not self._has_work():
             return None, None
-        # Work that arrived during the commit gets its transaction without another round trip.
+        # The next batch gets its transaction without another round trip: work that arrived during
+        # the commit at once, other work while the event loop holds it (Writer.run).
         try:
             return None, self._env.begin(write=True)
         except lmdb.Error:
