@@ -13,7 +13,8 @@ from typing import Annotated
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from gateway.crypto import aes_cbc
 
 __all__ = [
     "BadHeader",
@@ -80,42 +81,8 @@ _ZERO_OUTER = _sha256(bytes(64).translate(_OPAD))
 _PADDING = [bytes([n]) * n for n in range(17)]  # PKCS#7 pad for each length 1..16
 _pack = struct.Struct(">II").pack
 _unpack_from = struct.Struct(">II").unpack_from
-_AES = algorithms.AES
-_CBC = modes.CBC
-
-
-def _public_contexts():
-    return (lambda key, iv: Cipher(_AES(key), _CBC(iv)).encryptor(),
-            lambda key, iv: Cipher(_AES(key), _CBC(iv)).decryptor())
-
-
-def _cbc_contexts():
-    """(encryptor, decryptor) factories for AES-256-CBC. `Cipher(...).encryptor()` spends ~3 µs
-    per message on isinstance checks against abstract classes before it reaches the Rust context
-    constructor; with a fresh key for every message that is a sixth of a ratchet step. The
-    constructor is taken directly when this `cryptography` build has it and it agrees with the
-    public API on a self-test; otherwise the public API is used."""
-    public = _public_contexts()
-    try:
-        from cryptography.hazmat.bindings._rust import openssl as _rust
-
-        make_enc = _rust.ciphers.create_encryption_ctx
-        make_dec = _rust.ciphers.create_decryption_ctx
-        fast = (lambda key, iv: make_enc(_AES(key), _CBC(iv)), lambda key, iv: make_dec(_AES(key), _CBC(iv)))
-        key, iv, text = bytes(range(32)), bytes(range(16)), bytes(range(48))
-        e1, e2 = public[0](key, iv), fast[0](key, iv)
-        wire = e1.update(text) + e1.finalize()
-        if e2.update(text) + e2.finalize() != wire:
-            return public
-        d = fast[1](key, iv)
-        if d.update(wire) + d.finalize() != text:
-            return public
-        return fast
-    except Exception:  # a build without the binding: the public API is always right
-        return public
-
-
-_encryptor, _decryptor = _cbc_contexts()
+_cbc_encrypt = aes_cbc.encrypt  # AES-NI where the CPU has it (gateway._native.aes_cbc), else cryptography
+_cbc_decrypt = aes_cbc.decrypt
 
 
 def _hmac(key: bytes, msg: bytes) -> bytes:
@@ -176,8 +143,7 @@ def message_keys(mk: bytes) -> tuple[bytes, bytes, bytes]:
 def _seal(mk: bytes, header: bytes, plaintext: bytes, ad: bytes) -> bytes:
     """header || AES-256-CBC(PKCS#7(plaintext)) || HMAC(mac key, ad || header || ciphertext)."""
     cipher_key, mac_key, iv = message_keys(mk)
-    enc = _encryptor(cipher_key, iv)
-    body = header + enc.update(plaintext + _PADDING[16 - len(plaintext) % 16]) + enc.finalize()
+    body = header + _cbc_encrypt(cipher_key, iv, plaintext + _PADDING[16 - len(plaintext) % 16])
     return body + _hmac(mac_key, ad + body)
 
 
@@ -185,8 +151,7 @@ def _open(mk: bytes, message: bytes, ad: bytes) -> bytes:
     cipher_key, mac_key, iv = message_keys(mk)
     if not compare_digest(_hmac(mac_key, ad + message[:-TAG_LEN]), message[-TAG_LEN:]):
         raise BadTag("authentication tag does not verify")
-    dec = _decryptor(cipher_key, iv)
-    padded = dec.update(message[HEADER_LEN:-TAG_LEN]) + dec.finalize()
+    padded = _cbc_decrypt(cipher_key, iv, message[HEADER_LEN:-TAG_LEN])
     n = padded[-1]
     if not 1 <= n <= 16 or not padded.endswith(_PADDING[n]):
         raise BadTag("authenticated plaintext has invalid padding")
