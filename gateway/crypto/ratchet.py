@@ -6,7 +6,6 @@ failed decryption must never change the session.
 """
 from __future__ import annotations
 
-import hashlib
 import struct
 from hmac import compare_digest
 from typing import Annotated
@@ -15,6 +14,8 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from gateway.crypto import aes_cbc
+from gateway.crypto.ratchet_kdf import hmac_sha256 as _hmac
+from gateway.crypto.ratchet_kdf import kdf_ck, message_keys
 
 __all__ = [
     "BadHeader",
@@ -38,7 +39,6 @@ MAX_SKIPPED_KEYS = 2000  # most skipped keys a session keeps; the oldest go firs
 DEFAULT_MAX_SKIPPED_AGE = 7 * 24 * 3600.0  # seconds (in the caller's `now` units) a skipped key is kept
 
 ROOT_INFO = b"WhisperRatchet"
-MESSAGE_KEYS_INFO = b"WhisperMessageKeys"
 
 HEADER_LEN = 40  # DH public key (32) || PN (u32 big-endian) || N (u32 big-endian)
 TAG_LEN = 32  # full HMAC-SHA256
@@ -68,44 +68,14 @@ class BadHeader(RatchetError):
 
 
 # --- primitives -------------------------------------------------------------------------------
-# HMAC-SHA256 (RFC 2104) written out over hashlib for 32-byte keys: the same function as
-# hmac.digest(key, msg, "sha256"), about twice as fast here because it skips OpenSSL's per-call MAC
-# set-up and lets the pads of one key serve several messages (tests check it against the stdlib).
+# HMAC-SHA256 and the per-message KDFs: gateway.crypto.ratchet_kdf (SHA-NI, or the pure twin);
+# AES-256-CBC: gateway.crypto.aes_cbc (AES-NI, or cryptography).
 
-_sha256 = hashlib.sha256
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-_ZERO32 = bytes(32)
-_ZERO_INNER = _sha256(bytes(64).translate(_IPAD))  # HMAC state for HKDF's all-zero salt
-_ZERO_OUTER = _sha256(bytes(64).translate(_OPAD))
 _PADDING = [bytes([n]) * n for n in range(17)]  # PKCS#7 pad for each length 1..16
 _pack = struct.Struct(">II").pack
 _unpack_from = struct.Struct(">II").unpack_from
 _cbc_encrypt = aes_cbc.encrypt  # AES-NI where the CPU has it (gateway._native.aes_cbc), else cryptography
 _cbc_decrypt = aes_cbc.decrypt
-
-
-def _hmac(key: bytes, msg: bytes) -> bytes:
-    block = key + _ZERO32
-    inner = _sha256(block.translate(_IPAD))
-    inner.update(msg)
-    outer = _sha256(block.translate(_OPAD))
-    outer.update(inner.digest())
-    return outer.digest()
-
-
-def kdf_ck(ck: bytes) -> tuple[bytes, bytes]:
-    """KDF_CK: (HMAC-SHA256(ck, 0x02) = next chain key, HMAC-SHA256(ck, 0x01) = message key)."""
-    block = ck + _ZERO32
-    inner = _sha256(block.translate(_IPAD))
-    outer = _sha256(block.translate(_OPAD))
-    i1 = inner.copy()
-    i1.update(b"\x01")
-    o1 = outer.copy()
-    o1.update(i1.digest())
-    inner.update(b"\x02")
-    outer.update(inner.digest())
-    return outer.digest(), o1.digest()
 
 
 def kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
@@ -114,30 +84,6 @@ def kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
     t1 = _hmac(prk, ROOT_INFO + b"\x01")
     t2 = _hmac(prk, t1 + ROOT_INFO + b"\x02")
     return t1, t2
-
-
-def message_keys(mk: bytes) -> tuple[bytes, bytes, bytes]:
-    """HKDF-SHA256(salt=32 zero bytes, ikm=mk, info="WhisperMessageKeys", 80) -> (AES key, MAC key, IV)."""
-    inner = _ZERO_INNER.copy()
-    inner.update(mk)
-    outer = _ZERO_OUTER.copy()
-    outer.update(inner.digest())
-    block = outer.digest() + _ZERO32  # the PRK, padded to SHA-256's block
-    inner = _sha256(block.translate(_IPAD))
-    outer = _sha256(block.translate(_OPAD))
-    i = inner.copy()
-    i.update(MESSAGE_KEYS_INFO + b"\x01")
-    o = outer.copy()
-    o.update(i.digest())
-    t1 = o.digest()
-    i = inner.copy()
-    i.update(t1 + MESSAGE_KEYS_INFO + b"\x02")
-    o = outer.copy()
-    o.update(i.digest())
-    t2 = o.digest()
-    inner.update(t2 + MESSAGE_KEYS_INFO + b"\x03")
-    outer.update(inner.digest())
-    return t1, t2, outer.digest()[:16]
 
 
 def _seal(mk: bytes, header: bytes, plaintext: bytes, ad: bytes) -> bytes:
