@@ -10,9 +10,7 @@ AES-NI (`AESNI` false) it refuses to run and the twin is used; the code is const
 construction (no table lookups).
 """
 
-cdef extern from "Python.h":
-    bytes PyBytes_FromStringAndSize(const char *v, Py_ssize_t size)
-    char *PyBytes_AS_STRING(object)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
 cdef extern from *:
     """
@@ -28,29 +26,24 @@ cdef extern from *:
         return (c >> 25) & 1;  /* CPUID.01H:ECX.AES */
     }
 
+    /* w0 ^ w1 ^ ... up to each word: (w0, w0^w1, w0^w1^w2, w0^w1^w2^w3), low word first */
     __attribute__((target("aes,sse2")))
-    static inline __m128i gw_next_even(__m128i t1, __m128i assist) {
-        __m128i t4;
-        assist = _mm_shuffle_epi32(assist, 0xff);
-        t4 = _mm_slli_si128(t1, 4);
-        t1 = _mm_xor_si128(t1, t4);
-        t4 = _mm_slli_si128(t4, 4);
-        t1 = _mm_xor_si128(t1, t4);
-        t4 = _mm_slli_si128(t4, 4);
-        t1 = _mm_xor_si128(t1, t4);
-        return _mm_xor_si128(t1, assist);
+    static inline __m128i gw_running_xor(__m128i t) {
+        t = _mm_xor_si128(t, _mm_slli_si128(t, 4));
+        return _mm_xor_si128(t, _mm_slli_si128(t, 8));
+    }
+
+    /* The next round key of an even position (from the assist of the previous odd one, RotWord and
+       SubWord with the round constant) and of an odd position (SubWord alone). */
+    __attribute__((target("aes,sse2")))
+    static inline __m128i gw_next_even(__m128i prev, __m128i assist) {
+        return _mm_xor_si128(gw_running_xor(prev), _mm_shuffle_epi32(assist, 0xff));
     }
 
     __attribute__((target("aes,sse2")))
-    static inline __m128i gw_next_odd(__m128i even, __m128i t3) {
-        __m128i t4, assist = _mm_shuffle_epi32(_mm_aeskeygenassist_si128(even, 0x00), 0xaa);
-        t4 = _mm_slli_si128(t3, 4);
-        t3 = _mm_xor_si128(t3, t4);
-        t4 = _mm_slli_si128(t4, 4);
-        t3 = _mm_xor_si128(t3, t4);
-        t4 = _mm_slli_si128(t4, 4);
-        t3 = _mm_xor_si128(t3, t4);
-        return _mm_xor_si128(t3, assist);
+    static inline __m128i gw_next_odd(__m128i even, __m128i prev) {
+        __m128i assist = _mm_aeskeygenassist_si128(even, 0x00);
+        return _mm_xor_si128(gw_running_xor(prev), _mm_shuffle_epi32(assist, 0xaa));
     }
 
     /* AES-256 encryption key schedule (FIPS 197, 5.2): 15 round keys. */
@@ -60,18 +53,12 @@ cdef extern from *:
         __m128i t3 = _mm_loadu_si128((const __m128i *)(key + 16));
         rk[0] = t1;
         rk[1] = t3;
-        t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, 0x01)); rk[2] = t1;
-        t3 = gw_next_odd(t1, t3); rk[3] = t3;
-        t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, 0x02)); rk[4] = t1;
-        t3 = gw_next_odd(t1, t3); rk[5] = t3;
-        t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, 0x04)); rk[6] = t1;
-        t3 = gw_next_odd(t1, t3); rk[7] = t3;
-        t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, 0x08)); rk[8] = t1;
-        t3 = gw_next_odd(t1, t3); rk[9] = t3;
-        t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, 0x10)); rk[10] = t1;
-        t3 = gw_next_odd(t1, t3); rk[11] = t3;
-        t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, 0x20)); rk[12] = t1;
-        t3 = gw_next_odd(t1, t3); rk[13] = t3;
+        /* two round keys per round constant (an immediate operand: hence the macro, not a loop) */
+    #define GW_PAIR(n, rcon) \
+        t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, rcon)); rk[n] = t1; \
+        t3 = gw_next_odd(t1, t3); rk[n + 1] = t3;
+        GW_PAIR(2, 0x01) GW_PAIR(4, 0x02) GW_PAIR(6, 0x04) GW_PAIR(8, 0x08) GW_PAIR(10, 0x10) GW_PAIR(12, 0x20)
+    #undef GW_PAIR
         t1 = gw_next_even(t1, _mm_aeskeygenassist_si128(t3, 0x40)); rk[14] = t1;
     }
 

@@ -9,11 +9,8 @@ HMAC RFC 2104, HKDF RFC 5869. Why: each message costs ~22 SHA-256 blocks over a 
 ~7 µs of Python per message; here ~1.5 µs. Without SHA-NI (`SHANI` false) it refuses to run and the
 twin is used.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t
-
-cdef extern from "Python.h":
-    bytes PyBytes_FromStringAndSize(const char *v, Py_ssize_t size)
-    char *PyBytes_AS_STRING(object)
 
 cdef extern from *:
     """

@@ -8,6 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gateway.crypto import aes_cbc
+from tests.twins import IMPLEMENTATIONS, load_accelerator
 
 # NIST SP 800-38A, F.2.5 CBC-AES256.Encrypt
 KEY = bytes.fromhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
@@ -23,16 +24,9 @@ def _public(key: bytes, iv: bytes, data: bytes) -> bytes:
     return enc.update(data) + enc.finalize()
 
 
-@pytest.fixture(params=["native", "pure"])
+@pytest.fixture(params=IMPLEMENTATIONS)
 def encrypt(request):
-    if request.param == "native" and os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-        pytest.skip("GATEWAY_PURE_PYTHON=1: native AES-CBC deliberately disabled")
-    if request.param == "native":
-        from gateway._native import aes_cbc as native  # a module that was not built fails the test
-
-        if not native.AESNI:
-            pytest.skip("this CPU has no AES-NI: the gateway uses the pure twin here")
-    return aes_cbc.load(request.param)
+    return load_accelerator(aes_cbc, request.param, "AESNI")
 
 
 def test_nist_vector(encrypt):

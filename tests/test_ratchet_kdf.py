@@ -10,18 +10,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.crypto import ratchet_kdf
+from tests.twins import IMPLEMENTATIONS, load_accelerator
 
 
-@pytest.fixture(params=["native", "pure"])
+@pytest.fixture(params=IMPLEMENTATIONS)
 def kdf(request):
-    if request.param == "native" and os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-        pytest.skip("GATEWAY_PURE_PYTHON=1: native ratchet KDFs deliberately disabled")
-    if request.param == "native":
-        from gateway._native import ratchet_kdf as native  # a module that was not built fails the test
-
-        if not native.SHANI:
-            pytest.skip("this CPU has no SHA-NI: the gateway uses the pure twin here")
-    return ratchet_kdf.load(request.param)
+    return load_accelerator(ratchet_kdf, request.param, "SHANI")
 
 
 def test_hmac_is_hmac_sha256_across_block_boundaries(kdf):

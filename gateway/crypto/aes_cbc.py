@@ -6,11 +6,11 @@ module on a CPU without AES-NI or where it disagrees with the twin on a self-tes
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from gateway._native import choose
 
 __all__ = ["IMPLEMENTATION", "NATIVE_AVAILABLE", "decrypt", "encrypt", "load"]
 
@@ -85,27 +85,4 @@ def load(implementation: str) -> Callable[[bytes, bytes, bytes], bytes]:
     raise ValueError(f"unknown AES-CBC implementation {implementation!r}")
 
 
-def _native_importable() -> bool:
-    try:
-        load("native")
-    except ImportError:
-        return False
-    return True
-
-
-def _native_present() -> bool:
-    # Locate the compiled module without importing it (GATEWAY_PURE_PYTHON=1 forbids the import).
-    try:
-        return importlib.util.find_spec("gateway._native.aes_cbc") is not None
-    except ImportError:
-        return False
-
-
-if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-    NATIVE_AVAILABLE = _native_present()  # built, but deliberately not used
-    IMPLEMENTATION = "pure"
-else:
-    NATIVE_AVAILABLE = _native_importable()
-    IMPLEMENTATION = "native" if NATIVE_AVAILABLE else "pure"
-
-encrypt = load(IMPLEMENTATION)
+IMPLEMENTATION, NATIVE_AVAILABLE, encrypt = choose("aes_cbc", load)

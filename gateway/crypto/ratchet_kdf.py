@@ -7,10 +7,9 @@ on a self-test, nor fail to import when the native module is missing.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from types import ModuleType
 
+from gateway._native import choose
 from gateway.crypto import ratchet_kdf_py
 
 __all__ = ["IMPLEMENTATION", "NATIVE_AVAILABLE", "hmac_sha256", "kdf_ck", "load", "message_keys"]
@@ -34,30 +33,7 @@ def load(implementation: str) -> ModuleType:
     raise ValueError(f"unknown ratchet KDF implementation {implementation!r}")
 
 
-def _native_importable() -> bool:
-    try:
-        load("native")
-    except ImportError:
-        return False
-    return True
-
-
-def _native_present() -> bool:
-    # Locate the compiled module without importing it (GATEWAY_PURE_PYTHON=1 forbids the import).
-    try:
-        return importlib.util.find_spec("gateway._native.ratchet_kdf") is not None
-    except ImportError:
-        return False
-
-
-if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-    NATIVE_AVAILABLE = _native_present()  # built, but deliberately not used
-    IMPLEMENTATION = "pure"
-else:
-    NATIVE_AVAILABLE = _native_importable()
-    IMPLEMENTATION = "native" if NATIVE_AVAILABLE else "pure"
-
-_impl = load(IMPLEMENTATION)
+IMPLEMENTATION, NATIVE_AVAILABLE, _impl = choose("ratchet_kdf", load)
 hmac_sha256 = _impl.hmac_sha256
 kdf_ck = _impl.kdf_ck
 message_keys = _impl.message_keys

@@ -7,10 +7,9 @@ itself nor fail to import when the native module is missing. GATEWAY_PURE_PYTHON
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from types import ModuleType
 
+from gateway._native import choose
 from gateway.policy import normalize_py
 from gateway.policy.normalize_py import (ARABIC_VARIANTS, KEEP_COMPOSED, LEET, MARK_RANGES, UNSPACED,
                                          UNSPACED_RANGES, Skeleton, fold_char, is_unspaced, normalize,
@@ -37,30 +36,7 @@ def load(implementation: str) -> ModuleType:
     raise ValueError(f"unknown normalize implementation {implementation!r}")
 
 
-def _native_importable() -> bool:
-    try:
-        load("native")
-    except ImportError:
-        return False
-    return True
-
-
-def _native_present() -> bool:
-    # Locate the compiled module without importing it (GATEWAY_PURE_PYTHON=1 forbids the import).
-    try:
-        return importlib.util.find_spec("gateway._native.normalize") is not None
-    except ImportError:
-        return False
-
-
-if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-    NATIVE_AVAILABLE = _native_present()  # built, but deliberately not used
-    IMPLEMENTATION = "pure"
-else:
-    NATIVE_AVAILABLE = _native_importable()
-    IMPLEMENTATION = "native" if NATIVE_AVAILABLE else "pure"
-
-_impl = load(IMPLEMENTATION)
+IMPLEMENTATION, NATIVE_AVAILABLE, _impl = choose("normalize", load)
 fold = _impl.fold
 collapse = _impl.collapse
 skeleton_pair = _impl.skeleton_pair

@@ -5,9 +5,7 @@ implement bucket arithmetic itself nor fail to import when the native module is 
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
+from gateway._native import choose
 from gateway.schedule import buckets_py
 
 __all__ = ["BucketTable", "IMPLEMENTATION", "NATIVE_AVAILABLE", "load"]
@@ -28,27 +26,4 @@ def load(implementation: str) -> type:
     raise ValueError(f"unknown BucketTable implementation {implementation!r}")
 
 
-def _native_importable() -> bool:
-    try:
-        load("native")
-    except ImportError:
-        return False
-    return True
-
-
-def _native_present() -> bool:
-    # Locate the compiled module without importing it (GATEWAY_PURE_PYTHON=1 forbids the import).
-    try:
-        return importlib.util.find_spec("gateway._native.buckets") is not None
-    except ImportError:
-        return False
-
-
-if os.environ.get("GATEWAY_PURE_PYTHON") == "1":
-    NATIVE_AVAILABLE = _native_present()  # built, but deliberately not used
-    IMPLEMENTATION = "pure"
-else:
-    NATIVE_AVAILABLE = _native_importable()
-    IMPLEMENTATION = "native" if NATIVE_AVAILABLE else "pure"
-
-BucketTable = load(IMPLEMENTATION)
+IMPLEMENTATION, NATIVE_AVAILABLE, BucketTable = choose("buckets", load)
