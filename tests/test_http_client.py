@@ -107,9 +107,11 @@ async def test_response_delimited_by_close_is_read_to_eof(nursery, client):
 
 
 async def test_stale_pooled_connection_is_retried_on_a_fresh_one(nursery, client):
-    port = await start_server(nursery, ServerLimits(keepalive_timeout_s=0.05))
+    # Long enough that the first request reaches the server on a busy machine (with 50 ms, a stalled
+    # VM once had the new connection reaped before its first request), short enough to wait out.
+    port = await start_server(nursery, ServerLimits(keepalive_timeout_s=0.25))
     first = orjson.loads((await client.request("GET", f"http://127.0.0.1:{port}/")).body)["remote"]
-    await trio.sleep(0.3)  # let the server close the idle pooled connection
+    await trio.sleep(1.0)  # let the server close the idle pooled connection
     second = orjson.loads((await client.request("GET", f"http://127.0.0.1:{port}/")).body)["remote"]
     assert first != second
 
