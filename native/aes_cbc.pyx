@@ -12,19 +12,14 @@ construction (no table lookups).
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 
+cdef extern from "cpu_features.h":
+    int gw_has_aesni()
+
 cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    #include <cpuid.h>
     #include <immintrin.h>
-
-    static int gw_has_aesni(void) {
-        unsigned int a, b, c, d;
-        if (!__get_cpuid(1, &a, &b, &c, &d))
-            return 0;
-        return (c >> 25) & 1;  /* CPUID.01H:ECX.AES */
-    }
 
     /* w0 ^ w1 ^ ... up to each word: (w0, w0^w1, w0^w1^w2, w0^w1^w2^w3), low word first */
     __attribute__((target("aes,sse2")))
@@ -81,7 +76,6 @@ cdef extern from *:
         memset(rk, 0, sizeof rk);  /* no round keys left on the stack */
     }
     """
-    int gw_has_aesni()
     void gw_cbc_encrypt(const unsigned char *key, const unsigned char *iv, const unsigned char *data,
                         size_t blocks, unsigned char *out) nogil
 

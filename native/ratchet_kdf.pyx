@@ -12,24 +12,14 @@ twin is used.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t
 
+cdef extern from "cpu_features.h":
+    int gw_has_shani()
+
 cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    #include <cpuid.h>
     #include <immintrin.h>
-
-    static int gw_has_shani(void) {
-        unsigned int a, b, c, d;
-        if (!__get_cpuid(1, &a, &b, &c, &d))
-            return 0;
-        if (!((c >> 19) & 1) || !((c >> 9) & 1))  /* SSE4.1, SSSE3 */
-            return 0;
-        if (__get_cpuid_max(0, 0) < 7)
-            return 0;
-        __cpuid_count(7, 0, a, b, c, d);
-        return (b >> 29) & 1;  /* CPUID.(EAX=07H,ECX=0):EBX.SHA */
-    }
 
     static const uint32_t GW_K256[64] __attribute__((aligned(16))) = {
         0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -173,7 +163,6 @@ cdef extern from *:
         memset(outer, 0, sizeof outer);
     }
     """
-    int gw_has_shani()
     void gw_hmac_key(const uint8_t *key, uint32_t *inner, uint32_t *outer)
     void gw_hmac(const uint32_t *inner, const uint32_t *outer, const uint8_t *msg, size_t length, uint8_t *out)
     void gw_kdf_ck(const uint8_t *ck, uint8_t *out)
