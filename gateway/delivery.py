@@ -35,6 +35,9 @@ RECEIPT_STATUSES = frozenset(("delivered", "read", "failed"))
 ENCRYPT_CHUNK = 128  # messages ratchet-encrypted between two checkpoints (a few ms of CPU)
 EPHEMERAL_POOL = 512  # keys kept ready: the first 256 new sessions after an idle moment skip key generation
 STATUS_PIECE = 256  # receipts per apply_status operation (a few ms of applying each)
+# A round of at most this many messages waits (group_commit_lazy_ms) for the commit the next accept
+# starts; a bigger one means a backlog, and waiting would idle the dispatch loop: it commits at once.
+LAZY_ROUND_MAX = 32
 MAX_AT_MS = 1 << 46  # year ~4200: anything later is not a time the network could mean
 
 
@@ -172,9 +175,9 @@ class Delivery:
             arg = ops.DispatchArg(items, blobs, limiter, failed,
                                   self.gw.webhook_targets() if failed else None, self.gw.event_ids)
             try:
-                # Lazy: at low rates the round rides along with the next accept's commit (one
-                # commit per message instead of two); under load a commit is due at once anyway.
-                result = await self.gw.writer.write(ops.dispatch, arg, lazy=True)
+                # A small round rides along with the next accept's commit (at low rates one commit
+                # per message instead of two); a big one (a backlog) does not wait for it.
+                result = await self.gw.writer.write(ops.dispatch, arg, lazy=len(batch) <= LAZY_ROUND_MAX)
             except (StorageFull, StorageError):
                 result = None
             if result is not None:

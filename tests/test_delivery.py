@@ -140,3 +140,28 @@ async def test_a_dispatch_round_goes_with_the_next_commit_instead_of_starting_on
         assert (rec.status, rec.reason) == ("failed", "sender_keys_missing")
 
     await with_gateway(tmp_path, body, store_extra="group_commit_lazy_ms = 1000")
+
+
+async def test_a_big_dispatch_round_commits_at_once(tmp_path):
+    """A round over LAZY_ROUND_MAX means a backlog: waiting for an accept's commit would idle the
+    dispatch loop (batch feeds bring an accept every ~20 ms at 10,000 messages/s)."""
+    from gateway.delivery import LAZY_ROUND_MAX
+
+    sender = "+15550000009"  # a sender of its own, with a burst of 100
+    ids = ["01M80G6YDF0AVP1GGNM38%05d" % i for i in range(LAZY_ROUND_MAX + 1)]
+
+    async def body(gw, link):
+        gw.keyring.identity = lambda number: None  # the round fails every message, and stores that
+        for msg_id in ids:
+            await accept(gw, msg_id)
+        now = gw.clock.now()
+        gw.scheduler.set_sender(sender, 6000, 100, now)
+        for n, msg_id in enumerate(ids):  # a recipient each: no pair limit binds
+            gw.scheduler.push(QueuedMessage(msg_id, sender, "+1415555%04d" % n, 1), now)
+        batch = gw.scheduler.ready(now, 100)
+        assert len(batch) == len(ids)
+        with trio.fail_after(0.5):  # a lazy write would wait the whole second
+            await gw.delivery._dispatch(batch, now)
+        assert {gw.store.message(i).status for i in ids} == {"failed"}
+
+    await with_gateway(tmp_path, body, store_extra="group_commit_lazy_ms = 1000")
