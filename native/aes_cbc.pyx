@@ -82,7 +82,7 @@ cdef extern from *:
 AESNI = bool(gw_has_aesni())
 
 
-def cbc_encrypt(bytes key, bytes iv, bytes data) -> bytes:
+def cbc_encrypt(bytes key not None, bytes iv not None, bytes data not None) -> bytes:
     """AES-256-CBC of `data` (whole 16-byte blocks, padded by the caller) under a 32-byte key and a
     16-byte IV; RuntimeError on a CPU without AES-NI."""
     if not AESNI:

@@ -180,7 +180,7 @@ cdef inline const uint8_t *_key32(bytes key, str what) except NULL:
     return <const uint8_t *>PyBytes_AS_STRING(key)
 
 
-def hmac_sha256(bytes key, bytes msg) -> bytes:
+def hmac_sha256(bytes key not None, bytes msg not None) -> bytes:
     """HMAC-SHA256(key, msg) for a 32-byte key."""
     cdef uint32_t inner[8]
     cdef uint32_t outer[8]
@@ -190,7 +190,7 @@ def hmac_sha256(bytes key, bytes msg) -> bytes:
     return PyBytes_FromStringAndSize(<const char *>out, 32)
 
 
-def kdf_ck(bytes ck) -> tuple:
+def kdf_ck(bytes ck not None) -> tuple:
     """KDF_CK: (HMAC-SHA256(ck, 0x02) = next chain key, HMAC-SHA256(ck, 0x01) = message key)."""
     cdef uint8_t out[64]
     gw_kdf_ck(_key32(ck, "chain key"), out)
@@ -198,7 +198,7 @@ def kdf_ck(bytes ck) -> tuple:
             PyBytes_FromStringAndSize(<const char *>out + 32, 32))
 
 
-def message_keys(bytes mk) -> tuple:
+def message_keys(bytes mk not None) -> tuple:
     """HKDF-SHA256(salt=32 zero bytes, ikm=mk, info="WhisperMessageKeys", 80) -> (AES key, MAC key, IV)."""
     cdef uint8_t out[96]
     gw_message_keys(_key32(mk, "message key"), <const uint8_t *>PyBytes_AS_STRING(_INFO), <size_t>len(_INFO), out)
