@@ -55,6 +55,21 @@ def _labels(names: tuple[str, ...], values: tuple) -> str:
     return "{" + inner + "}"
 
 
+def _value(v: float) -> str:
+    """A sample value, exact: `:g` kept six significant digits, so a counter past 1,000,000 read
+    1e+06 and its rate() over a second moved in steps of a hundred."""
+    if type(v) is int:
+        return str(v)
+    if v.is_integer() and abs(v) < 2 ** 53:
+        return str(int(v))
+    if v != v or v in (_INF, -_INF):
+        return "NaN" if v != v else ("+Inf" if v > 0 else "-Inf")
+    return repr(v)
+
+
+_INF = float("inf")
+
+
 class Registry:
     def __init__(self) -> None:
         self._items: list[tuple[str, object, tuple[str, ...]]] = []
@@ -85,7 +100,7 @@ class Registry:
             if kind == "counter":
                 values = item.values or {(): 0} if not names else item.values
                 for labels, v in sorted(values.items()):
-                    out.append(f"{item.name}{_labels(names, labels)} {v:g}\n")
+                    out.append(f"{item.name}{_labels(names, labels)} {_value(v)}\n")
                 continue
             for labels, s in sorted(item.series.items()):
                 cumulative = 0
@@ -101,7 +116,7 @@ class Registry:
         for name, help, names, read, kind in self._gauges:
             out.append(f"# HELP {name} {help}\n# TYPE {name} {kind}\n")
             for labels, v in read():
-                out.append(f"{name}{_labels(names, labels)} {v:g}\n")
+                out.append(f"{name}{_labels(names, labels)} {_value(v)}\n")
         return "".join(out).encode()
 
 
