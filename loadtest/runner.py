@@ -244,8 +244,8 @@ def counter_rate(series: list[dict], key: str, first: float, last: float, digits
 def mean_commit_ms(series: list[dict], first: float, last: float) -> float | None:
     """The gateway's mean group-commit time in ms from second `first` to `last` of the run (the
     wait every 202 has in it), from the same samples as `counter_rate`; None without a commit."""
-    commits = counter_rate(series, "commits", first, last)
-    seconds = counter_rate(series, "commit_s", first, last)
+    commits = counter_rate(series, "commits", first, last, digits=6)
+    seconds = counter_rate(series, "commit_s", first, last, digits=6)  # (to 0.1 s/s, 1 ms commits read 0 or 2 ms)
     if not commits or seconds is None:
         return None
     return round(1000 * seconds / commits, 2)

@@ -258,6 +258,11 @@ def test_a_steps_mean_commit_time_comes_from_the_commit_histograms_sum_and_count
               {"t": 10.0, "commits": 200.0, "commit_s": 1.25}, {"t": 12.0, "commits": 200.0, "commit_s": 1.25}]
     assert mean_commit_ms(series, 5, 10) == 10.0  # 1.0 s over 100 commits
     assert mean_commit_ms(series, 10, 12) is None  # no commit in the step
+
+
+def test_a_mean_commit_time_of_about_a_millisecond_is_not_rounded_away():
+    series = [{"t": 0.0, "commits": 0.0, "commit_s": 0.0}, {"t": 1.0, "commits": 50.0, "commit_s": 0.048}]
+    assert mean_commit_ms(series, 0, 1) == 0.96  # 0.048 s of commits in 1 s: a rate under 0.1
     assert mean_commit_ms(series, 20, 25) is None  # no samples
 
 
