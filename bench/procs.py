@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_CONFIG = """
 [server]
 listen = "127.0.0.1:{port}"
+{server}
 
 [store]
 data_dir = "{data_dir}"
@@ -79,13 +80,15 @@ def start_netsim(cpu: int, *args: str) -> tuple[Proc, int]:
 
 
 def start_gateway(cpu: int, *, rate: int = 60_000_000, burst: int = 1_000_000,
-                  netsim_port: int | None = None, extra_config: str = "") -> tuple[Proc, int, str]:
+                  netsim_port: int | None = None, extra_config: str = "",
+                  server_config: str = "") -> tuple[Proc, int, str]:
+    """`server_config`: lines for its [server] table; `extra_config`: tables after the rest."""
     tmp = tempfile.mkdtemp(prefix="gw-bench-")
     port = free_port()
     network = f'mode = "tcp"\nurl = "tcp://127.0.0.1:{netsim_port}"' if netsim_port else 'mode = "embedded"'
     cfg = os.path.join(tmp, "gateway.toml")
     with open(cfg, "w") as f:
-        f.write(BENCH_CONFIG.format(port=port, data_dir=os.path.join(tmp, "var"), rate=rate,
+        f.write(BENCH_CONFIG.format(port=port, server=server_config, data_dir=os.path.join(tmp, "var"), rate=rate,
                                     burst=burst, network=network) + extra_config)
     log = open(os.path.join(tmp, "gateway.log"), "w")
     p = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", cfg, "--log-level", "warning"],

@@ -1,0 +1,266 @@
+"""Event-loop stall while a 100,000-term sensitive-word list replaces a 1,000-term one under send
+traffic, seen from outside a real gateway: `gateway run` pinned to CPU 0 with netsim in its own
+process, and everything else on the other CPU. Senders post single messages over HTTP keep-alive
+connections at a fixed rate (1,000/s by default: twice the 500/s peak of a typical contract); a
+probe in its own process sends GET /healthz every 1 ms on its own keep-alive connection and times
+each answer (the gateway's reading task answers it at once, so its round trip is the loop's answer
+to I/O, as bench/loop_ping.py measures it in process); the admin client PUTs the big list. The
+window of the PUT runs on for AFTER_S after its answer, so what the swap leaves behind counts too;
+the same traffic without a PUT comes first.
+
+bench.policy_swap measures the same swap with the whole gateway, its load and an embedded netsim
+in one trio loop (the loop ~85 % busy at 1,000 sends/s here, half of it the bench's own tasks and
+the embedded netsim): the stricter setting. This one is what an operator sees.
+
+`python -m bench.policy_swap_live [--terms N] [--rate R] [--baseline S]`; it reports the target
+rather than failing on it. `python -m bench.policy_swap_live probe PORT MAX_S` is the probe.
+"""
+from __future__ import annotations
+
+import argparse
+import array
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import orjson
+
+from bench import loop_ping
+from bench.policy_scan import terms
+from bench.policy_swap import AFTER_S, RECIPIENTS, STALL_TARGET_MS, TEXTS
+from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim
+
+PROBE_PERIOD_S = 0.001
+PROBE_MAX_S = 600.0  # the probe stops by itself after this long at most
+SENDER_THREADS = 16
+NO_PAIR_LIMIT = "\n[scheduler]\npair_rate_per_minute = 600000.0\npair_burst = 100000\n"
+_PROBE_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+# -- the probe (its own process) ----------------------------------------------------------------
+
+def _read_response(sock: socket.socket, buf: bytearray) -> bool:
+    """Reads one whole response (Content-Length framed) into `buf` and consumes it; False at EOF."""
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            length = 0
+            for line in bytes(buf[:end]).split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(buf) >= end + 4 + length:
+                del buf[:end + 4 + length]
+                return True
+        chunk = sock.recv(4096)
+        if not chunk:
+            return False
+        buf += chunk
+
+
+def probe(port: int, max_s: float) -> array.array:
+    """(sent at, round trip) pairs of CLOCK_MONOTONIC seconds, a GET /healthz every PROBE_PERIOD_S
+    until SIGTERM or `max_s`."""
+    stopping = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    samples = array.array("d")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray()
+    stop = time.monotonic() + max_s
+    try:
+        while not stopping and (t0 := time.monotonic()) < stop:
+            sock.sendall(_PROBE_REQUEST)
+            if not _read_response(sock, buf):
+                break
+            samples.extend((t0, time.monotonic() - t0))
+            time.sleep(PROBE_PERIOD_S)
+    except OSError:  # the gateway went away: the run is over
+        pass
+    finally:
+        sock.close()
+        signal.signal(signal.SIGTERM, previous)
+    return samples
+
+
+def _start_probe(port: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.policy_swap_live", "probe", str(port), str(PROBE_MAX_S)],
+                            cwd=ROOT, stdout=subprocess.PIPE)
+
+
+def _probe_samples(proc: subprocess.Popen) -> list[tuple[float, float]]:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    values = array.array("d")
+    values.frombytes(out[: len(out) // values.itemsize * values.itemsize])
+    return list(zip(values[0::2], values[1::2]))
+
+
+# -- load and admin calls (this process) ------------------------------------------------------------
+
+class Senders:
+    """SENDER_THREADS threads posting single messages, together at `rate` per second: each keeps its
+    own schedule and sends late ones at once (a thread waits for each answer, ~1 ms)."""
+
+    def __init__(self, port: int, key: str, rate: float) -> None:
+        self.port, self.key, self.rate = port, key, rate
+        self.counts: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(SENDER_THREADS)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def sent(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+    def _run(self, i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        period = SENDER_THREADS / self.rate
+        due = time.monotonic() + i * period / SENDER_THREADS
+        n = i
+        while not self._stop.is_set():
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            due += period
+            n += SENDER_THREADS
+            body = orjson.dumps({"to": f"+1415555{n % RECIPIENTS:04d}",
+                                 "text": {"body": TEXTS[n % len(TEXTS)].format(n=n)}})
+            conn.request("POST", "/v1/messages", body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            with self._lock:
+                self.counts[resp.status] = self.counts.get(resp.status, 0) + 1
+        conn.close()
+
+
+def _call(port: int, key: str, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        conn.request(method, path, body, {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _warm_up(port: int, key: str, timeout_s: float = 120.0) -> None:
+    """One message to each recipient, delivered: their end-to-end sessions are agreed before timing."""
+    msgs = [{"to": f"+1415555{i:04d}", "text": {"body": "hello"}} for i in range(RECIPIENTS)]
+    status, body = _call(port, key, "POST", "/v1/messages/batch", orjson.dumps({"messages": msgs}))
+    if status != 202:
+        raise RuntimeError(f"warm-up batch answered {status}: {body[:200]!r}")
+    deadline = time.monotonic() + timeout_s
+    while metric(port, 'gateway_messages_status_total{status="delivered"}') < RECIPIENTS:
+        if time.monotonic() > deadline:
+            raise RuntimeError("warm-up messages not delivered")
+        time.sleep(0.1)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0) -> dict:
+    big = orjson.dumps({"action": "block", "terms": terms(big_terms, seed=3) + ["free"]})
+    small = orjson.dumps({"action": "flag", "terms": terms(1_000) + ["free"]})
+    netsim, netsim_port = start_netsim(1, "--seed", "1", "--latency-ms", "5")
+    gw, port, key = start_gateway(0, netsim_port=netsim_port, extra_config=NO_PAIR_LIMIT,
+                                  server_config=f"max_body_bytes = {max(len(big) * 2, 1 << 20)}")
+    senders = Senders(port, key, rate)
+    probe_proc = None
+    try:
+        _warm_up(port, key)
+        status, body = _call(port, key, "PUT", "/admin/v1/sensitive-words/spam", small)
+        if status not in (200, 201):
+            raise RuntimeError(f"small list answered {status}: {body[:200]!r}")
+        probe_proc = _start_probe(port)
+        senders.start()
+        time.sleep(1.0)  # warm up
+        base_start, sent0, cpu_base = time.monotonic(), senders.sent(), cpu_seconds(gw.popen.pid)
+        time.sleep(baseline_s)
+        base_end, sent1, cpu0 = time.monotonic(), senders.sent(), cpu_seconds(gw.popen.pid)
+        baseline_cpu = (cpu0 - cpu_base) / (base_end - base_start)
+        put_start = time.monotonic()
+        status, body = _call(port, key, "PUT", "/admin/v1/sensitive-words/spam", big)
+        put_s = time.monotonic() - put_start
+        if status != 200:
+            raise RuntimeError(f"big list answered {status}: {body[:200]!r}")
+        time.sleep(AFTER_S)
+        put_end, sent2 = time.monotonic(), senders.sent()
+        gateway_cpu = (cpu_seconds(gw.popen.pid) - cpu0) / (put_end - put_start)
+        senders.stop()
+        check, _ = _call(port, key, "POST", "/v1/messages", b'{"to":"+14155550100","text":{"body":"free"}}')
+        pings = _probe_samples(probe_proc)
+        probe_proc = None
+    finally:
+        senders.stop()
+        if probe_proc is not None:
+            probe_proc.kill()
+            probe_proc.wait()
+        gw.stop()
+        netsim.stop()
+    answers = {"baseline": loop_ping.window(pings, base_start, base_end, STALL_TARGET_MS),
+               "during_put": loop_ping.window(pings, put_start, put_end, STALL_TARGET_MS)}
+    return {
+        "terms": big_terms + 1, "put_body_bytes": len(big), "put_s": put_s,
+        "load": f"{rate:,.0f} single sends/s over {SENDER_THREADS} connections",
+        "sends_per_s": {"baseline": (sent1 - sent0) / (base_end - base_start),
+                        "during_put": (sent2 - sent1) / (put_end - base_end)},
+        "gateway_cpu": {"baseline": baseline_cpu, "during_put": gateway_cpu},
+        "io_answer": answers,
+        "statuses": {str(k): v for k, v in senders.counts.items()},
+        "next_send_obeys_new_list": check == 422,
+        "target_max_stall_ms": STALL_TARGET_MS,
+        "meets_target": answers["during_put"].get("max_ms", float("inf")) <= STALL_TARGET_MS,
+    }
+
+
+def print_table(r: dict) -> None:
+    ab, ad = r["io_answer"]["baseline"], r["io_answer"]["during_put"]
+    print(f"load: {r['load']} (gateway process on CPU 0)")
+    print(f"/healthz answer, traffic only  max {ab['max_ms']:6.2f} ms  p99 {ab['p99_ms']:5.2f} ms  "
+          f"({ab['samples']} probes, {r['sends_per_s']['baseline']:,.0f} sends/s; gateway CPU "
+          f"{r['gateway_cpu']['baseline']:.0%})")
+    print(f"/healthz answer, PUT {r['terms']:,}  max {ad['max_ms']:6.2f} ms  p99 {ad['p99_ms']:5.2f} ms  "
+          f"({ad['samples']} probes, {ad['over_target']} over {r['target_max_stall_ms']} ms, "
+          f"{r['sends_per_s']['during_put']:,.0f} sends/s; PUT took {r['put_s']:.2f} s; "
+          f"gateway CPU {r['gateway_cpu']['during_put']:.0%})")
+    print(f"statuses {r['statuses']}; next send obeys the new list: {r['next_send_obeys_new_list']}; "
+          f"meets the {r['target_max_stall_ms']} ms target: {r['meets_target']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["probe"]:
+        samples = probe(int(args[1]), float(args[2]))
+        sys.stdout.buffer.write(samples.tobytes())
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m bench.policy_swap_live")
+    ap.add_argument("--terms", type=int, default=100_000)
+    ap.add_argument("--baseline", type=float, default=3.0, help="seconds of traffic without a PUT")
+    ap.add_argument("--rate", type=float, default=1_000.0, help="single sends per second")
+    ap.add_argument("--json", action="store_true")
+    opts = ap.parse_args(args)
+    pin_load_side()
+    result = run(opts.terms, opts.baseline, opts.rate)
+    print(json.dumps(result, indent=2)) if opts.json else print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
