@@ -97,13 +97,45 @@ async def test_batch_closes_at_max_ops(store):
     assert writer.commits == 3 and writer.ops_committed == 25
 
 
-async def test_a_lone_write_does_not_wait_for_the_window(store):
-    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=5.0)
+async def test_a_write_waits_out_the_window_so_that_later_ones_share_its_commit(store):
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.3)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        with trio.fail_after(2):  # far below the 5 s window: the idle loop closes the batch
-            await writer.write(put, (b"alone", b"v"))
+
+        async def later():
+            await trio.sleep(0.1)  # the loop was idle in between: the window still holds the batch
+            await writer.write(put, (b"later", b"v"))
+
+        t0 = trio.current_time()
+        nursery.start_soon(later)
+        await writer.write(put, (b"first", b"v"))
+        waited = trio.current_time() - t0
         nursery.cancel_scope.cancel()
+    assert 0.3 <= waited < 2
+    assert writer.commits == 1 and writer.ops_committed == 2
+
+
+async def test_a_zero_window_commits_each_write_at_once(store):
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.write(put, (b"first", b"v"))
+        await trio.sleep(0.1)
+        await writer.write(put, (b"second", b"v"))
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 2
+
+
+async def test_a_full_batch_does_not_wait_for_its_window(store):
+    writer = Writer(store.env, store.dbs, max_ops=10, window_s=5.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with trio.fail_after(2):  # far below the 5 s window
+            async with trio.open_nursery() as senders:
+                for i in range(10):
+                    senders.start_soon(writer.write, put, (b"k%03d" % i, b"v"))
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 1 and writer.ops_committed == 10
 
 
 async def test_written_data_is_committed_when_write_returns(tmp_path):
@@ -145,7 +177,7 @@ async def test_failing_op_fails_only_its_caller(store):
 
 async def test_full_map_refuses_the_whole_batch_and_keeps_working(tmp_path):
     store = open_store(str(tmp_path), map_size_mb=1)
-    writer = Writer(store.env, store.dbs, window_s=0.05)
+    writer = Writer(store.env, store.dbs, window_s=0.0)  # one write at a time: no window to wait out
     big = b"x" * 3000
     accepted = []
     async with trio.open_nursery() as nursery:

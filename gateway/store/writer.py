@@ -123,6 +123,7 @@ class Writer:
         self._batch = _Batch()
         self._closed: deque[_Batch] = deque()  # full batches waiting for their commit
         self._work = trio.Event()
+        self._filled = trio.Event()  # a batch closed full (ends `_linger` before its window)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._replies: _Replies | None = None
         self._answered: deque[_Batch] = deque()  # committed batches whose callbacks have not run yet
@@ -170,6 +171,7 @@ class Writer:
         if index + 1 >= self._max_ops:
             self._closed.append(batch)
             self._batch = _Batch()
+            self._filled.set()
         return batch, index
 
     def _has_work(self) -> bool:
@@ -240,17 +242,17 @@ class Writer:
         return batch
 
     async def _linger(self) -> None:
-        """Let the tasks that are runnable now (woken by the same network events) join the batch:
-        one scheduling round, and more only while each round still brings new operations, never
-        past the window. Under load each batch is applied as soon as the previous commit
-        returned, so this only runs when the writer was idle."""
+        """Keep the open batch open until `window_s` after its first operation that may not wait,
+        or until it is full: the requests of the next milliseconds share its fsync. Under load each
+        batch is applied as soon as the previous commit returned (its window has passed by then), so
+        this only waits when the writer was idle. A window of 0 commits at once."""
         batch = self._batch
         deadline = (batch.opened if batch.eager is None else batch.eager) + self._window_s
-        while not self._closed and trio.current_time() < deadline:
-            before = len(self._batch.ops)
-            await trio.sleep(0)
-            if len(self._batch.ops) == before:
-                return
+        if self._closed or trio.current_time() >= deadline:
+            return
+        self._filled = trio.Event()
+        with trio.move_on_at(deadline):
+            await self._filled.wait()
 
     async def _call(self, command: int, arg: Any = None) -> Any:
         """Hand a command to the writer thread and wait for its answer."""
