@@ -5,7 +5,7 @@ import pytest
 import trio
 
 from gateway.store.env import open_store
-from gateway.store.writer import StorageFull, Writer
+from gateway.store.writer import WAIT_TRIAL_EVERY, StorageFull, Writer
 
 
 def put(txn, dbs, arg):
@@ -113,6 +113,42 @@ async def test_a_write_waits_out_the_window_so_that_later_ones_share_its_commit(
         nursery.cancel_scope.cancel()
     assert 0.3 <= waited < 2
     assert writer.commits == 1 and writer.ops_committed == 2
+
+
+async def _round(writer, writes: int, join_after: float | None = None) -> float:
+    """`writes` writes at once (and, after `join_after` s, one more caller joining one of them);
+    how long until all are committed."""
+    t0 = trio.current_time()
+    async with trio.open_nursery() as senders:
+        for i in range(writes):
+            senders.start_soon(writer.write, put, (b"r%03d" % i, b"v"))
+        if join_after is not None:
+            await trio.sleep(join_after)
+            writer.joined()
+    return trio.current_time() - t0
+
+
+async def test_waiting_out_the_window_stops_when_it_does_not_pay_and_is_tried_again(store):
+    # a cohort: every caller is in the batch already, waiting only delays their commit
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        took = [await _round(writer, 8) for _ in range(8 + WAIT_TRIAL_EVERY)]
+        nursery.cancel_scope.cancel()
+    waited = [t >= 0.2 for t in took]
+    assert waited[:6] == [True] * 6  # the share of waits that paid falls below WAIT_PAYS after six
+    assert not any(waited[6:6 + WAIT_TRIAL_EVERY - 1])
+    assert waited[6 + WAIT_TRIAL_EVERY - 1]  # one more try
+
+
+async def test_callers_joining_the_batch_during_the_window_keep_it_waiting(store):
+    # one request, and another that joins its accept group while the batch waits: waiting pays
+    writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        took = [await _round(writer, 1, join_after=0.05) for _ in range(10)]
+        nursery.cancel_scope.cancel()
+    assert all(t >= 0.2 for t in took)
 
 
 async def test_a_zero_window_commits_each_write_at_once(store):

@@ -214,6 +214,8 @@ class MessagesApi:
         if plain is None or plain.group.sealed:
             plain = self._plain = _PlainAccepts(gw)
             gw.writer.submit(ops.accept_group, plain.group, plain.committed)
+        else:
+            gw.writer.joined()
         return plain.add(prepared)
 
     async def _refuse(self, err: Blocked) -> Response:

@@ -53,7 +53,7 @@ class StorageError(Exception):
 
 
 class _Batch:
-    __slots__ = ("ops", "args", "results", "done", "error", "opened", "callbacks", "eager")
+    __slots__ = ("ops", "args", "results", "done", "error", "opened", "callbacks", "eager", "eager_ops")
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -64,6 +64,7 @@ class _Batch:
         self.opened = 0.0
         self.callbacks: list[tuple[int, Done]] = []  # (index of the op, its callback)
         self.eager: float | None = None  # when its first operation that may not wait came (trio time)
+        self.eager_ops = 0  # operations that may not wait, and callers that joined one (`Writer.joined`)
 
 
 class _Replies:
@@ -98,6 +99,12 @@ class _Replies:
         os.close(self.fd)
 
 
+# An idle writer waits out the group-commit window while such waits pay (see Writer._linger): the
+# moving share of waits that grew their batch enough (`_waited`; weight of the latest), the share
+# below which it stops, and how often it tries once more when it has stopped.
+WAIT_WEIGHT = 0.25
+WAIT_PAYS = 0.2
+WAIT_TRIAL_EVERY = 32
 APPLY_SLICE_S = 0.002  # ops applied on the event loop before other tasks get a turn
 HOLD_S = 0.005  # a transaction begun after a commit waits this long for work (see Writer.run)
 
@@ -124,6 +131,8 @@ class Writer:
         self._closed: deque[_Batch] = deque()  # full batches waiting for their commit
         self._work = trio.Event()
         self._filled = trio.Event()  # a batch closed full (ends `_linger` before its window)
+        self._wait_score = 1.0  # moving share of recent window waits that grew their batch enough
+        self._waits_skipped = 0
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._replies: _Replies | None = None
         self._answered: deque[_Batch] = deque()  # committed batches whose callbacks have not run yet
@@ -156,15 +165,23 @@ class Writer:
         """Queue op without waiting; the returned batch's `done` event fires after its commit."""
         return self._enqueue(op, arg)[0]
 
+    def joined(self) -> None:
+        """One more caller waits on an operation already in the open batch (a group of accepts took
+        another message): counted like an operation of its own in the batch's weight, which decides
+        whether waiting out the group-commit window pays (see `_linger`)."""
+        self._batch.eager_ops += 1
+
     def _enqueue(self, op: Op, arg: Any, lazy: bool = False) -> tuple[_Batch, int]:
         batch = self._batch
         ops = batch.ops
         if not ops:
             batch.opened = trio.current_time()
             self._work.set()  # (for a lazy one: the writer task sets its deadline)
-        if not lazy and batch.eager is None:
-            batch.eager = batch.opened if not ops else trio.current_time()
-            self._work.set()
+        if not lazy:
+            batch.eager_ops += 1
+            if batch.eager is None:
+                batch.eager = batch.opened if not ops else trio.current_time()
+                self._work.set()
         ops.append(op)
         batch.args.append(arg)
         index = len(ops) - 1
@@ -242,17 +259,46 @@ class Writer:
         return batch
 
     async def _linger(self) -> None:
-        """Keep the open batch open until `window_s` after its first operation that may not wait,
-        or until it is full: the requests of the next milliseconds share its fsync. Under load each
-        batch is applied as soon as the previous commit returned (its window has passed by then), so
-        this only waits when the writer was idle. A window of 0 commits at once."""
+        """Hold the open batch while the writer is idle, so that more operations share its fsync:
+        first the tasks runnable now (woken by the same network events), rounds while each adds
+        operations; then, while waiting has been paying, the rest of `window_s` from the batch's
+        first operation that may not wait (or until it is full). Under load each batch is applied as
+        soon as the previous commit returned, its window behind it, so this only runs when the
+        writer was idle. A window of 0 commits at once."""
         batch = self._batch
         deadline = (batch.opened if batch.eager is None else batch.eager) + self._window_s
-        if self._closed or trio.current_time() >= deadline:
+        while True:
+            if self._closed or trio.current_time() >= deadline:
+                return
+            before = len(batch.ops)
+            await trio.sleep(0)
+            if len(batch.ops) == before:
+                break
+        if not self._window_pays():
             return
+        before = batch.eager_ops
         self._filled = trio.Event()
         with trio.move_on_at(deadline):
             await self._filled.wait()
+        self._waited(before, batch.eager_ops)
+
+    def _window_pays(self) -> bool:
+        """Whether to wait out the window: as long as recent waits grew their batches, and now and
+        then when they did not (requests spread over time gain; a cohort of clients that all wait
+        for this commit has already arrived, and waiting would only delay it)."""
+        if self._wait_score >= WAIT_PAYS:
+            return True
+        self._waits_skipped += 1
+        if self._waits_skipped >= WAIT_TRIAL_EVERY:
+            self._waits_skipped = 0
+            return True
+        return False
+
+    def _waited(self, before: int, after: int) -> None:
+        """Scores a wait by the operations that may not wait (what callers wait for) it added: at
+        least one, and a quarter more than the batch held (a cohort's stragglers do not count)."""
+        paid = after - before >= max(1, before // 4)
+        self._wait_score = (1 - WAIT_WEIGHT) * self._wait_score + (WAIT_WEIGHT if paid else 0.0)
 
     async def _call(self, command: int, arg: Any = None) -> Any:
         """Hand a command to the writer thread and wait for its answer."""
