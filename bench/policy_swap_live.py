@@ -191,10 +191,12 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         probe_proc = _start_probe(port)
         senders.start()
         time.sleep(1.0)  # warm up
+        commits0 = metric(port, "gateway_store_commit_seconds_count")
         base_start, sent0, cpu_base = time.monotonic(), senders.sent(), cpu_seconds(gw.popen.pid)
         time.sleep(baseline_s)
         base_end, sent1, cpu0 = time.monotonic(), senders.sent(), cpu_seconds(gw.popen.pid)
         baseline_cpu = (cpu0 - cpu_base) / (base_end - base_start)
+        baseline_commits = (metric(port, "gateway_store_commit_seconds_count") - commits0) / (base_end - base_start)
         put_start = time.monotonic()
         status, body = _call(port, key, "PUT", "/admin/v1/sensitive-words/spam", big)
         put_s = time.monotonic() - put_start
@@ -222,6 +224,7 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         "sends_per_s": {"baseline": (sent1 - sent0) / (base_end - base_start),
                         "during_put": (sent2 - sent1) / (put_end - base_end)},
         "gateway_cpu": {"baseline": baseline_cpu, "during_put": gateway_cpu},
+        "commits_per_s_baseline": baseline_commits,
         "io_answer": answers,
         "statuses": {str(k): v for k, v in senders.counts.items()},
         "next_send_obeys_new_list": check == 422,
@@ -235,7 +238,7 @@ def print_table(r: dict) -> None:
     print(f"load: {r['load']} (gateway process on CPU 0)")
     print(f"/healthz answer, traffic only  max {ab['max_ms']:6.2f} ms  p99 {ab['p99_ms']:5.2f} ms  "
           f"({ab['samples']} probes, {r['sends_per_s']['baseline']:,.0f} sends/s; gateway CPU "
-          f"{r['gateway_cpu']['baseline']:.0%})")
+          f"{r['gateway_cpu']['baseline']:.0%}, {r['commits_per_s_baseline']:,.0f} commits/s)")
     print(f"/healthz answer, PUT {r['terms']:,}  max {ad['max_ms']:6.2f} ms  p99 {ad['p99_ms']:5.2f} ms  "
           f"({ad['samples']} probes, {ad['over_target']} over {r['target_max_stall_ms']} ms, "
           f"{r['sends_per_s']['during_put']:,.0f} sends/s; PUT took {r['put_s']:.2f} s; "
