@@ -109,8 +109,12 @@ DRAIN_S = 120.0  # after the feed, for every accepted message to reach a termina
 def run(rate: float = 10_000, duration_s: float = 60.0, batch: int = 200, threads: int = 8,
         read_share: float = 0.5, recipients: int = 0) -> dict:
     netsim, netsim_port = start_netsim(1, "--seed", "1", "--latency-ms", "20", "--read-share", str(read_share))
-    gw, port, key = start_gateway(0, netsim_port=netsim_port,
-                                  extra_config=_NO_PAIR_LIMIT if recipients else "")
+    try:
+        gw, port, key = start_gateway(0, netsim_port=netsim_port,
+                                      extra_config=_NO_PAIR_LIMIT if recipients else "")
+    except BaseException:
+        netsim.stop()
+        raise
     warm: dict = {}
     samples: list[tuple[float, float]] = []
     done = threading.Event()

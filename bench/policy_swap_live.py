@@ -13,93 +13,26 @@ in one trio loop (the loop ~85 % busy at 1,000 sends/s here, half of it the benc
 the embedded netsim): the stricter setting. This one is what an operator sees.
 
 `python -m bench.policy_swap_live [--terms N] [--rate R] [--baseline S]`; it reports the target
-rather than failing on it. `python -m bench.policy_swap_live probe PORT MAX_S` is the probe.
+rather than failing on it. The probe is bench/healthz_probe.py.
 """
 from __future__ import annotations
 
 import argparse
-import array
 import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 
 import orjson
 
-from bench import loop_ping
+from bench import healthz_probe, loop_ping
 from bench.policy_scan import terms
 from bench.policy_swap import AFTER_S, RECIPIENTS, STALL_TARGET_MS, TEXTS
 from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim
 
-PROBE_PERIOD_S = 0.001
-PROBE_MAX_S = 600.0  # the probe stops by itself after this long at most
 SENDER_THREADS = 16
 NO_PAIR_LIMIT = "\n[scheduler]\npair_rate_per_minute = 600000.0\npair_burst = 100000\n"
-_PROBE_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-
-# -- the probe (its own process) ----------------------------------------------------------------
-
-def _read_response(sock: socket.socket, buf: bytearray) -> bool:
-    """Reads one whole response (Content-Length framed) into `buf` and consumes it; False at EOF."""
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            length = 0
-            for line in bytes(buf[:end]).split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if len(buf) >= end + 4 + length:
-                del buf[:end + 4 + length]
-                return True
-        chunk = sock.recv(4096)
-        if not chunk:
-            return False
-        buf += chunk
-
-
-def probe(port: int, max_s: float) -> array.array:
-    """(sent at, round trip) pairs of CLOCK_MONOTONIC seconds, a GET /healthz every PROBE_PERIOD_S
-    until SIGTERM or `max_s`."""
-    stopping = []
-    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    samples = array.array("d")
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray()
-    stop = time.monotonic() + max_s
-    try:
-        while not stopping and (t0 := time.monotonic()) < stop:
-            sock.sendall(_PROBE_REQUEST)
-            if not _read_response(sock, buf):
-                break
-            samples.extend((t0, time.monotonic() - t0))
-            time.sleep(PROBE_PERIOD_S)
-    except OSError:  # the gateway went away: the run is over
-        pass
-    finally:
-        sock.close()
-        signal.signal(signal.SIGTERM, previous)
-    return samples
-
-
-def _start_probe(port: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench.policy_swap_live", "probe", str(port), str(PROBE_MAX_S)],
-                            cwd=ROOT, stdout=subprocess.PIPE)
-
-
-def _probe_samples(proc: subprocess.Popen) -> list[tuple[float, float]]:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    values = array.array("d")
-    values.frombytes(out[: len(out) // values.itemsize * values.itemsize])
-    return list(zip(values[0::2], values[1::2]))
 
 
 # -- load and admin calls (this process) ------------------------------------------------------------
@@ -110,7 +43,7 @@ class Senders:
 
     def __init__(self, port: int, key: str, rate: float) -> None:
         self.port, self.key, self.rate = port, key, rate
-        self.counts: dict[int, int] = {}
+        self.counts: dict[int | str, int] = {}  # by status, or "error" for a failed request
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(SENDER_THREADS)]
@@ -122,7 +55,8 @@ class Senders:
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=30)
+            if t.is_alive():
+                t.join(timeout=30)
 
     def sent(self) -> int:
         with self._lock:
@@ -142,11 +76,16 @@ class Senders:
             n += SENDER_THREADS
             body = orjson.dumps({"to": f"+1415555{n % RECIPIENTS:04d}",
                                  "text": {"body": TEXTS[n % len(TEXTS)].format(n=n)}})
-            conn.request("POST", "/v1/messages", body, headers)
-            resp = conn.getresponse()
-            resp.read()
+            try:
+                conn.request("POST", "/v1/messages", body, headers)
+                resp = conn.getresponse()
+                resp.read()
+                status: int | str = resp.status
+            except (OSError, http.client.HTTPException):
+                status = "error"
+                conn.close()  # http.client reconnects on the next request
             with self._lock:
-                self.counts[resp.status] = self.counts.get(resp.status, 0) + 1
+                self.counts[status] = self.counts.get(status, 0) + 1
         conn.close()
 
 
@@ -179,16 +118,16 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
     big = orjson.dumps({"action": "block", "terms": terms(big_terms, seed=3) + ["free"]})
     small = orjson.dumps({"action": "flag", "terms": terms(1_000) + ["free"]})
     netsim, netsim_port = start_netsim(1, "--seed", "1", "--latency-ms", "5")
-    gw, port, key = start_gateway(0, netsim_port=netsim_port, extra_config=NO_PAIR_LIMIT,
-                                  server_config=f"max_body_bytes = {max(len(big) * 2, 1 << 20)}")
-    senders = Senders(port, key, rate)
-    probe_proc = None
+    gw = senders = probe_proc = None
     try:
+        gw, port, key = start_gateway(0, netsim_port=netsim_port, extra_config=NO_PAIR_LIMIT,
+                                      server_config=f"max_body_bytes = {max(len(big) * 2, 1 << 20)}")
         _warm_up(port, key)
         status, body = _call(port, key, "PUT", "/admin/v1/sensitive-words/spam", small)
         if status not in (200, 201):
             raise RuntimeError(f"small list answered {status}: {body[:200]!r}")
-        probe_proc = _start_probe(port)
+        probe_proc = healthz_probe.start(port, ROOT)
+        senders = Senders(port, key, rate)
         senders.start()
         time.sleep(1.0)  # warm up
         commits0 = metric(port, "gateway_store_commit_seconds_count")
@@ -207,15 +146,21 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         gateway_cpu = (cpu_seconds(gw.popen.pid) - cpu0) / (put_end - put_start)
         senders.stop()
         check, _ = _call(port, key, "POST", "/v1/messages", b'{"to":"+14155550100","text":{"body":"free"}}')
-        pings = _probe_samples(probe_proc)
+        pings = healthz_probe.samples(probe_proc)
         probe_proc = None
     finally:
-        senders.stop()
-        if probe_proc is not None:
-            probe_proc.kill()
-            probe_proc.wait()
-        gw.stop()
-        netsim.stop()
+        try:
+            if senders is not None:
+                senders.stop()
+            if probe_proc is not None:
+                probe_proc.kill()
+                probe_proc.wait()
+        finally:
+            try:
+                if gw is not None:
+                    gw.stop()
+            finally:
+                netsim.stop()
     answers = {"baseline": loop_ping.window(pings, base_start, base_end, STALL_TARGET_MS),
                "during_put": loop_ping.window(pings, put_start, put_end, STALL_TARGET_MS)}
     return {
@@ -230,11 +175,15 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         "next_send_obeys_new_list": check == 422,
         "target_max_stall_ms": STALL_TARGET_MS,
         "meets_target": answers["during_put"].get("max_ms", float("inf")) <= STALL_TARGET_MS,
+        "send_errors": senders.counts.get("error", 0),
     }
 
 
 def print_table(r: dict) -> None:
     ab, ad = r["io_answer"]["baseline"], r["io_answer"]["during_put"]
+    if not ab["samples"] or not ad["samples"]:
+        print(f"the probe recorded nothing in a window (baseline {ab['samples']}, PUT {ad['samples']}): no figure")
+        return
     print(f"load: {r['load']} (gateway process on CPU 0)")
     print(f"/healthz answer, traffic only  max {ab['max_ms']:6.2f} ms  p99 {ab['p99_ms']:5.2f} ms  "
           f"({ab['samples']} probes, {r['sends_per_s']['baseline']:,.0f} sends/s; gateway CPU "
@@ -249,10 +198,6 @@ def print_table(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["probe"]:
-        samples = probe(int(args[1]), float(args[2]))
-        sys.stdout.buffer.write(samples.tobytes())
-        return 0
     ap = argparse.ArgumentParser(prog="python -m bench.policy_swap_live")
     ap.add_argument("--terms", type=int, default=100_000)
     ap.add_argument("--baseline", type=float, default=3.0, help="seconds of traffic without a PUT")

@@ -5,7 +5,7 @@ import pytest
 import trio
 
 from gateway.store.env import open_store
-from gateway.store.writer import WAIT_TRIAL_EVERY, StorageFull, Writer
+from gateway.store.writer import WAIT_PAYS, WAIT_TRIAL_EVERY, WAIT_WEIGHT, StorageFull, Writer
 
 
 def put(txn, dbs, arg):
@@ -116,29 +116,39 @@ async def test_a_write_waits_out_the_window_so_that_later_ones_share_its_commit(
 
 
 async def _round(writer, writes: int, join_after: float | None = None) -> float:
-    """`writes` writes at once (and, after `join_after` s, one more caller joining one of them);
-    how long until all are committed."""
+    """`writes` writes at once (and, after `join_after` s, one more caller joining the first one's
+    operation, as a message joins a group of accepts); how long until all are committed."""
     t0 = trio.current_time()
-    async with trio.open_nursery() as senders:
-        for i in range(writes):
-            senders.start_soon(writer.write, put, (b"r%03d" % i, b"v"))
-        if join_after is not None:
-            await trio.sleep(join_after)
-            writer.joined()
+    done = trio.Event()
+    left = [writes]
+
+    def one_done(result, error):
+        left[0] -= 1
+        if not left[0]:
+            done.set()
+
+    batches = [writer.submit(put, (b"r%03d" % i, b"v"), one_done) for i in range(writes)]
+    if join_after is not None:
+        await trio.sleep(join_after)
+        writer.joined(batches[0])
+    await done.wait()
     return trio.current_time() - t0
 
 
 async def test_waiting_out_the_window_stops_when_it_does_not_pay_and_is_tried_again(store):
     # a cohort: every caller is in the batch already, waiting only delays their commit
+    waits, score = 0, 1.0
+    while score >= WAIT_PAYS:  # the unpaid waits before the writer stops waiting
+        waits, score = waits + 1, score * (1 - WAIT_WEIGHT)
     writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.2)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        took = [await _round(writer, 8) for _ in range(8 + WAIT_TRIAL_EVERY)]
+        took = [await _round(writer, 8) for _ in range(waits + WAIT_TRIAL_EVERY + 2)]
         nursery.cancel_scope.cancel()
     waited = [t >= 0.2 for t in took]
-    assert waited[:6] == [True] * 6  # the share of waits that paid falls below WAIT_PAYS after six
-    assert not any(waited[6:6 + WAIT_TRIAL_EVERY - 1])
-    assert waited[6 + WAIT_TRIAL_EVERY - 1]  # one more try
+    assert waited[:waits] == [True] * waits
+    assert not any(waited[waits:waits + WAIT_TRIAL_EVERY - 1])
+    assert waited[waits + WAIT_TRIAL_EVERY - 1]  # one more try
 
 
 async def test_callers_joining_the_batch_during_the_window_keep_it_waiting(store):
@@ -146,7 +156,7 @@ async def test_callers_joining_the_batch_during_the_window_keep_it_waiting(store
     writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.2)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        took = [await _round(writer, 1, join_after=0.05) for _ in range(10)]
+        took = [await _round(writer, 1, join_after=0.05) for _ in range(12)]
         nursery.cancel_scope.cancel()
     assert all(t >= 0.2 for t in took)
 
@@ -155,20 +165,37 @@ async def test_a_zero_window_commits_each_write_at_once(store):
     writer = Writer(store.env, store.dbs, max_ops=1000, window_s=0.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        await writer.write(put, (b"first", b"v"))
-        await trio.sleep(0.1)
-        await writer.write(put, (b"second", b"v"))
+        with trio.fail_after(2):
+            for i in range(5):
+                t0 = trio.current_time()
+                await writer.write(put, (b"w%d" % i, b"v"))
+                assert trio.current_time() - t0 < 0.05  # one commit, no window
+                await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    assert writer.commits == 2
+    assert writer.commits == 5
 
 
-async def test_a_full_batch_does_not_wait_for_its_window(store):
+async def test_lazy_writes_alone_do_not_wait_for_the_window_too(store):
+    writer = Writer(store.env, store.dbs, window_s=0.3, lazy_s=0.0)  # lazy 0: a commit at once
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        t0 = trio.current_time()
+        with trio.fail_after(2):
+            await writer.write(put, (b"lazy", b"v"), lazy=True)
+        waited = trio.current_time() - t0
+        nursery.cancel_scope.cancel()
+    assert waited < 0.15
+
+
+async def test_a_batch_that_fills_during_the_window_commits_at_once(store):
     writer = Writer(store.env, store.dbs, max_ops=10, window_s=5.0)
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         with trio.fail_after(2):  # far below the 5 s window
             async with trio.open_nursery() as senders:
-                for i in range(10):
+                senders.start_soon(writer.write, put, (b"k000", b"v"))
+                await trio.sleep(0.1)  # the writer is waiting out the window now
+                for i in range(1, 10):
                     senders.start_soon(writer.write, put, (b"k%03d" % i, b"v"))
         nursery.cancel_scope.cancel()
     assert writer.commits == 1 and writer.ops_committed == 10

@@ -87,10 +87,11 @@ class _PlainAccepts:
     one store op and one callback for all of them. The callback answers each request (202, or the
     store's refusal) and hands the accepted ones to the scheduler; no task waits for the commit."""
 
-    __slots__ = ("gw", "group", "answers", "queued")
+    __slots__ = ("gw", "group", "answers", "queued", "batch")
 
     def __init__(self, gw) -> None:
         self.gw = gw
+        self.batch = None  # the writer's batch holding the group (Writer.joined counts its callers)
         self.group = ops.AcceptGroup()
         self.answers: list[tuple[Deferred, bytes]] = []
         self.queued: list[QueuedMessage] = []
@@ -104,6 +105,7 @@ class _PlainAccepts:
         return answer
 
     def committed(self, result, error: BaseException | None) -> None:
+        self.batch = None  # the batch holds this callback: no cycle left for the collector
         self.group.sealed = True  # (already, unless the batch failed before the op ran)
         if error is not None:
             refusal = _store_refusal(self.gw, error, len(self.answers))
@@ -213,9 +215,9 @@ class MessagesApi:
         plain = self._plain
         if plain is None or plain.group.sealed:
             plain = self._plain = _PlainAccepts(gw)
-            gw.writer.submit(ops.accept_group, plain.group, plain.committed)
+            plain.batch = gw.writer.submit(ops.accept_group, plain.group, plain.committed)
         else:
-            gw.writer.joined()
+            gw.writer.joined(plain.batch)
         return plain.add(prepared)
 
     async def _refuse(self, err: Blocked) -> Response:

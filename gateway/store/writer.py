@@ -1,8 +1,9 @@
 """The single LMDB writer: callers hand it operations, it applies many of them in one write
 transaction and commits (with fsync) off the event loop, then wakes every caller at once.
 
-A batch closes when it holds `max_ops` operations, when `window_s` has passed since its first
-operation, or as soon as a scheduling round passes without adding to it. While a commit is running,
+A batch closes when it holds `max_ops` operations or, when the writer is idle, once a scheduling
+round passes without adding to it and, while such waits have been paying, `window_s` after its first
+operation that may not wait (see `_linger`). While a commit is running,
 new operations gather in the next batch, which is applied as soon as the commit returns, so under
 load the event loop and the disk work side by side instead of in turn. A `lazy` operation (the
 network's acks and receipts, dispatch rounds) starts no commit of its own before `lazy_s` has
@@ -101,7 +102,7 @@ class _Replies:
 
 # An idle writer waits out the group-commit window while such waits pay (see Writer._linger): the
 # moving share of waits that grew their batch enough (`_waited`; weight of the latest), the share
-# below which it stops, and how often it tries once more when it has stopped.
+# below which it stops, and after how many idle batches without a wait it tries once more.
 WAIT_WEIGHT = 0.25
 WAIT_PAYS = 0.2
 WAIT_TRIAL_EVERY = 32
@@ -153,23 +154,25 @@ class Writer:
             raise result
         return result
 
-    def submit(self, op: Op, arg: Any, done: Done, *, lazy: bool = False) -> None:
+    def submit(self, op: Op, arg: Any, done: Done, *, lazy: bool = False) -> _Batch:
         """Run op(txn, dbs, arg) in the next commit, then call done(result, None) on the event loop
         once it is durable, or done(None, error) if it failed (StorageFull, StorageError, or the
         exception the op raised). `done` must not block; an exception from it is logged. `lazy`
-        as for `write`."""
+        as for `write`. Returns the op's batch, for `joined`."""
         batch, index = self._enqueue(op, arg, lazy)
         batch.callbacks.append((index, done))
+        return batch
 
     def write_nowait(self, op: Op, arg: Any = None) -> _Batch:
         """Queue op without waiting; the returned batch's `done` event fires after its commit."""
         return self._enqueue(op, arg)[0]
 
-    def joined(self) -> None:
-        """One more caller waits on an operation already in the open batch (a group of accepts took
-        another message): counted like an operation of its own in the batch's weight, which decides
-        whether waiting out the group-commit window pays (see `_linger`)."""
-        self._batch.eager_ops += 1
+    @staticmethod
+    def joined(batch: _Batch) -> None:
+        """One more caller waits on an operation already in `batch` (what `submit` returned; a group
+        of accepts took another message): counted like an operation of its own, in the weight that
+        decides whether waiting out the group-commit window pays (see `_linger`)."""
+        batch.eager_ops += 1
 
     def _enqueue(self, op: Op, arg: Any, lazy: bool = False) -> tuple[_Batch, int]:
         batch = self._batch
@@ -274,7 +277,8 @@ class Writer:
             await trio.sleep(0)
             if len(batch.ops) == before:
                 break
-        if not self._window_pays():
+        # lazy operations alone have waited `lazy_s` already; nothing is left of the window
+        if batch.eager is None or self._closed or trio.current_time() >= deadline or not self._window_pays():
             return
         before = batch.eager_ops
         self._filled = trio.Event()
@@ -283,9 +287,9 @@ class Writer:
         self._waited(before, batch.eager_ops)
 
     def _window_pays(self) -> bool:
-        """Whether to wait out the window: as long as recent waits grew their batches, and now and
-        then when they did not (requests spread over time gain; a cohort of clients that all wait
-        for this commit has already arrived, and waiting would only delay it)."""
+        """Whether to wait out the window: as long as recent waits grew their batches, and once in
+        WAIT_TRIAL_EVERY idle batches when they did not (requests spread over time gain; a cohort of
+        clients that all wait for this commit has already arrived, and waiting would only delay it)."""
         if self._wait_score >= WAIT_PAYS:
             return True
         self._waits_skipped += 1
@@ -295,9 +299,9 @@ class Writer:
         return False
 
     def _waited(self, before: int, after: int) -> None:
-        """Scores a wait by the operations that may not wait (what callers wait for) it added: at
-        least one, and a quarter more than the batch held (a cohort's stragglers do not count)."""
-        paid = after - before >= max(1, before // 4)
+        """Scores a wait by the callers it added (operations that may not wait, and `joined` ones): at
+        least one, and at least a quarter of those the batch held (a cohort's stragglers do not count)."""
+        paid = after - before >= max(1, -(-before // 4))
         self._wait_score = (1 - WAIT_WEIGHT) * self._wait_score + (WAIT_WEIGHT if paid else 0.0)
 
     async def _call(self, command: int, arg: Any = None) -> Any:

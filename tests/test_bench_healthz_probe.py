@@ -1,11 +1,14 @@
-"""bench/policy_swap_live.py: the probe reads whole HTTP responses however they arrive, and times a
+"""bench/healthz_probe.py: the probe reads whole HTTP responses however they arrive, and times a
 real server's answers until it is told to stop."""
 import http.server
 import socket
 import threading
 import time
 
-from bench.policy_swap_live import _read_response, probe
+import pytest
+
+from bench import healthz_probe
+from bench.healthz_probe import probe, read_response
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}"
 
@@ -17,8 +20,8 @@ def test_a_response_split_anywhere_is_read_whole_and_consumed():
             a.sendall(RESPONSE[:cut])
             threading.Timer(0.05, a.sendall, (RESPONSE[cut:] + RESPONSE,)).start()
             buf = bytearray()
-            assert _read_response(b, buf)
-            assert _read_response(b, buf)  # the second one, pipelined behind the rest of the first
+            assert read_response(b, buf)
+            assert read_response(b, buf)  # the second one, pipelined behind the rest of the first
             assert buf == b""
 
 
@@ -27,7 +30,7 @@ def test_end_of_stream_before_a_whole_response_is_reported():
     with b:
         a.sendall(RESPONSE[:30])
         a.close()
-        assert not _read_response(b, bytearray())
+        assert not read_response(b, bytearray())
 
 
 class _Healthz(http.server.BaseHTTPRequestHandler):
@@ -58,3 +61,19 @@ def test_the_probe_times_each_answer_until_its_time_is_up():
     pairs = list(zip(samples[0::2], samples[1::2]))
     assert len(pairs) >= 20
     assert all(start <= at <= end and 0 < rtt < 0.3 for at, rtt in pairs)
+
+
+def test_a_response_it_cannot_frame_is_refused():
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        with pytest.raises(ValueError):
+            read_response(b, bytearray())
+
+
+def test_a_server_that_stops_answering_is_recorded_as_one_stall_of_the_timeout(monkeypatch):
+    monkeypatch.setattr(healthz_probe, "TIMEOUT_S", 0.2)
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener:
+        samples = probe(listener.getsockname()[1], max_s=5.0)  # accepted by the backlog, never answered
+    assert len(samples) == 2 and samples[1] == 0.2
