@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 from bench.procs import pin_load_side
 
 
-def main() -> None:
+def main() -> int:
+    """Exits 1 when the e2e run lost or duplicated a message or did not drain."""
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--only", choices=["buckets", "accept", "e2e", "crypto"], action="append")
     ap.add_argument("--accept-duration", type=float, default=10.0)
@@ -58,7 +60,9 @@ def main() -> None:
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     print(f"results written to {path}")
+    e2e_run = results.get("e2e")
+    return 1 if e2e_run is not None and (e2e_run["lost"] != 0 or e2e_run["netsim_duplicates"]) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
