@@ -83,6 +83,11 @@ def samples(proc: subprocess.Popen) -> list[tuple[float, float]]:
     """Stops the probe and returns its pairs."""
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
+    return pairs(out)
+
+
+def pairs(out: bytes) -> list[tuple[float, float]]:
+    """The (sent at, round trip) pairs a probe process wrote (also bench.loop_ping's client)."""
     values = array.array("d")
     values.frombytes(out[: len(out) // values.itemsize * values.itemsize])
     return list(zip(values[0::2], values[1::2]))

@@ -19,6 +19,7 @@ import time
 
 import trio
 
+from bench.healthz_probe import pairs
 from bench.procs import ROOT
 
 PERIOD_S = 0.001
@@ -54,9 +55,7 @@ class LoopPing:
         if self._proc is None:
             return []
         out, _ = self._proc.communicate(timeout=30)
-        values = array.array("d")
-        values.frombytes(out[: len(out) // values.itemsize * values.itemsize])
-        return list(zip(values[0::2], values[1::2]))
+        return pairs(out)
 
 
 def window(samples: list[tuple[float, float]], start: float, end: float, target_ms: float) -> dict:
