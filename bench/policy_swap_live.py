@@ -27,6 +27,7 @@ import time
 import orjson
 
 from bench import healthz_probe, loop_ping
+from bench.e2e import warm_up
 from bench.policy_scan import terms
 from bench.policy_swap import AFTER_S, RECIPIENTS, STALL_TARGET_MS, TEXTS
 from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim
@@ -74,7 +75,7 @@ class Senders:
                 time.sleep(delay)
             due += period
             n += SENDER_THREADS
-            body = orjson.dumps({"to": f"+1415555{n % RECIPIENTS:04d}",
+            body = orjson.dumps({"to": "+1%010d" % (n % RECIPIENTS),  # the numbers warm_up reached
                                  "text": {"body": TEXTS[n % len(TEXTS)].format(n=n)}})
             try:
                 conn.request("POST", "/v1/messages", body, headers)
@@ -99,19 +100,6 @@ def _call(port: int, key: str, method: str, path: str, body: bytes) -> tuple[int
         conn.close()
 
 
-def _warm_up(port: int, key: str, timeout_s: float = 120.0) -> None:
-    """One message to each recipient, delivered: their end-to-end sessions are agreed before timing."""
-    msgs = [{"to": f"+1415555{i:04d}", "text": {"body": "hello"}} for i in range(RECIPIENTS)]
-    status, body = _call(port, key, "POST", "/v1/messages/batch", orjson.dumps({"messages": msgs}))
-    if status != 202:
-        raise RuntimeError(f"warm-up batch answered {status}: {body[:200]!r}")
-    deadline = time.monotonic() + timeout_s
-    while metric(port, 'gateway_messages_status_total{status="delivered"}') < RECIPIENTS:
-        if time.monotonic() > deadline:
-            raise RuntimeError("warm-up messages not delivered")
-        time.sleep(0.1)
-
-
 # -- the run --------------------------------------------------------------------------------------
 
 def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0) -> dict:
@@ -122,7 +110,7 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
     try:
         gw, port, key = start_gateway(0, netsim_port=netsim_port, extra_config=NO_PAIR_LIMIT,
                                       server_config=f"max_body_bytes = {max(len(big) * 2, 1 << 20)}")
-        _warm_up(port, key)
+        warm_up(port, key, RECIPIENTS, timeout_s=120.0)  # sessions agreed before timing
         status, body = _call(port, key, "PUT", "/admin/v1/sensitive-words/spam", small)
         if status not in (200, 201):
             raise RuntimeError(f"small list answered {status}: {body[:200]!r}")
