@@ -15,6 +15,7 @@ extensions = [
     Extension("gateway._native.normalize", ["native/normalize.pyx"], extra_compile_args=["-O3"]),
     Extension("gateway._native.http1", ["native/http1.pyx"], extra_compile_args=["-O3"]),
     Extension("gateway._native.aes_cbc", ["native/aes_cbc.pyx"], include_dirs=["native"], extra_compile_args=["-O3"]),
+    Extension("gateway._native.aes_gcm", ["native/aes_gcm.pyx"], include_dirs=["native"], extra_compile_args=["-O3"]),
     Extension("gateway._native.ratchet_kdf", ["native/ratchet_kdf.pyx"], include_dirs=["native"],
               extra_compile_args=["-O3"]),
 ]

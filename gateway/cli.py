@@ -167,12 +167,12 @@ def cmd_doctor(args) -> int:
     if sys.version_info < (3, 11):
         print("              needs Python >= 3.11")
         ok = False
-    from gateway.crypto import aes_cbc, ratchet_kdf
+    from gateway.crypto import aes_cbc, aes_gcm, ratchet_kdf
     from gateway.http import server as http_server
     from gateway.policy import normalize
 
     for name, chooser in (("buckets", buckets), ("normalize", normalize), ("http1", http_server),
-                          ("aes_cbc", aes_cbc), ("ratchet_kdf", ratchet_kdf)):
+                          ("aes_cbc", aes_cbc), ("aes_gcm", aes_gcm), ("ratchet_kdf", ratchet_kdf)):
         try:
             importlib.import_module(f"gateway._native.{name}")
             compiled = "compiled"

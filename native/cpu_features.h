@@ -1,5 +1,5 @@
 /* CPU features the crypto accelerators need, read with CPUID at import (native/aes_cbc.pyx,
-   native/ratchet_kdf.pyx): each module runs only where its instructions exist. */
+   native/aes_gcm.pyx, native/ratchet_kdf.pyx): each module runs only where its instructions exist. */
 #ifndef GW_CPU_FEATURES_H
 #define GW_CPU_FEATURES_H
 
@@ -11,6 +11,14 @@ static inline int gw_has_aesni(void) {
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return 0;
     return (c >> 25) & 1;
+}
+
+/* AES-NI with PCLMULQDQ and SSSE3 (CPUID.01H:ECX bits 25, 1 and 9): AES-GCM's counter mode and GHASH */
+static inline int gw_has_aes_clmul(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    return ((c >> 25) & 1) && ((c >> 1) & 1) && ((c >> 9) & 1);
 }
 
 /* CPUID.(EAX=07H,ECX=0):EBX.SHA, with SSSE3 and SSE4.1 (CPUID.01H:ECX bits 9 and 19) */

@@ -1,6 +1,6 @@
 """Compiled accelerators built from native/*.pyx (see setup.py), and `choose`, the one rule by which
 every chooser module (gateway.schedule.buckets, gateway.policy.normalize, gateway.crypto.aes_cbc,
-gateway.crypto.ratchet_kdf) picks between a native module and its pure-Python twin.
+gateway.crypto.aes_gcm, gateway.crypto.ratchet_kdf) picks between a native module and its pure-Python twin.
 
 This package must never import a compiled module itself: GATEWAY_PURE_PYTHON=1 forbids it."""
 from __future__ import annotations

@@ -12,7 +12,8 @@ import os
 import weakref
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.crypto.aes_gcm import AESGCM  # AES-NI and PCLMULQDQ where built, else cryptography's
 
 VERSION = 1
 HEADER = 1 + 4 + 12
