@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-NATIVE := $(wildcard native/*.pyx)
+NATIVE := $(wildcard native/*.pyx native/*.h)
 
 .PHONY: setup run test test-native test-pure bench loadtest clean
 
