@@ -183,7 +183,8 @@ cdef extern from *:
 
 AVAILABLE = bool(gw_has_aes_clmul())
 
-DEF STATE_BYTES = 256  # 15 round keys and H
+cdef enum:
+    STATE_BYTES = 256  # 15 round keys and H
 
 
 cdef inline bytes _bytes(object value):
