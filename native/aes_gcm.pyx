@@ -185,6 +185,7 @@ AVAILABLE = bool(gw_has_aes_clmul())
 
 cdef enum:
     STATE_BYTES = 256  # 15 round keys and H
+cdef Py_ssize_t MAX_TEXT = (1 << 36) - 32  # SP 800-38D: the 32-bit block counter must not wrap
 
 
 cdef inline bytes _bytes(object value):
@@ -217,6 +218,8 @@ cdef class AESGCM:
         if len(nonce) != 12:
             raise ValueError(f"this AES-GCM takes a 12-byte nonce, got {len(nonce)}")
         cdef Py_ssize_t n = len(data)
+        if n > MAX_TEXT:
+            raise OverflowError("GCM seals at most 2**36 - 32 bytes under one nonce")
         out = PyBytes_FromStringAndSize(<const char *>NULL, n + 16)
         gw_gcm_seal(self._state, <const unsigned char *>PyBytes_AS_STRING(nonce),
                     <const unsigned char *>PyBytes_AS_STRING(aad), <size_t>len(aad),
@@ -232,7 +235,7 @@ cdef class AESGCM:
         if len(nonce) != 12:
             raise ValueError(f"this AES-GCM takes a 12-byte nonce, got {len(nonce)}")
         cdef Py_ssize_t n = len(data) - 16
-        if n < 0:
+        if n < 0 or n > MAX_TEXT:
             raise InvalidTag()
         out = PyBytes_FromStringAndSize(<const char *>NULL, n)
         if not gw_gcm_open(self._state, <const unsigned char *>PyBytes_AS_STRING(nonce),
