@@ -48,8 +48,10 @@ def main() -> int:
               f"{r['delivered_per_s_steady_min']}/s median {r['delivered_per_s_steady_median']}/s  "
               f"{loss}  duplicates {r['netsim_duplicates']}")
     if "crypto" in wanted:
-        from bench import crypto_agreement, crypto_ratchet
+        from bench import crypto_agreement, crypto_ratchet, crypto_seal
 
+        results["crypto_seal"] = crypto_seal.run()
+        crypto_seal.print_table(results["crypto_seal"])
         results["crypto_ratchet"] = crypto_ratchet.run()
         crypto_ratchet.print_table(results["crypto_ratchet"])
         results["crypto_agreement"] = crypto_agreement.run()

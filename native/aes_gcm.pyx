@@ -46,15 +46,18 @@ cdef extern from *:
         return _mm_or_si128(_mm_slli_epi64(v, 1), _mm_srli_epi64(_mm_slli_si128(v, 8), 63));
     }
 
-    /* a * b in GF(2^128) mod x^128 + x^7 + x^2 + x + 1, both byte-reversed (x^k at bit 127 - k) */
-    GW_GCM_TARGET static inline __m128i gw_gf_mul(__m128i a, __m128i b) {
-        __m128i lo = _mm_clmulepi64_si128(a, b, 0x00);
-        __m128i hi = _mm_clmulepi64_si128(a, b, 0x11);
+    /* The carry-less product of a and b (both byte-reversed: x^k at bit 127 - k), not reduced: hi:lo
+       holds x^k at bit 254 - k. Products are summed (xor) unreduced and reduced once (gw_reduce). */
+    GW_GCM_TARGET static inline void gw_clmul(__m128i a, __m128i b, __m128i *hi, __m128i *lo) {
         __m128i mid = _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x01), _mm_clmulepi64_si128(a, b, 0x10));
+        *lo = _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x00), _mm_slli_si128(mid, 8));
+        *hi = _mm_xor_si128(_mm_clmulepi64_si128(a, b, 0x11), _mm_srli_si128(mid, 8));
+    }
+
+    /* hi:lo (as gw_clmul leaves it) mod x^128 + x^7 + x^2 + x + 1 */
+    GW_GCM_TARGET static inline __m128i gw_reduce(__m128i hi, __m128i lo) {
         __m128i carry, over, fold;
-        lo = _mm_xor_si128(lo, _mm_slli_si128(mid, 8));
-        hi = _mm_xor_si128(hi, _mm_srli_si128(mid, 8));
-        /* hi:lo holds x^k at bit 254 - k; one bit left puts x^0..x^127 in hi and x^128..x^255 in lo */
+        /* one bit left puts x^0..x^127 in hi and x^128..x^255 in lo */
         carry = _mm_srli_si128(_mm_srli_epi64(lo, 63), 8);
         hi = _mm_or_si128(gw_shl128_1(hi), carry);
         lo = gw_shl128_1(lo);
@@ -71,15 +74,37 @@ cdef extern from *:
         return _mm_xor_si128(hi, gw_shr128(fold, 7));
     }
 
-    /* GHASH state y after absorbing n bytes of p, the last block padded with zeros */
-    GW_GCM_TARGET static __m128i gw_ghash(__m128i y, __m128i h, const uint8_t *p, size_t n) {
+    GW_GCM_TARGET static inline __m128i gw_gf_mul(__m128i a, __m128i b) {
+        __m128i hi, lo;
+        gw_clmul(a, b, &hi, &lo);
+        return gw_reduce(hi, lo);
+    }
+
+    GW_GCM_TARGET static inline __m128i gw_block_at(const uint8_t *p) {
+        return gw_reverse_bytes(_mm_loadu_si128((const __m128i *)p));
+    }
+
+    /* GHASH state y after absorbing n bytes of p, the last block padded with zeros; h[i] = H^(i+1).
+       Four blocks at a time: (y + X1)H^4 + X2 H^3 + X3 H^2 + X4 H, one reduction. */
+    GW_GCM_TARGET static __m128i gw_ghash(__m128i y, const __m128i h[4], const uint8_t *p, size_t n) {
         uint8_t last[16];
+        __m128i hi, lo, phi, plo;
+        int i;
+        for (; n >= 64; p += 64, n -= 64) {
+            gw_clmul(_mm_xor_si128(y, gw_block_at(p)), h[3], &hi, &lo);
+            for (i = 1; i < 4; i++) {
+                gw_clmul(gw_block_at(p + 16 * i), h[3 - i], &phi, &plo);
+                hi = _mm_xor_si128(hi, phi);
+                lo = _mm_xor_si128(lo, plo);
+            }
+            y = gw_reduce(hi, lo);
+        }
         for (; n >= 16; p += 16, n -= 16)
-            y = gw_gf_mul(_mm_xor_si128(y, gw_reverse_bytes(_mm_loadu_si128((const __m128i *)p))), h);
+            y = gw_gf_mul(_mm_xor_si128(y, gw_block_at(p)), h[0]);
         if (n) {
             memset(last, 0, 16);
             memcpy(last, p, n);
-            y = gw_gf_mul(_mm_xor_si128(y, gw_reverse_bytes(_mm_loadu_si128((const __m128i *)last))), h);
+            y = gw_gf_mul(_mm_xor_si128(y, gw_block_at(last)), h[0]);
         }
         return y;
     }
@@ -93,28 +118,52 @@ cdef extern from *:
         gw_put_be32(p + 4, (uint32_t)v);
     }
 
-    /* The key's round keys (15 x 16 bytes) and H = E_K(0^128), byte-reversed, into `state` (256 bytes). */
+    /* `state` (304 bytes): the 15 round keys, then H, H^2, H^3, H^4 byte-reversed */
+    #define GW_GCM_H_AT 240
+
     GW_GCM_TARGET static void gw_gcm_init(const uint8_t *key, uint8_t *state) {
-        __m128i rk[15];
+        __m128i rk[15], h, power;
         int i;
         gw_expand(key, rk);
         for (i = 0; i < 15; i++)
             _mm_storeu_si128((__m128i *)(state + 16 * i), rk[i]);
-        _mm_storeu_si128((__m128i *)(state + 240), gw_reverse_bytes(gw_aes_block(rk, _mm_setzero_si128())));
+        h = power = gw_reverse_bytes(gw_aes_block(rk, _mm_setzero_si128()));
+        for (i = 0; i < 4; i++) {
+            _mm_storeu_si128((__m128i *)(state + GW_GCM_H_AT + 16 * i), power);
+            power = gw_gf_mul(power, h);
+        }
         memset(rk, 0, sizeof rk);
     }
 
-    /* CTR from counter block 2 (GCTR of inc32(J0)) over n bytes of `in`, into `out` */
+    /* CTR from counter block 2 (GCTR of inc32(J0)) over n bytes of `in`, into `out`; four blocks at
+       a time, so that the AES rounds of independent blocks overlap in the pipeline */
     GW_GCM_TARGET static void gw_gcm_ctr(const __m128i rk[15], const uint8_t *nonce, const uint8_t *in,
                                          size_t n, uint8_t *out) {
-        uint8_t block[16], pad[16];
+        uint8_t block[64], pad[16];
         uint32_t counter = 2;
+        __m128i x[4];
         size_t i;
-        memcpy(block, nonce, 12);
+        int b, r;
+        for (b = 0; b < 4; b++)
+            memcpy(block + 16 * b, nonce, 12);
+        for (; n >= 64; in += 64, out += 64, n -= 64, counter += 4) {
+            for (b = 0; b < 4; b++) {
+                gw_put_be32(block + 16 * b + 12, counter + (uint32_t)b);
+                x[b] = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(block + 16 * b)), rk[0]);
+            }
+            for (r = 1; r < 14; r++)
+                for (b = 0; b < 4; b++)
+                    x[b] = _mm_aesenc_si128(x[b], rk[r]);
+            for (b = 0; b < 4; b++) {
+                x[b] = _mm_aesenclast_si128(x[b], rk[14]);
+                _mm_storeu_si128((__m128i *)(out + 16 * b),
+                                 _mm_xor_si128(x[b], _mm_loadu_si128((const __m128i *)(in + 16 * b))));
+            }
+        }
         for (; n >= 16; in += 16, out += 16, n -= 16, counter++) {
             gw_put_be32(block + 12, counter);
-            __m128i k = gw_aes_block(rk, _mm_loadu_si128((const __m128i *)block));
-            _mm_storeu_si128((__m128i *)out, _mm_xor_si128(k, _mm_loadu_si128((const __m128i *)in)));
+            x[0] = gw_aes_block(rk, _mm_loadu_si128((const __m128i *)block));
+            _mm_storeu_si128((__m128i *)out, _mm_xor_si128(x[0], _mm_loadu_si128((const __m128i *)in)));
         }
         if (n) {
             gw_put_be32(block + 12, counter);
@@ -123,10 +172,11 @@ cdef extern from *:
                 out[i] = in[i] ^ pad[i];
             memset(pad, 0, sizeof pad);
         }
+        memset(x, 0, sizeof x);
     }
 
     /* The tag: E_K(J0) xor GHASH(A, C, lengths) */
-    GW_GCM_TARGET static void gw_gcm_tag(const __m128i rk[15], __m128i h, const uint8_t *nonce,
+    GW_GCM_TARGET static void gw_gcm_tag(const __m128i rk[15], const __m128i h[4], const uint8_t *nonce,
                                          const uint8_t *aad, size_t alen, const uint8_t *c, size_t clen,
                                          uint8_t *tag) {
         uint8_t lengths[16], j0[16];
@@ -141,37 +191,40 @@ cdef extern from *:
                                                         gw_reverse_bytes(y)));
     }
 
-    GW_GCM_TARGET static void gw_load_state(const uint8_t *state, __m128i rk[15], __m128i *h) {
+    GW_GCM_TARGET static void gw_load_state(const uint8_t *state, __m128i rk[15], __m128i h[4]) {
         int i;
         for (i = 0; i < 15; i++)
             rk[i] = _mm_loadu_si128((const __m128i *)(state + 16 * i));
-        *h = _mm_loadu_si128((const __m128i *)(state + 240));
+        for (i = 0; i < 4; i++)
+            h[i] = _mm_loadu_si128((const __m128i *)(state + GW_GCM_H_AT + 16 * i));
     }
 
     /* ciphertext (n bytes) and tag (16) into out */
     GW_GCM_TARGET static void gw_gcm_seal(const uint8_t *state, const uint8_t *nonce, const uint8_t *aad,
                                           size_t alen, const uint8_t *in, size_t n, uint8_t *out) {
-        __m128i rk[15], h;
-        gw_load_state(state, rk, &h);
+        __m128i rk[15], h[4];
+        gw_load_state(state, rk, h);
         gw_gcm_ctr(rk, nonce, in, n, out);
         gw_gcm_tag(rk, h, nonce, aad, alen, out, n, out + n);
         memset(rk, 0, sizeof rk);
+        memset(h, 0, sizeof h);
     }
 
     /* 1 and the plaintext of n bytes (in holds n + 16) in out if the tag is right; 0 and nothing
        written otherwise */
     GW_GCM_TARGET static int gw_gcm_open(const uint8_t *state, const uint8_t *nonce, const uint8_t *aad,
                                          size_t alen, const uint8_t *in, size_t n, uint8_t *out) {
-        __m128i rk[15], h;
+        __m128i rk[15], h[4];
         uint8_t tag[16], diff = 0;
         int i;
-        gw_load_state(state, rk, &h);
+        gw_load_state(state, rk, h);
         gw_gcm_tag(rk, h, nonce, aad, alen, in, n, tag);
         for (i = 0; i < 16; i++)
             diff |= tag[i] ^ in[n + i];
         if (diff == 0)
             gw_gcm_ctr(rk, nonce, in, n, out);
         memset(rk, 0, sizeof rk);
+        memset(h, 0, sizeof h);
         return diff == 0;
     }
     """
@@ -184,7 +237,7 @@ cdef extern from *:
 AVAILABLE = bool(gw_has_aes_clmul())
 
 cdef enum:
-    STATE_BYTES = 256  # 15 round keys and H
+    STATE_BYTES = 304  # 15 round keys, H, H^2, H^3, H^4
 cdef Py_ssize_t MAX_TEXT = (1 << 36) - 32  # SP 800-38D: the 32-bit block counter must not wrap
 
 
