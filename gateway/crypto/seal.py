@@ -39,13 +39,14 @@ class SealError(Exception):
 
 
 class Sealer:
-    def __init__(self, keys: dict[int, bytes], active: int) -> None:
+    def __init__(self, keys: dict[int, bytes], active: int, *, aead: type = AESGCM) -> None:
+        """`aead`: the AES-GCM class (gateway.crypto.aes_gcm's choice; a benchmark or test picks one)."""
         if active not in keys:
             raise ValueError(f"active key {active} is not among the keys")
         for key_id, key in keys.items():
             if len(key) != KEY_BYTES or not 0 <= key_id < 1 << 32:
                 raise ValueError(f"data key {key_id} must be {KEY_BYTES} bytes with an id below 2**32")
-        self._aead = {key_id: AESGCM(key) for key_id, key in keys.items()}
+        self._aead = {key_id: aead(key) for key_id, key in keys.items()}
         self.active = active
         self._prefix = bytes((VERSION,)) + active.to_bytes(4, "big")
         # Random nonces, drawn from the OS in pools (a getrandom call costs as much as the AES-GCM
