@@ -1,6 +1,6 @@
-"""AES-256-CBC of the ratchet's messages: the native (AES-NI) encryption and its pure twin give the same
-bytes as `cryptography`'s public API, on NIST's vector and on random inputs, and refuse what is not
-whole blocks under a 32-byte key."""
+"""AES-256-CBC of the ratchet's messages: the native (AES-NI) encryption and decryption and their pure
+twins give the same bytes as `cryptography`'s public API, on NIST's vectors and on random inputs, and
+refuse what is not whole blocks under a 32-byte key."""
 import os
 import random
 
@@ -29,8 +29,26 @@ def encrypt(request):
     return load_accelerator(aes_cbc, request.param, "AESNI")
 
 
+@pytest.fixture(params=IMPLEMENTATIONS)
+def decrypt(request):
+    load_accelerator(aes_cbc, request.param, "AESNI")  # skipped or failed as for encryption
+    return aes_cbc.load_decrypt(request.param)
+
+
 def test_nist_vector(encrypt):
     assert encrypt(KEY, IV, PLAIN) == CIPHER
+
+
+def test_nist_vector_decrypts(decrypt):
+    assert decrypt(KEY, IV, CIPHER) == PLAIN
+
+
+def test_decrypts_what_the_public_api_encrypted_on_random_inputs(decrypt):
+    rng = random.Random(12)
+    for _ in range(500):
+        key, iv = rng.randbytes(32), rng.randbytes(16)
+        data = rng.randbytes(16 * rng.randrange(1, 70))
+        assert decrypt(key, iv, _public(key, iv, data)) == data
 
 
 def test_same_bytes_as_the_public_api_on_random_inputs(encrypt):
@@ -46,12 +64,22 @@ def test_what_it_encrypts_decrypts_back(encrypt):
     assert aes_cbc.decrypt(key, iv, encrypt(key, iv, data)) == data
 
 
-@pytest.mark.parametrize("key, iv, data", [(KEY, IV, PLAIN[:15]), (KEY, IV, PLAIN + b"x"), (KEY, IV, b""),
-                                           (KEY[:16], IV, PLAIN), (KEY, IV[:8], PLAIN)],
-                         ids=["short block", "partial block", "empty", "AES-128 key", "short IV"])
+BAD_INPUTS = pytest.mark.parametrize(
+    "key, iv, data", [(KEY, IV, PLAIN[:15]), (KEY, IV, PLAIN + b"x"), (KEY, IV, b""), (KEY[:16], IV, PLAIN),
+                      (KEY, IV[:8], PLAIN)],
+    ids=["short block", "partial block", "empty", "AES-128 key", "short IV"])
+
+
+@BAD_INPUTS
 def test_refuses_partial_blocks_and_other_key_sizes(encrypt, key, iv, data):
     with pytest.raises(ValueError):
         encrypt(key, iv, data)
+
+
+@BAD_INPUTS
+def test_decryption_refuses_them_too(decrypt, key, iv, data):
+    with pytest.raises(ValueError):
+        decrypt(key, iv, data)
 
 
 def test_the_gateway_uses_the_native_one_where_it_is_built_and_the_cpu_has_aes_ni():
@@ -61,3 +89,4 @@ def test_the_gateway_uses_the_native_one_where_it_is_built_and_the_cpu_has_aes_n
     from gateway._native import aes_cbc as native
 
     assert aes_cbc.IMPLEMENTATION == ("native" if native.AESNI else "pure")
+    assert aes_cbc.decrypt is (native.cbc_decrypt if native.AESNI else aes_cbc.decrypt_py)

@@ -389,3 +389,16 @@ def test_unknown_state_version_is_a_ratchet_error():
     raw[1] = 2
     with pytest.raises(RatchetError):
         Session.from_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("body_len", [0, 15, 33])
+def test_an_authentic_message_that_is_not_whole_blocks_is_refused_not_crashed(body_len):
+    """A body under a valid MAC that CBC cannot decrypt (no sound peer sends one) is BadTag."""
+    from gateway.crypto import ratchet
+
+    mk, ad = os.urandom(32), b"A" * 66
+    _, mac_key, _ = ratchet.message_keys(mk)
+    body = os.urandom(ratchet.HEADER_LEN) + os.urandom(body_len)
+    message = body + hmac.digest(mac_key, ad + body, "sha256")
+    with pytest.raises(BadTag):
+        ratchet._open(mk, message, ad)

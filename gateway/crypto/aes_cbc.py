@@ -1,5 +1,5 @@
-"""AES-256-CBC of whole blocks for the Double Ratchet. Encryption: the compiled gateway._native.aes_cbc
-(AES-NI), or its pure twin on `cryptography`, chosen once at import; decryption: `cryptography`.
+"""AES-256-CBC of whole blocks for the Double Ratchet: encryption and decryption by the compiled
+gateway._native.aes_cbc (AES-NI), or by their pure twins on `cryptography`, chosen once at import.
 
 It owns only that choice and the twin; it must never pad (the caller does) and never pick the native
 module on a CPU without AES-NI or where it disagrees with the twin on a self-test.
@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gateway._native import choose
 
-__all__ = ["IMPLEMENTATION", "NATIVE_AVAILABLE", "decrypt", "encrypt", "load"]
+__all__ = ["IMPLEMENTATION", "NATIVE_AVAILABLE", "decrypt", "encrypt", "load", "load_decrypt"]
 
 _AES = algorithms.AES
 _CBC = modes.CBC
@@ -52,20 +52,37 @@ def _cbc_contexts():
 _encryptor, _decryptor = _cbc_contexts()
 
 
-def encrypt_py(key: bytes, iv: bytes, data: bytes) -> bytes:
-    """AES-256-CBC of whole blocks (the pure twin)."""
+def _check(key: bytes, iv: bytes, data: bytes, what: str) -> None:
     if len(key) != 32 or len(iv) != 16:
         raise ValueError(f"AES-256-CBC takes a 32-byte key and a 16-byte IV, got {len(key)} and {len(iv)}")
     if not data or len(data) % 16:
-        raise ValueError(f"AES-256-CBC encrypts whole 16-byte blocks, got {len(data)} bytes")
+        raise ValueError(f"AES-256-CBC {what} whole 16-byte blocks, got {len(data)} bytes")
+
+
+def encrypt_py(key: bytes, iv: bytes, data: bytes) -> bytes:
+    """AES-256-CBC of whole blocks (the pure twin)."""
+    _check(key, iv, data, "encrypts")
     enc = _encryptor(key, iv)
     return enc.update(data) + enc.finalize()
 
 
-def decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
-    """AES-256-CBC decryption of whole blocks (always `cryptography`: received messages are few)."""
+def decrypt_py(key: bytes, iv: bytes, data: bytes) -> bytes:
+    """AES-256-CBC decryption of whole blocks (the pure twin; the padding stays)."""
+    _check(key, iv, data, "decrypts")
     dec = _decryptor(key, iv)
     return dec.update(data) + dec.finalize()
+
+
+def _native_module():
+    from gateway._native import aes_cbc as native  # noqa: PLC0415 - optional extension
+
+    if not native.AESNI:
+        raise ImportError("gateway._native.aes_cbc: this CPU has no AES-NI")
+    key, iv, text = bytes(range(32)), bytes(range(16)), bytes(range(48))
+    wire = encrypt_py(key, iv, text)
+    if native.cbc_encrypt(key, iv, text) != wire or native.cbc_decrypt(key, iv, wire) != text:
+        raise ImportError("gateway._native.aes_cbc disagrees with cryptography on the self-test")
+    return native
 
 
 def load(implementation: str) -> Callable[[bytes, bytes, bytes], bytes]:
@@ -74,15 +91,18 @@ def load(implementation: str) -> Callable[[bytes, bytes, bytes], bytes]:
     if implementation == "pure":
         return encrypt_py
     if implementation == "native":
-        from gateway._native import aes_cbc as native  # noqa: PLC0415 - optional extension
+        return _native_module().cbc_encrypt
+    raise ValueError(f"unknown AES-CBC implementation {implementation!r}")
 
-        if not native.AESNI:
-            raise ImportError("gateway._native.aes_cbc: this CPU has no AES-NI")
-        key, iv, text = bytes(range(32)), bytes(range(16)), bytes(range(48))
-        if native.cbc_encrypt(key, iv, text) != encrypt_py(key, iv, text):
-            raise ImportError("gateway._native.aes_cbc disagrees with cryptography on the self-test")
-        return native.cbc_encrypt
+
+def load_decrypt(implementation: str) -> Callable[[bytes, bytes, bytes], bytes]:
+    """The decrypt function of `implementation`, as `load`."""
+    if implementation == "pure":
+        return decrypt_py
+    if implementation == "native":
+        return _native_module().cbc_decrypt
     raise ValueError(f"unknown AES-CBC implementation {implementation!r}")
 
 
 IMPLEMENTATION, NATIVE_AVAILABLE, encrypt = choose("aes_cbc", load)
+_, _, decrypt = choose("aes_cbc", load_decrypt)

@@ -75,7 +75,7 @@ _PADDING = [bytes([n]) * n for n in range(17)]  # PKCS#7 pad for each length 1..
 _pack = struct.Struct(">II").pack
 _unpack_from = struct.Struct(">II").unpack_from
 _cbc_encrypt = aes_cbc.encrypt  # AES-NI where the CPU has it (gateway._native.aes_cbc), else cryptography
-_cbc_decrypt = aes_cbc.decrypt
+_cbc_decrypt = aes_cbc.decrypt  # the same
 
 
 def kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
@@ -97,7 +97,10 @@ def _open(mk: bytes, message: bytes, ad: bytes) -> bytes:
     cipher_key, mac_key, iv = message_keys(mk)
     if not compare_digest(_hmac(mac_key, ad + message[:-TAG_LEN]), message[-TAG_LEN:]):
         raise BadTag("authentication tag does not verify")
-    padded = _cbc_decrypt(cipher_key, iv, message[HEADER_LEN:-TAG_LEN])
+    body = message[HEADER_LEN:-TAG_LEN]
+    if not body or len(body) % 16:  # authentic, yet not whole blocks: never from a sound peer
+        raise BadTag("authenticated ciphertext is not whole AES blocks")
+    padded = _cbc_decrypt(cipher_key, iv, body)
     n = padded[-1]
     if not 1 <= n <= 16 or not padded.endswith(_PADDING[n]):
         raise BadTag("authenticated plaintext has invalid padding")
