@@ -1,7 +1,7 @@
 """AES-256-CBC of whole blocks for the Double Ratchet: encryption and decryption by the compiled
 gateway._native.aes_cbc (AES-NI), or by their pure twins on `cryptography`, chosen once at import.
 
-It owns only that choice and the twin; it must never pad (the caller does) and never pick the native
+It owns only that choice and the twins; it must never pad (the caller does) and never pick the native
 module on a CPU without AES-NI or where it disagrees with the twin on a self-test.
 """
 from __future__ import annotations

@@ -75,7 +75,7 @@ _PADDING = [bytes([n]) * n for n in range(17)]  # PKCS#7 pad for each length 1..
 _pack = struct.Struct(">II").pack
 _unpack_from = struct.Struct(">II").unpack_from
 _cbc_encrypt = aes_cbc.encrypt  # AES-NI where the CPU has it (gateway._native.aes_cbc), else cryptography
-_cbc_decrypt = aes_cbc.decrypt  # the same
+_cbc_decrypt = aes_cbc.decrypt  # likewise: AES-NI where the CPU has it, else cryptography
 
 
 def kdf_rk(rk: bytes, dh_out: bytes) -> tuple[bytes, bytes]:
