@@ -14,10 +14,12 @@ extensions = [
     ),
     Extension("gateway._native.normalize", ["native/normalize.pyx"], extra_compile_args=["-O3"]),
     Extension("gateway._native.http1", ["native/http1.pyx"], extra_compile_args=["-O3"]),
-    Extension("gateway._native.aes_cbc", ["native/aes_cbc.pyx"], include_dirs=["native"], extra_compile_args=["-O3"]),
-    Extension("gateway._native.aes_gcm", ["native/aes_gcm.pyx"], include_dirs=["native"], extra_compile_args=["-O3"]),
+    Extension("gateway._native.aes_cbc", ["native/aes_cbc.pyx"], include_dirs=["native"], extra_compile_args=["-O3"],
+              depends=["native/aes_ni.h", "native/cpu_features.h"]),
+    Extension("gateway._native.aes_gcm", ["native/aes_gcm.pyx"], include_dirs=["native"], extra_compile_args=["-O3"],
+              depends=["native/aes_ni.h", "native/cpu_features.h"]),
     Extension("gateway._native.ratchet_kdf", ["native/ratchet_kdf.pyx"], include_dirs=["native"],
-              extra_compile_args=["-O3"]),
+              extra_compile_args=["-O3"], depends=["native/cpu_features.h"]),
 ]
 
 setup(

@@ -34,7 +34,7 @@ cdef extern from *:
             x = gw_aes_block(rk, x);
             _mm_storeu_si128((__m128i *)(out + 16 * i), x);
         }
-        memset(rk, 0, sizeof rk);  /* no round keys left on the stack */
+        gw_wipe(rk, sizeof rk);  /* no round keys left on the stack */
     }
 
     /* CBC decryption (SP 800-38A, 6.2) with the equivalent inverse cipher (FIPS 197, 5.3.5): the
@@ -59,8 +59,8 @@ cdef extern from *:
             _mm_storeu_si128((__m128i *)(out + 16 * i), _mm_xor_si128(x, prev));
             prev = c;
         }
-        memset(rk, 0, sizeof rk);
-        memset(dk, 0, sizeof dk);
+        gw_wipe(rk, sizeof rk);
+        gw_wipe(dk, sizeof dk);
     }
     """
     void gw_cbc_decrypt(const unsigned char *key, const unsigned char *iv, const unsigned char *data,

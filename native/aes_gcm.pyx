@@ -19,7 +19,6 @@ its upper 128 terms are folded back with x^128 = x^7 + x^2 + x + 1.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.string cimport memset
 
 from cryptography.exceptions import InvalidTag
 
@@ -132,7 +131,7 @@ cdef extern from *:
             _mm_storeu_si128((__m128i *)(state + GW_GCM_H_AT + 16 * i), power);
             power = gw_gf_mul(power, h);
         }
-        memset(rk, 0, sizeof rk);
+        gw_wipe(rk, sizeof rk);
     }
 
     /* CTR from counter block 2 (GCTR of inc32(J0)) over n bytes of `in`, into `out`; four blocks at
@@ -170,9 +169,9 @@ cdef extern from *:
             _mm_storeu_si128((__m128i *)pad, gw_aes_block(rk, _mm_loadu_si128((const __m128i *)block)));
             for (i = 0; i < n; i++)
                 out[i] = in[i] ^ pad[i];
-            memset(pad, 0, sizeof pad);
+            gw_wipe(pad, sizeof pad);
         }
-        memset(x, 0, sizeof x);
+        gw_wipe(x, sizeof x);
     }
 
     /* The tag: E_K(J0) xor GHASH(A, C, lengths) */
@@ -206,8 +205,8 @@ cdef extern from *:
         gw_load_state(state, rk, h);
         gw_gcm_ctr(rk, nonce, in, n, out);
         gw_gcm_tag(rk, h, nonce, aad, alen, out, n, out + n);
-        memset(rk, 0, sizeof rk);
-        memset(h, 0, sizeof h);
+        gw_wipe(rk, sizeof rk);
+        gw_wipe(h, sizeof h);
     }
 
     /* 1 and the plaintext of n bytes (in holds n + 16) in out if the tag is right; 0 and nothing
@@ -223,11 +222,13 @@ cdef extern from *:
             diff |= tag[i] ^ in[n + i];
         if (diff == 0)
             gw_gcm_ctr(rk, nonce, in, n, out);
-        memset(rk, 0, sizeof rk);
-        memset(h, 0, sizeof h);
+        gw_wipe(rk, sizeof rk);
+        gw_wipe(h, sizeof h);
+        gw_wipe(tag, sizeof tag);  /* the right tag for this ciphertext: a forgery if it leaked */
         return diff == 0;
     }
     """
+    void gw_wipe(void *p, size_t n) nogil
     void gw_gcm_init(const unsigned char *key, unsigned char *state) nogil
     void gw_gcm_seal(const unsigned char *state, const unsigned char *nonce, const unsigned char *aad,
                      size_t alen, const unsigned char *data, size_t n, unsigned char *out) nogil
@@ -238,7 +239,15 @@ AVAILABLE = bool(gw_has_aes_clmul())
 
 cdef enum:
     STATE_BYTES = 304  # 15 round keys, H, H^2, H^3, H^4
-cdef Py_ssize_t MAX_TEXT = (1 << 36) - 32  # SP 800-38D: the 32-bit block counter must not wrap
+# Data and associated data of at most 2**31 - 1 bytes, as cryptography takes (SP 800-38D allows
+# 2**36 - 32 bytes of text): a record sealed here must open under the twin.
+cdef Py_ssize_t MAX_BYTES = (1 << 31) - 1
+
+
+cdef inline int _check_sizes(Py_ssize_t data, Py_ssize_t aad) except -1:
+    if data > MAX_BYTES or aad > MAX_BYTES:
+        raise OverflowError("data and associated data must each be at most 2**31 - 1 bytes")
+    return 0
 
 
 cdef inline bytes _bytes(object value):
@@ -262,7 +271,7 @@ cdef class AESGCM:
         gw_gcm_init(<const unsigned char *>PyBytes_AS_STRING(key), self._state)
 
     def __dealloc__(self):
-        memset(self._state, 0, STATE_BYTES)
+        gw_wipe(self._state, STATE_BYTES)
 
     def encrypt(self, nonce_, data_, associated_data) -> bytes:
         """The ciphertext of `data` with its 16-byte tag appended."""
@@ -271,8 +280,7 @@ cdef class AESGCM:
         if len(nonce) != 12:
             raise ValueError(f"this AES-GCM takes a 12-byte nonce, got {len(nonce)}")
         cdef Py_ssize_t n = len(data)
-        if n > MAX_TEXT:
-            raise OverflowError("GCM seals at most 2**36 - 32 bytes under one nonce")
+        _check_sizes(n, len(aad))
         out = PyBytes_FromStringAndSize(<const char *>NULL, n + 16)
         gw_gcm_seal(self._state, <const unsigned char *>PyBytes_AS_STRING(nonce),
                     <const unsigned char *>PyBytes_AS_STRING(aad), <size_t>len(aad),
@@ -287,8 +295,9 @@ cdef class AESGCM:
         cdef bytes aad = b"" if associated_data is None else _bytes(associated_data)
         if len(nonce) != 12:
             raise ValueError(f"this AES-GCM takes a 12-byte nonce, got {len(nonce)}")
+        _check_sizes(len(data), len(aad))
         cdef Py_ssize_t n = len(data) - 16
-        if n < 0 or n > MAX_TEXT:
+        if n < 0:
             raise InvalidTag()
         out = PyBytes_FromStringAndSize(<const char *>NULL, n)
         if not gw_gcm_open(self._state, <const unsigned char *>PyBytes_AS_STRING(nonce),

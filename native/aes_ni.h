@@ -5,7 +5,16 @@
 #define GW_AES_NI_H
 
 #include <stdint.h>
+#include <string.h>
 #include <immintrin.h>
+
+/* Zero key material in a local buffer. A plain memset of a buffer never read again is a dead store
+   the compiler removes; the empty asm that "reads" the buffer keeps it (best effort: copies the
+   compiler spilled to registers or elsewhere are beyond C's reach). */
+static inline void gw_wipe(void *p, size_t n) {
+    memset(p, 0, n);
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+}
 
 /* w0 ^ w1 ^ ... up to each word: (w0, w0^w1, w0^w1^w2, w0^w1^w2^w3), low word first */
 __attribute__((target("aes,sse2")))
