@@ -64,14 +64,19 @@ cdef extern from *:
     }
     """
     void gw_cbc_decrypt(const unsigned char *key, const unsigned char *iv, const unsigned char *data,
-                        size_t blocks, unsigned char *out) nogil
+                        size_t blocks, unsigned char *out) noexcept nogil
     void gw_cbc_encrypt(const unsigned char *key, const unsigned char *iv, const unsigned char *data,
-                        size_t blocks, unsigned char *out) nogil
+                        size_t blocks, unsigned char *out) noexcept nogil
 
 AESNI = bool(gw_has_aesni())
 
 
-cdef Py_ssize_t _checked(bytes key, bytes iv, bytes data, str what) except -1:
+ctypedef void (*_cbc_fn)(const unsigned char *, const unsigned char *, const unsigned char *, size_t,
+                        unsigned char *) noexcept nogil
+
+
+cdef bytes _cbc(_cbc_fn fn, bytes key, bytes iv, bytes data, str what):
+    """fn over `data` after the checks both directions share."""
     if not AESNI:
         raise RuntimeError("this CPU has no AES-NI: use the pure twin")
     if len(key) != 32 or len(iv) != 16:
@@ -79,25 +84,18 @@ cdef Py_ssize_t _checked(bytes key, bytes iv, bytes data, str what) except -1:
     cdef Py_ssize_t n = len(data)
     if n == 0 or n % 16:
         raise ValueError(f"AES-256-CBC {what} whole 16-byte blocks, got {n} bytes")
-    return n
+    out = PyBytes_FromStringAndSize(<const char *>NULL, n)
+    fn(<const unsigned char *>PyBytes_AS_STRING(key), <const unsigned char *>PyBytes_AS_STRING(iv),
+       <const unsigned char *>PyBytes_AS_STRING(data), <size_t>(n // 16), <unsigned char *>PyBytes_AS_STRING(out))
+    return out
 
 
 def cbc_encrypt(bytes key not None, bytes iv not None, bytes data not None) -> bytes:
     """AES-256-CBC of `data` (whole 16-byte blocks, padded by the caller) under a 32-byte key and a
     16-byte IV; RuntimeError on a CPU without AES-NI."""
-    cdef Py_ssize_t n = _checked(key, iv, data, "encrypts")
-    out = PyBytes_FromStringAndSize(<const char *>NULL, n)
-    gw_cbc_encrypt(<const unsigned char *>PyBytes_AS_STRING(key), <const unsigned char *>PyBytes_AS_STRING(iv),
-                   <const unsigned char *>PyBytes_AS_STRING(data), <size_t>(n // 16),
-                   <unsigned char *>PyBytes_AS_STRING(out))
-    return out
+    return _cbc(gw_cbc_encrypt, key, iv, data, "encrypts")
 
 
 def cbc_decrypt(bytes key not None, bytes iv not None, bytes data not None) -> bytes:
     """The inverse of cbc_encrypt (the padding stays for the caller to check and remove)."""
-    cdef Py_ssize_t n = _checked(key, iv, data, "decrypts")
-    out = PyBytes_FromStringAndSize(<const char *>NULL, n)
-    gw_cbc_decrypt(<const unsigned char *>PyBytes_AS_STRING(key), <const unsigned char *>PyBytes_AS_STRING(iv),
-                   <const unsigned char *>PyBytes_AS_STRING(data), <size_t>(n // 16),
-                   <unsigned char *>PyBytes_AS_STRING(out))
-    return out
+    return _cbc(gw_cbc_decrypt, key, iv, data, "decrypts")
