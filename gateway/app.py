@@ -40,6 +40,7 @@ from gateway.schedule.scheduler import Scheduler
 from gateway.store import ops
 from gateway.store import records as R
 from gateway.store.env import Store, open_store
+from gateway.store.prealloc import Preallocator
 from gateway.store.writer import Writer, write_until_stored
 from gateway.webhooks.dispatcher import Endpoint, WebhookDispatcher, endpoint_id, read_secret
 
@@ -82,7 +83,9 @@ class Gateway:
         self.writer = Writer(self.store.env, self.store.dbs, max_ops=config.store.group_commit_max_ops,
                              window_s=config.store.group_commit_window_ms / 1000.0,
                              lazy_s=config.store.group_commit_lazy_ms / 1000.0,
-                             on_commit=self.metrics.commit.observe)
+                             on_commit=self.metrics.commit.observe,
+                             prealloc=Preallocator(os.path.join(self.store.path, "data.mdb"),
+                                                   int(config.store.preallocate_mb * 1024 * 1024)))
         self.ids = IdGenerator()
         self.event_ids = IdGenerator()
         sc = config.scheduler
@@ -337,6 +340,9 @@ class Gateway:
         reg.gauge("gateway_storage_map_bytes", "LMDB map size in bytes.",
                   lambda: [((), self.store.usage()[1])])
         reg.gauge("gateway_group_commits", "Group commits since start.", lambda: [((), self.writer.commits)])
+        reg.counter_read("gateway_storage_preallocated_bytes_total", "Zeros written ahead of LMDB's data, so that "
+                         "commits overwrite instead of growing the file ([store] preallocate_mb).",
+                         lambda: [((), self.writer.prealloc.written)])
         # rate() of these is the event loop's share per kind of task, and its idle share
         reg.counter_read("gateway_loop_busy_seconds_total", "Event-loop seconds spent in task steps, by the "
                          "part of the gateway the task belongs to (http, store, delivery, network, ...).",

@@ -40,6 +40,8 @@ class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
     group_commit_max_ops: PositiveInt = 4096
     group_commit_window_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0
     group_commit_lazy_ms: Annotated[float, Meta(ge=0, le=1000)] = 10.0
+    # LMDB's data file is kept up to this far ahead of its data with written zeros (store/prealloc.py)
+    preallocate_mb: Annotated[float, Meta(ge=0, le=1024)] = 2.0
     idempotency_ttl_h: PositiveFloat = 24.0
     storage_full_retry_after_s: PositiveInt = 30
 

@@ -39,6 +39,8 @@ from typing import Any, Callable
 import lmdb
 import trio
 
+from gateway.store.prealloc import Preallocator
+
 log = logging.getLogger("gateway.store")
 
 Op = Callable[[Any, dict, Any], Any]  # op(txn, dbs, arg) -> result
@@ -116,8 +118,12 @@ _BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
 class Writer:
     def __init__(self, env: lmdb.Environment, dbs: dict, *, max_ops: int = 4096,
                  window_s: float = 0.002, lazy_s: float = 0.0, hold_s: float = HOLD_S,
-                 on_commit: Callable[[float], None] | None = None) -> None:
+                 on_commit: Callable[[float], None] | None = None,
+                 prealloc: Preallocator | None = None) -> None:
         self._env = env
+        # keeps the data file ahead of the data (store/prealloc.py), between commits in the thread
+        self.prealloc = prealloc
+        self._psize = env.stat()["psize"]
         self._dbs = dbs
         # Called on the event loop after each commit with the seconds from handing the batch to the
         # thread to the loop seeing it durable: the fsync and the loop's own delay to notice.
@@ -421,16 +427,20 @@ class Writer:
 
     def _thread_main(self) -> None:
         env, requests, answer = self._env, self._requests, self._replies.put
+        if self.prealloc is not None:
+            self.prealloc.open()
         txn = None
         while True:
             command, _ = requests.get()
             if command == _STOP:
                 if txn is not None:
                     txn.abort()
+                if self.prealloc is not None:
+                    self.prealloc.close()
                 return
             try:
                 if command == _BEGIN:
-                    txn = value = env.begin(write=True)
+                    txn = value = self._begin()
                 elif command == _COMMIT:
                     value = self._commit_in_thread(txn)
                     txn = value[1]
@@ -460,9 +470,17 @@ class Writer:
         # The next batch gets its transaction without another round trip: work that arrived during
         # the commit at once, other work while the event loop holds it (Writer.run).
         try:
-            return None, self._env.begin(write=True)
+            return None, self._begin()
         except lmdb.Error:
             return None, None  # the event loop asks again with _BEGIN and fails that batch cleanly
+
+    def _begin(self):
+        """A write transaction for the next batch; the data file is topped up while it holds the
+        write lock and has allocated nothing (see store/prealloc.py)."""
+        txn = self._env.begin(write=True)
+        if self.prealloc is not None:
+            self.prealloc.top_up(self._env, self._psize)
+        return txn
 
 
 async def write_until_stored(writer: Writer, op: Op, arg: Any = None, pause_s: float = 1.0) -> Any:
