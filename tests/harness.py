@@ -150,11 +150,20 @@ class Gateway:
         self.key = ""
 
     def start(self, timeout: float = 20.0) -> "Gateway":
-        self.log = open(self.tmp / f"gateway-{time.time_ns()}.log", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-        )
+        for attempt in range(3):
+            self.log = open(self.tmp / f"gateway-{time.time_ns()}.log", "w")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            )
+            if not self._lost_its_port():
+                break
+            # The port free_port() saw free was taken before the gateway bound it (its own embedded
+            # netsim or an outgoing connection can draw the same ephemeral port): another one.
+            old, self.port = self.port, free_port()
+            self.config_text = self.config_text.replace(f'listen = "127.0.0.1:{old}"',
+                                                        f'listen = "127.0.0.1:{self.port}"')
+            self.config_path.write_text(self.config_text)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"gateway exited: {self.read_log()}"
@@ -169,6 +178,20 @@ class Gateway:
             raise AssertionError(f"gateway not ready: {self.read_log()}")
         self.key = open(os.path.join(self.data_dir, "admin.key")).read().strip()
         return self
+
+    def _lost_its_port(self, timeout: float = 20.0) -> bool:
+        """Whether the process just started exited because its HTTP port was in use (else it bound
+        its port, or failed for another reason that start() reports)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            exited = self.proc.poll() is not None
+            log = self.read_log()
+            if "gateway listening on" in log:
+                return False
+            if exited:
+                return "Address already in use" in log
+            time.sleep(0.05)
+        return False
 
     def read_log(self) -> str:
         self.log.flush()
