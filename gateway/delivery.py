@@ -88,9 +88,13 @@ class Delivery:
     def enqueue(self, msgs: list[QueuedMessage]) -> None:
         now = self.gw.clock.now()
         push = self.scheduler.push
+        active = False
         for m in msgs:
-            push(m, now)
-        self._pushed.set()
+            active |= push(m, now)
+        # Messages of a sender that sleeps until its tokens come back change nothing the dispatch
+        # loop waits for (a broadcast queued behind its sender's rate would wake it per commit).
+        if active:
+            self._pushed.set()
 
     def poke(self) -> None:
         """Rates changed: let the dispatch loop look again now."""

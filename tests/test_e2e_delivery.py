@@ -70,6 +70,36 @@ def test_tier_change_at_runtime_is_obeyed_at_once(tmp_path, netsim):
         gw.stop()
 
 
+def _delivery_steps(gw) -> int:
+    _, text = gw.request("GET", "/metrics", auth=False)
+    for line in text.decode().splitlines():
+        if line.startswith('gateway_loop_steps_total{task="delivery"}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def test_sends_queued_behind_their_senders_rate_do_not_wake_dispatch(tmp_path):
+    """A broadcast queued behind its sender's rate: each accept's commit used to wake the dispatch
+    loop, which found nothing to send. Now only its tokens coming back do."""
+    gw = Gateway(tmp_path).start()
+    try:
+        status, _ = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"rate_per_minute": 1, "burst": 1})
+        assert status == 200
+        first = gw.send("+14155580000")  # takes the one token
+        gw.wait_status(first, {"delivered", "read"})
+        before = _delivery_steps(gw)
+        ids = [gw.send(f"+1415558{i:04d}") for i in range(1, 101)]  # a commit each
+        woken = _delivery_steps(gw) - before
+        assert woken < 20, woken  # ~1 per send before
+        assert all(gw.request("GET", f"/v1/messages/{m}")[1]["status"] == "accepted" for m in ids[1:])
+        status, _ = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"reset": True})
+        assert status == 200
+        for msg_id in ids:  # and the rate change still wakes it
+            gw.wait_status(msg_id, {"delivered", "read"})
+    finally:
+        gw.stop()
+
+
 def test_patch_unknown_sender_or_tier(tmp_path):
     gw = Gateway(tmp_path).start()
     try:

@@ -51,6 +51,21 @@ def test_sender_rate_and_burst_respected_over_a_simulated_minute(make):
     assert sent == 70
 
 
+def test_push_says_whether_the_dispatch_loop_must_look_again(make):
+    s = make()
+    s.set_sender("S", 60.0, 1.0, 0.0)  # one message per second
+    assert s.push(msg("S", "a"), 0.0) is True  # a sender with work and tokens: active
+    assert len(drain(s, 0.0)) == 1
+    assert s.push(msg("S", "b"), 0.1) is True  # its first queued message: active until looked at
+    assert drain(s, 0.1) == [] and s.next_wakeup(0.1) == pytest.approx(1.0)
+    # asleep until its token comes back: more messages change nothing the loop waits for
+    assert s.push(msg("S", "c"), 0.2) is False and s.push(msg("S", "d"), 0.3) is False
+    assert s.next_wakeup(0.3) == pytest.approx(1.0)
+    assert s.push(msg("T", "a"), 0.3) is False  # a number with no rate set never goes
+    assert s.push(msg("S", "e"), 1.0) is True  # its wake-up time has come
+    assert [m.recipient for m in drain(s, 1.0)] == ["b"]
+
+
 def test_burst_is_available_at_once(make):
     s = make()
     s.set_sender("S", 60.0, 10.0, 0.0)

@@ -125,8 +125,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ queueing
 
-    def push(self, msg: QueuedMessage, now: float) -> None:
-        """Queue `msg` at the tail of its (sender, priority) class."""
+    def push(self, msg: QueuedMessage, now: float) -> bool:
+        """Queue `msg` at the tail of its (sender, priority) class. True if its sender is active (it
+        may have something to send now); False if it sleeps, so that the time `next_wakeup` gave
+        still holds and a dispatch loop waiting for it need not look again."""
         p = msg.priority
         if p not in _CLASSES:
             raise ValueError(f"priority must be URGENT, NORMAL or BULK, got {p!r}")
@@ -141,6 +143,7 @@ class Scheduler:
             # A sender asleep only for lack of its own tokens gains nothing from a new message.
             if s.count == 1 or not s.token_bound or s.wake_at <= now:
                 self._activate(s)
+        return s.active
 
     def requeue(self, msgs: list[QueuedMessage], now: float) -> None:
         """Put back messages ready() returned but that could not be dispatched, at the head of
