@@ -150,7 +150,7 @@ class Gateway:
         self.key = ""
 
     def start(self, timeout: float = 20.0) -> "Gateway":
-        for attempt in range(3):
+        for _ in range(3):
             self.log = open(self.tmp / f"gateway-{time.time_ns()}.log", "w")
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
