@@ -343,6 +343,11 @@ class Gateway:
         reg.counter_read("gateway_storage_preallocated_bytes_total", "Zeros written ahead of LMDB's data, so that "
                          "commits overwrite instead of growing the file ([store] preallocate_mb).",
                          lambda: [((), self.writer.prealloc.written)])
+        reg.gauge("gateway_pair_log_records", "Records in the pair limits' journal ([store] "
+                  "pair_log_compact_entries: the live pairs are copied to a fresh table beyond it).",
+                  lambda: [((), sum(self.delivery.pair_log.entries))])
+        reg.counter_read("gateway_pair_log_compactions_total", "Compactions of the pair limits' journal.",
+                         lambda: [((), self.delivery.pair_log_compactions)])
         # rate() of these is the event loop's share per kind of task, and its idle share
         reg.counter_read("gateway_loop_busy_seconds_total", "Event-loop seconds spent in task steps, by the "
                          "part of the gateway the task belongs to (http, store, delivery, network, ...).",
@@ -420,16 +425,15 @@ class Gateway:
                     log.error("reload refused, old config kept: %s", "; ".join(exc.problems))
 
     async def _housekeeping(self) -> None:
-        """Bounded clean-ups: pair buckets that are full again (every second, so each round is
-        small) and expired idempotency answers (every HOUSEKEEPING_S)."""
+        """Bounded clean-ups: pair buckets that are full again and the pair journal's compaction
+        (every second, so each round is small), and expired idempotency answers (every HOUSEKEEPING_S)."""
         since_idempotency = 0.0
         while True:
             await trio.sleep(1.0)
             await self.delivery.rotate_keys()
-            dropped = self.scheduler.forget_full_pairs(self.clock.now())
-            if dropped:
-                keys = [R.limiter_pair_key(sender, recipient) for sender, recipient in dropped]
-                await write_until_stored(self.writer, ops.delete_keys, ("limiter", keys))
+            # a pair refilled to its burst is forgotten; its journal records go at the next compaction
+            self.scheduler.forget_full_pairs(self.clock.now())
+            await self.delivery.compact_pair_log()
             since_idempotency += 1.0
             if since_idempotency >= HOUSEKEEPING_S:
                 since_idempotency = 0.0

@@ -42,6 +42,8 @@ class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
     group_commit_lazy_ms: Annotated[float, Meta(ge=0, le=1000)] = 10.0
     # LMDB's data file is kept up to this far ahead of its data with written zeros (store/prealloc.py)
     preallocate_mb: Annotated[float, Meta(ge=0, le=1024)] = 2.0
+    # the pair limits' journal takes turns between two tables at this many records (store/pairlog.py)
+    pair_log_compact_entries: PositiveInt = 20_000
     idempotency_ttl_h: PositiveFloat = 24.0
     storage_full_retry_after_s: PositiveInt = 30
 

@@ -26,6 +26,7 @@ from gateway.network.link import LinkDown
 from gateway.schedule.scheduler import QueuedMessage, Scheduler
 from gateway.store import ops
 from gateway.store import records as R
+from gateway.store.pairlog import COPY_CHUNK as PAIR_COPY_CHUNK, TABLES as PAIR_TABLES, PairLog
 from gateway.store.writer import StorageError, StorageFull, write_all_until_stored, write_until_stored
 
 log = logging.getLogger("gateway.delivery")
@@ -65,6 +66,8 @@ class Delivery:
         self.dispatched = 0
         self.sessions_started = 0
         self.sessions_reset = 0
+        self.pair_log = PairLog(gw.config.store.pair_log_compact_entries)
+        self.pair_log_compactions = 0
 
     def _frames(self, records) -> list[Submit]:
         """Submit frames for stored outbox records (id, record), sent exactly as stored. The
@@ -101,16 +104,23 @@ class Delivery:
         self._pushed.set()
 
     def rebuild(self) -> int:
-        """Refill the scheduler from the pending table and the stored limiter state."""
+        """Refill the scheduler from the pending table and the stored limiter state: sender rows,
+        then the pair journal in record order (store/pairlog.py)."""
         store, sched, now = self.gw.store, self.scheduler, self.gw.clock.now()
+        legacy = []
         for key, raw in store.scan("limiter"):
             tokens, last = R.limiter_decoder.decode(raw)
             kind, _, rest = key.partition(b"\0")
             if kind == b"s":
                 sched.restore_sender(rest.decode(), tokens, last)
-            else:
+            else:  # a pair row of an earlier version: into the journal below, then gone
                 sender, _, recipient = rest.partition(b"\0")
-                sched.restore_pair(sender.decode(), recipient.decode(), tokens, last)
+                legacy.append((key, sender.decode(), recipient.decode(), (tokens, last)))
+        states = self.pair_log.replay(tuple(store.scan(table) for table in PAIR_TABLES))
+        if legacy:
+            self._migrate_pair_rows(legacy, states)
+        for (sender, recipient), (tokens, last) in states.items():
+            sched.restore_pair(sender, recipient, tokens, last)
         count = 0
         decode = R.pending_decoder.decode
         for key, raw in store.scan("pending"):
@@ -118,6 +128,35 @@ class Delivery:
             sched.push(QueuedMessage(key.decode(), rec.sender, rec.recipient, rec.priority), now)
             count += 1
         return count
+
+    def _migrate_pair_rows(self, legacy: list, states: dict) -> None:
+        """Pair rows of an earlier version move into the journal, in one commit before the writer
+        starts (a journal record of the same pair is newer and wins)."""
+        store = self.gw.store
+        moved = {(s, r): state for _, s, r, state in legacy if (s, r) not in states}
+        with store.env.begin(write=True) as txn:
+            ops.delete_keys(txn, store.dbs, ("limiter", [key for key, *_ in legacy]))
+            ops.copy_pairs(txn, store.dbs, ops.PairCopyArg(self.pair_log, list(moved),
+                                                           lambda s, r: moved.get((s, r))))
+        states.update(moved)
+        log.info("moved %d pair limit rows into the pair journal", len(moved))
+
+    async def compact_pair_log(self) -> None:
+        """Once the pair journal's table is full: the live pairs' state into the other table, in
+        pieces, and the old table emptied with the last one (store/pairlog.py)."""
+        pair_log = self.pair_log
+        pair_log.compact_entries = self.gw.config.store.pair_log_compact_entries
+        if not pair_log.due():
+            return
+        old, pairs = pair_log.start_compaction()
+        state = self.scheduler.pair_state
+        pieces = [pairs[i:i + PAIR_COPY_CHUNK] for i in range(0, len(pairs), PAIR_COPY_CHUNK)] or [[]]
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            await write_until_stored(self.gw.writer, ops.copy_pairs,
+                                     ops.PairCopyArg(pair_log, piece, state, old if last else None))
+        pair_log.dropped(old)
+        self.pair_log_compactions += 1
 
     # -- the dispatch loop ------------------------------------------------------------------
 
@@ -169,7 +208,7 @@ class Delivery:
         if later:
             sched.requeue(later, now)
         items, frames, touched = await self._encrypt(go, failed, now_ms)
-        limiter = self._limiter_state(batch)
+        limiter, pairs = self._limiter_state(batch)
         sealer = self.gw.sealer
         async with self._send_lock:
             # Session states are sealed and handed to the writer with no checkpoint in between:
@@ -177,7 +216,8 @@ class Delivery:
             # enqueue order too, so a stored session never goes back to an older state.
             blobs = [(key, session.seal(sealer, key)) for key, session in touched.items() if not session.broken]
             arg = ops.DispatchArg(items, blobs, limiter, failed,
-                                  self.gw.webhook_targets() if failed else None, self.gw.event_ids)
+                                  self.gw.webhook_targets() if failed else None, self.gw.event_ids,
+                                  pairs, self.pair_log)
             try:
                 # A small round rides along with the next accept's commit (at low rates one commit
                 # per message instead of two); a big one (a backlog) does not wait for it.
@@ -201,18 +241,20 @@ class Delivery:
             self._bundles_failed = False
             await trio.sleep(0.2)  # bundles did not come: let the link settle before asking again
 
-    def _limiter_state(self, batch: list[QueuedMessage]) -> list:
+    def _limiter_state(self, batch: list[QueuedMessage]) -> tuple[list, list]:
+        """The buckets this round took from: sender rows, and pair states for the pair journal."""
         sched = self.scheduler
         limiter = []
+        pairs = {}
         seen_senders = set()
         for m in batch:
             if m.sender not in seen_senders:
                 seen_senders.add(m.sender)
                 limiter.append((R.limiter_sender_key(m.sender), sched.sender_state(m.sender)))
-            state = sched.pair_state(m.sender, m.recipient)
-            if state is not None:
-                limiter.append((R.limiter_pair_key(m.sender, m.recipient), state))
-        return limiter
+            pair = (m.sender, m.recipient)
+            if pair not in pairs:
+                pairs[pair] = sched.pair_state(m.sender, m.recipient)
+        return limiter, [(s, r, state) for (s, r), state in pairs.items() if state is not None]
 
     # -- sessions ---------------------------------------------------------------------------
 

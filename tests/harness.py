@@ -216,6 +216,13 @@ class Gateway:
         finally:
             conn.close()
 
+    def metric(self, name: str) -> float:
+        """The value of an unlabelled sample in /metrics."""
+        _, text = self.request("GET", "/metrics", auth=False)
+        found = re.search(rb"^" + re.escape(name.encode()) + rb" (\S+)$", text, re.M)
+        assert found, f"{name} not in /metrics"
+        return float(found.group(1))
+
     def send(self, to: str, body: str = "hello", **fields) -> str:
         status, reply = self.request("POST", "/v1/messages", {"to": to, "text": {"body": body}, **fields})
         assert status == 202, reply

@@ -8,12 +8,13 @@ message text.
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import orjson
 
 from gateway.ids import IdGenerator
 from gateway.store import records as R
+from gateway.store.pairlog import TABLES as PAIR_TABLES, PairLog, PairState
 
 _enc = R.ENCODER.encode
 
@@ -85,10 +86,12 @@ def accept_group(txn, dbs, group: AcceptGroup) -> None:
 class DispatchArg(NamedTuple):
     items: list[tuple[str, bytes]]  # (id, encoded OutboxRecord holding the envelope as sent)
     sessions: list[tuple[bytes, bytes]]  # (sessions key, sealed session record after these messages)
-    limiter: list[tuple[bytes, tuple[float, float]]]
+    limiter: list[tuple[bytes, tuple[float, float]]]  # sender buckets: (limiter key, (tokens, last))
     failed: list[tuple[str, str, int]] = []  # (id, reason, at_ms): could not be encrypted, ends here
     hooks: dict[str, list[bytes]] | None = None  # for the status changes of `failed`
     events: IdGenerator | None = None
+    pairs: list[PairState] = []  # pair buckets, appended to the pair journal (store/pairlog.py)
+    pair_log: PairLog | None = None
 
 
 class DispatchResult(NamedTuple):
@@ -99,7 +102,8 @@ class DispatchResult(NamedTuple):
 def dispatch(txn, dbs, arg: DispatchArg) -> DispatchResult:
     """pending -> outbox (with the ciphertext) for each id still pending, the session states that
     produced those ciphertexts, and the limiter state that let them go, in one commit (invariant 3:
-    no ciphertext leaves before its ratchet state is durable). Messages in `failed` leave pending
+    no ciphertext leaves before its ratchet state is durable; the pair buckets' state goes to the
+    pair journal). Messages in `failed` leave pending
     and fail (messages, webhook_outbox) in the same commit."""
     moved = []
     with txn.cursor(db=dbs["pending"]) as pending, txn.cursor(db=dbs["outbox"]) as outbox:
@@ -119,6 +123,8 @@ def dispatch(txn, dbs, arg: DispatchArg) -> DispatchResult:
         put = limiter.put
         for key, state in arg.limiter:
             put(key, _enc(state))
+    if arg.pairs:
+        _put_all(txn, dbs[arg.pair_log.table], arg.pair_log.records(arg.pairs))
     changes = []
     if arg.failed:
         updates = []
@@ -128,6 +134,30 @@ def dispatch(txn, dbs, arg: DispatchArg) -> DispatchResult:
                 updates.append((msg_id, "failed", at_ms, reason, False))
         changes = apply_status(txn, dbs, StatusArg(updates, arg.hooks or {}, arg.events))
     return DispatchResult(moved, changes)
+
+
+def _put_all(txn, db, records: list[tuple[bytes, bytes]]) -> None:
+    with txn.cursor(db=db) as cur:
+        put = cur.put
+        for key, value in records:
+            put(key, value)
+
+
+class PairCopyArg(NamedTuple):
+    log: PairLog
+    pairs: list[tuple[str, str]]
+    state: Callable[[str, str], tuple[float, float] | None]  # the scheduler's pair_state
+    drop: int | None = None  # the old journal table (index), emptied in this commit
+
+
+def copy_pairs(txn, dbs, arg: PairCopyArg) -> int:
+    """pairlog_*: a compaction step (store/pairlog.py): the current state of `pairs` into the current
+    journal table, and on the last step the old table emptied. Returns how many were copied."""
+    records = arg.log.copies(arg.pairs, arg.state)
+    _put_all(txn, dbs[arg.log.table], records)
+    if arg.drop is not None:
+        txn.drop(dbs[PAIR_TABLES[arg.drop]], delete=False)
+    return len(records)
 
 
 # --- status changes ------------------------------------------------------------------------

@@ -14,7 +14,9 @@ TABLES = (
     "outbox",  # id -> OutboxRecord (committed frame payload, waiting for the network's ack)
     "idempotency",  # workspace \0 key -> IdempotencyRecord
     "api_keys",  # key id -> ApiKeyRecord
-    "limiter",  # b"s\0" sender | b"p\0" sender \0 recipient -> (tokens, last)
+    "limiter",  # b"s\0" sender -> (tokens, last) (b"p\0" sender \0 recipient: pair rows of earlier versions)
+    "pairlog_a",  # record number (uint64 big-endian) -> pair bucket state (store/pairlog.py), two tables
+    "pairlog_b",  # taking turns
     "senders",  # number -> SenderOverride set at runtime through the admin API
     "webhook_outbox",  # endpoint id \0 event id -> event JSON
     "webhook_dead",  # endpoint id \0 event id -> DeadLetter
@@ -139,10 +141,6 @@ inbound_decoder = msgspec.msgpack.Decoder(InboundRecord)
 
 def limiter_sender_key(sender: str) -> bytes:
     return b"s\0" + sender.encode()
-
-
-def limiter_pair_key(sender: str, recipient: str) -> bytes:
-    return b"p\0" + sender.encode() + b"\0" + recipient.encode()
 
 
 def used_prekey_key(sender: str, key_id: int) -> bytes:
