@@ -4,9 +4,10 @@ pair's limit across compactions and a kill -9."""
 import time
 
 import lmdb
+import pytest
 
 from gateway.app import Gateway as InprocGateway
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.store import ops
 from gateway.store import pairlog
 from gateway.store import records as R
@@ -75,6 +76,11 @@ def test_a_compaction_cut_short_goes_on_without_switching():
     assert log.cur == 1 and log.due()
     old, pairs = log.start_compaction()
     assert (old, log.cur, pairs) == (0, 1, [A])
+
+
+def test_the_config_refuses_a_journal_that_never_compacts():
+    with pytest.raises(ConfigError, match=r"store\.pair_log_compact_entries"):
+        parse_config("[store]\npair_log_compact_entries = 0\n")
 
 
 # -- store operations and the delivery shell, in process ----------------------------------------

@@ -103,8 +103,8 @@ def dispatch(txn, dbs, arg: DispatchArg) -> DispatchResult:
     """pending -> outbox (with the ciphertext) for each id still pending, the session states that
     produced those ciphertexts, and the limiter state that let them go, in one commit (invariant 3:
     no ciphertext leaves before its ratchet state is durable; the pair buckets' state goes to the
-    pair journal). Messages in `failed` leave pending
-    and fail (messages, webhook_outbox) in the same commit."""
+    pair journal). Messages in `failed` leave pending and fail (messages, webhook_outbox) in the
+    same commit."""
     moved = []
     with txn.cursor(db=dbs["pending"]) as pending, txn.cursor(db=dbs["outbox"]) as outbox:
         find, drop, put = pending.set_key, pending.delete, outbox.put
