@@ -29,7 +29,7 @@ from typing import Callable, Iterable
 
 TABLES = ("pairlog_a", "pairlog_b")
 COMPACT_ENTRIES = 20_000
-COPY_CHUNK = 2048  # pairs copied per store operation (~1-2 ms of the event loop each)
+COPY_CHUNK = 2048  # pairs copied per store operation (~2-3 ms of the event loop each)
 
 _KEY = struct.Struct(">Q")  # record number, big-endian: key order is record order
 _STATE = struct.Struct("<dd")  # tokens, last; then sender \0 recipient (UTF-8)
