@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 
+import lmdb
 import trio
 
 from gateway.crypto.identity import InvalidKey, MalformedMessage, PrekeyBundle
@@ -119,6 +120,11 @@ class Delivery:
         states = self.pair_log.replay(tuple(store.scan(table) for table in PAIR_TABLES))
         if legacy:
             self._migrate_pair_rows(legacy, states)
+            # the later take wins (rows written again by an earlier version after a downgrade)
+            for _, s, r, state in legacy:
+                journal = states.get((s, r))
+                if journal is None or state[1] > journal[1]:
+                    states[(s, r)] = state
         for (sender, recipient), (tokens, last) in states.items():
             sched.restore_pair(sender, recipient, tokens, last)
         count = 0
@@ -131,14 +137,19 @@ class Delivery:
 
     def _migrate_pair_rows(self, legacy: list, states: dict) -> None:
         """Pair rows of an earlier version move into the journal, in one commit before the writer
-        starts (a journal record of the same pair is newer and wins)."""
+        starts: each with the later of its row's and its journal's take. A store too full for
+        that keeps the rows (restored all the same) until a later start."""
         store = self.gw.store
-        moved = {(s, r): state for _, s, r, state in legacy if (s, r) not in states}
-        with store.env.begin(write=True) as txn:
-            ops.delete_keys(txn, store.dbs, ("limiter", [key for key, *_ in legacy]))
-            ops.copy_pairs(txn, store.dbs, ops.PairCopyArg(self.pair_log, list(moved),
-                                                           lambda s, r: moved.get((s, r))))
-        states.update(moved)
+        moved = {(s, r): state for _, s, r, state in legacy
+                 if (s, r) not in states or state[1] > states[(s, r)][1]}
+        try:
+            with store.env.begin(write=True) as txn:
+                ops.delete_keys(txn, store.dbs, ("limiter", [key for key, *_ in legacy]))
+                ops.copy_pairs(txn, store.dbs, ops.PairCopyArg(self.pair_log, list(moved),
+                                                               lambda s, r: moved.get((s, r))))
+        except lmdb.Error as exc:
+            log.warning("pair limit rows stay where they are until a later start: %s", exc)
+            return
         log.info("moved %d pair limit rows into the pair journal", len(moved))
 
     async def compact_pair_log(self) -> None:
@@ -153,8 +164,13 @@ class Delivery:
         pieces = [pairs[i:i + PAIR_COPY_CHUNK] for i in range(0, len(pairs), PAIR_COPY_CHUNK)] or [[]]
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
-            await write_until_stored(self.gw.writer, ops.copy_pairs,
-                                     ops.PairCopyArg(pair_log, piece, state, old if last else None))
+            try:
+                await self.gw.writer.write(ops.copy_pairs,
+                                           ops.PairCopyArg(pair_log, piece, state, old if last else None))
+            except (StorageFull, StorageError) as exc:
+                # the old table keeps its records, so the next round starts over (no switch)
+                log.warning("pair journal compaction put off: %s", type(exc).__name__)
+                return
         pair_log.dropped(old)
         self.pair_log_compactions += 1
 

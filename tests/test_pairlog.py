@@ -5,6 +5,7 @@ import time
 
 import lmdb
 import pytest
+import trio
 
 from gateway.app import Gateway as InprocGateway
 from gateway.config import ConfigError, parse_config
@@ -165,16 +166,75 @@ async def test_pair_rows_of_an_earlier_version_move_into_the_journal(tmp_path):
     env = lmdb.open(str(tmp_path / "lmdb"), max_dbs=len(R.TABLES) + 4)
     with env.begin(write=True) as txn:
         db = env.open_db(b"limiter", txn=txn)
-        for (s, r), state in ((A, (4.0, 41.0)), (B, (1.0, 39.0))):  # B's journal record is newer
+        # B's journal record is newer than its row; C's row was written after its journal record
+        # (an earlier version ran again in between): the later take wins
+        for (s, r), state in ((A, (4.0, 41.0)), (B, (1.0, 39.0)), (C, (0.0, 42.0))):
             txn.put(b"p\0" + s.encode() + b"\0" + r.encode(), ops.encode(state), db=db)
     env.close()
     gw = _restarted(tmp_path)
     try:
-        assert gw.scheduler.pair_state(*A) == (4.0, 41.0) and gw.scheduler.pair_state(*B) == (9.0, 40.0)
+        sched = gw.scheduler
+        assert (sched.pair_state(*A), sched.pair_state(*B), sched.pair_state(*C)) == (
+            (4.0, 41.0), (9.0, 40.0), (0.0, 42.0))
         assert gw.store.scan("limiter", b"p\0") == []
-        assert [pairlog.decode(k, v)[1:3] for k, v in gw.store.scan("pairlog_a")] == [B, A]
+        assert [pairlog.decode(k, v)[1:3] for k, v in gw.store.scan("pairlog_a")] == [B, A, C]
     finally:
         gw.close()
+    gw = _restarted(tmp_path)  # once moved, the same again from the journal alone
+    try:
+        assert gw.scheduler.pair_state(*C) == (0.0, 42.0) and gw.scheduler.pair_state(*A) == (4.0, 41.0)
+    finally:
+        gw.close()
+
+
+async def test_pair_rows_stay_and_count_when_the_store_is_too_full_to_move_them(tmp_path, monkeypatch):
+    await with_gateway(tmp_path, lambda gw, link: trio.sleep(0))
+    env = lmdb.open(str(tmp_path / "lmdb"), max_dbs=len(R.TABLES) + 4)
+    with env.begin(write=True) as txn:
+        txn.put(b"p\0" + A[0].encode() + b"\0" + A[1].encode(), ops.encode((4.0, 41.0)),
+                db=env.open_db(b"limiter", txn=txn))
+    env.close()
+
+    def full(txn, dbs, arg):
+        raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL")
+
+    monkeypatch.setattr(ops, "copy_pairs", full)
+    gw = _restarted(tmp_path)
+    try:
+        assert gw.scheduler.pair_state(*A) == (4.0, 41.0)
+        assert len(gw.store.scan("limiter", b"p\0")) == 1 and gw.store.count("pairlog_a") == 0
+    finally:
+        gw.close()
+
+
+async def test_a_full_store_puts_a_compaction_off_and_the_next_round_finishes_it(tmp_path, monkeypatch):
+    copy_pairs = ops.copy_pairs
+    calls = []
+
+    def full_once(txn, dbs, arg):
+        calls.append(arg.drop)
+        if len(calls) == 1:
+            raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL")
+        return copy_pairs(txn, dbs, arg)
+
+    monkeypatch.setattr(ops, "copy_pairs", full_once)
+
+    async def body(gw, link):
+        gw.scheduler.restore_pair(*A, 1.0, 50.0)
+        await _dispatch(gw, [(*A, (1.0, 50.0)), (*B, (2.0, 50.0)), (*C, (3.0, 50.0))])
+        with trio.fail_after(5):  # returns instead of retrying against a full store
+            await gw.delivery.compact_pair_log()
+        log = gw.delivery.pair_log
+        assert gw.delivery.pair_log_compactions == 0 and gw.store.count("pairlog_a") == 3 and log.due()
+        await _dispatch(gw, [(*A, (0.0, 51.0))])  # goes to the new table meanwhile
+        gw.scheduler.restore_pair(*A, 0.0, 51.0)
+        await gw.delivery.compact_pair_log()
+        assert calls == [0, 0] and log.table == "pairlog_b" and gw.delivery.pair_log_compactions == 1
+        assert gw.store.count("pairlog_a") == 0
+        assert [pairlog.decode(k, v)[1:] for k, v in gw.store.scan("pairlog_b")] == [
+            (*A, 0.0, 51.0), (*A, 0.0, 51.0)]
+
+    await with_gateway(tmp_path, body, store_extra="pair_log_compact_entries = 3")
 
 
 # -- a real gateway process -----------------------------------------------------------------------
@@ -195,7 +255,8 @@ def test_a_pairs_limit_holds_across_compactions_and_a_kill_9(tmp_path):
             time.sleep(0.1)
         gw.kill()
         gw.start()
-        time.sleep(1.5)
+        gw.wait_status(gw.send("+14155550199"), {"delivered", "read"})  # dispatching again after the restart
+        time.sleep(0.5)
         statuses = [gw.request("GET", f"/v1/messages/{m}")[1]["status"] for m in ids]
         assert statuses[3:] == ["accepted", "accepted"]  # the pair's burst stayed spent across the restart
     finally:
