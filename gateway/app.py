@@ -366,6 +366,19 @@ class Gateway:
         rebuilt = self.delivery.rebuild()
         if rebuilt:
             log.info("restart: %d pending messages back in the scheduler", rebuilt)
+        # The signal receiver is held until the shutdown is over: a second SIGINT or SIGTERM while
+        # it runs (Ctrl-C twice, a supervisor's repeat) is absorbed instead of interrupting it.
+        stop = trio.Event()
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async with trio.open_nursery() as watch:
+                    watch.start_soon(self._watch_stop_signals, signals, stop)
+                    await self._run(stop, task_status)
+                    watch.cancel_scope.cancel()
+        finally:
+            trio.lowlevel.remove_instrument(self.loop_stats)
+
+    async def _run(self, stop: trio.Event, task_status) -> None:
         cfg = self.config
         try:
             async with trio.open_nursery() as nursery:
@@ -383,7 +396,7 @@ class Gateway:
                 await nursery.start(self.webhooks.run)
                 nursery.start_soon(self._housekeeping)
                 nursery.start_soon(self._reload_on_sighup)
-                nursery.start_soon(self._stop_on_sigterm, nursery.cancel_scope)
+                nursery.start_soon(self._stop_when, stop, nursery.cancel_scope)
                 listen_host, listen_port = C.split_host_port(cfg.server.listen)
                 s = cfg.server
                 limits = ServerLimits(max_body_bytes=s.max_body_bytes, max_header_bytes=s.max_header_bytes,
@@ -394,7 +407,6 @@ class Gateway:
                 log.info("gateway listening on http://%s:%d", listen_host, self.http_port)
                 task_status.started(self.http_port)
         finally:
-            trio.lowlevel.remove_instrument(self.loop_stats)
             await self.webhooks.aclose()
 
     async def _network_target(self, nursery: trio.Nursery) -> tuple[str, int]:
@@ -407,14 +419,22 @@ class Gateway:
         log.info("embedded netsim on 127.0.0.1:%d", self.netsim_port)
         return "127.0.0.1", self.netsim_port
 
-    async def _stop_on_sigterm(self, cancel_scope: trio.CancelScope) -> None:
-        """SIGTERM and SIGINT stop the gateway: cancelling the nursery is the whole shutdown,
-        everything acknowledged is already committed."""
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("%s: stopping", signal.Signals(signum).name)
-                cancel_scope.cancel()
-                return
+    @staticmethod
+    async def _watch_stop_signals(signals, stop: trio.Event) -> None:
+        """SIGTERM and SIGINT stop the gateway; more of them while it stops change nothing."""
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if stop.is_set():
+                log.info("%s: already stopping", name)
+            else:
+                log.info("%s: stopping", name)
+                stop.set()
+
+    @staticmethod
+    async def _stop_when(stop: trio.Event, cancel_scope: trio.CancelScope) -> None:
+        """Cancelling the nursery is the whole shutdown: everything acknowledged is committed."""
+        await stop.wait()
+        cancel_scope.cancel()
 
     async def _reload_on_sighup(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:

@@ -62,6 +62,8 @@ def cmd_run(args) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         trio.run(gw.run)
+    except KeyboardInterrupt:  # a SIGINT in the instant after the shutdown, past its signal receiver
+        pass
     finally:
         gw.close()
     print("gateway stopped", file=sys.stderr)

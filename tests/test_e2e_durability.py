@@ -1,7 +1,9 @@
 """Durability through real processes: kill -9 mid-stream loses and duplicates nothing, a
-restart rebuilds the queue and the limiter state, a full store answers 503 and loses nothing."""
+restart rebuilds the queue and the limiter state, a full store answers 503 and loses nothing,
+and signals repeated while the gateway stops do not interrupt its shutdown."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -181,5 +183,25 @@ def test_rotated_data_key_seals_new_messages_and_old_ones_still_go(tmp_path):
         assert gw.request("PATCH", "/admin/v1/senders/+15550000002", {"reset": True})[0] == 200
         for msg_id in old + [new]:
             gw.wait_status(msg_id, {"delivered", "read"})
+    finally:
+        gw.stop()
+
+
+def test_signals_repeated_while_stopping_do_not_interrupt_the_shutdown(tmp_path):
+    gw = Gateway(tmp_path).start()
+    try:
+        msg_id = gw.send("+14155550123")
+        gw.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while "SIGINT: stopping" not in gw.read_log():
+            assert time.monotonic() < deadline, gw.read_log()
+            time.sleep(0.002)
+        gw.proc.send_signal(signal.SIGINT)  # Ctrl-C twice
+        gw.proc.send_signal(signal.SIGTERM)  # and a supervisor's repeat
+        assert gw.proc.wait(10) == 0
+        log = gw.read_log()
+        assert "gateway stopped" in log and "Traceback" not in log, log
+        gw.start()
+        gw.wait_status(msg_id, {"delivered", "read"})
     finally:
         gw.stop()
