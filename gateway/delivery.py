@@ -119,12 +119,11 @@ class Delivery:
                 legacy.append((key, sender.decode(), recipient.decode(), (tokens, last)))
         states = self.pair_log.replay(tuple(store.scan(table) for table in PAIR_TABLES))
         if legacy:
-            self._migrate_pair_rows(legacy, states)
             # the later take wins (rows written again by an earlier version after a downgrade)
-            for _, s, r, state in legacy:
-                journal = states.get((s, r))
-                if journal is None or state[1] > journal[1]:
-                    states[(s, r)] = state
+            newer = {(s, r): state for _, s, r, state in legacy
+                     if (s, r) not in states or state[1] > states[(s, r)][1]}
+            self._migrate_pair_rows([key for key, *_ in legacy], newer)
+            states.update(newer)
         for (sender, recipient), (tokens, last) in states.items():
             sched.restore_pair(sender, recipient, tokens, last)
         count = 0
@@ -135,22 +134,20 @@ class Delivery:
             count += 1
         return count
 
-    def _migrate_pair_rows(self, legacy: list, states: dict) -> None:
-        """Pair rows of an earlier version move into the journal, in one commit before the writer
-        starts: each with the later of its row's and its journal's take. A store too full for
-        that keeps the rows (restored all the same) until a later start."""
+    def _migrate_pair_rows(self, keys: list[bytes], newer: dict) -> None:
+        """Pair rows of an earlier version (`keys`) move into the journal, in one commit before the
+        writer starts: `newer` are the states that beat the journal's. A store too full for that
+        keeps the rows (restored all the same) until a later start."""
         store = self.gw.store
-        moved = {(s, r): state for _, s, r, state in legacy
-                 if (s, r) not in states or state[1] > states[(s, r)][1]}
         try:
             with store.env.begin(write=True) as txn:
-                ops.delete_keys(txn, store.dbs, ("limiter", [key for key, *_ in legacy]))
-                ops.copy_pairs(txn, store.dbs, ops.PairCopyArg(self.pair_log, list(moved),
-                                                               lambda s, r: moved.get((s, r))))
+                ops.delete_keys(txn, store.dbs, ("limiter", keys))
+                ops.copy_pairs(txn, store.dbs, ops.PairCopyArg(self.pair_log, list(newer),
+                                                               lambda s, r: newer.get((s, r))))
         except lmdb.Error as exc:
             log.warning("pair limit rows stay where they are until a later start: %s", exc)
             return
-        log.info("moved %d pair limit rows into the pair journal", len(moved))
+        log.info("moved %d pair limit rows into the pair journal", len(newer))
 
     async def compact_pair_log(self) -> None:
         """Once the pair journal's table is full: the live pairs' state into the other table, in
