@@ -210,11 +210,16 @@ def _semantic_problems(cfg: Config) -> list[str]:
     return problems
 
 
+NESTED_TOO_DEEPLY = "TOML syntax: arrays or tables nested too deeply"
+
+
 def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"TOML syntax: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(source, [NESTED_TOO_DEEPLY]) from None
     try:
         cfg = msgspec.convert(raw, Config, strict=True)
     except msgspec.ValidationError as exc:

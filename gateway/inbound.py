@@ -16,6 +16,7 @@ import re
 import msgspec
 import trio
 
+from gateway.decoding import DECODE_ERRORS
 from gateway.e2e import keys as K
 from gateway.e2e.responder import Undecryptable, open_envelope
 from gateway.e2e.sessions import LiveSession, load_many, session_key
@@ -166,7 +167,7 @@ class InboundPath:
             touched[key] = session
             try:
                 text = _text(result.plaintext).body
-            except msgspec.DecodeError:
+            except DECODE_ERRORS:
                 opened.append((f, None, "bad_plaintext"))  # authentic, so the ratchet step stays
                 continue
             opened.append((f, text, ""))

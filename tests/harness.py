@@ -135,7 +135,7 @@ class Gateway:
             os.chmod(secret_file, 0o600)
             self.webhook_secret = b"s3cret-for-tests-only-0123456789"
             webhooks = f'[[workspaces.webhooks]]\nurl = "{webhook_url}"\nsecret_file = "{secret_file}"\n'
-        if netsim is not None:
+        if netsim is not None or network_port is not None:
             network = f'mode = "tcp"\nurl = "tcp://127.0.0.1:{network_port or netsim.port}"'
         else:
             network = 'mode = "embedded"\n' + (f"[network.sim]\n{sim}" if sim else "")

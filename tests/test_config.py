@@ -75,6 +75,10 @@ def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 
 
+def test_arrays_nested_past_the_recursion_limit_are_a_syntax_problem_not_a_crash():
+    assert problems("[server]\nlisten = " + "[" * 5000 + "\n") == ["TOML syntax: arrays or tables nested too deeply"]
+
+
 def test_webhook_needs_a_secret_source():
     text = GOOD.replace('default_sender = "+15550000001"',
                         'default_sender = "+15550000001"\n[[workspaces.webhooks]]\nurl = "http://127.0.0.1:1/h"')

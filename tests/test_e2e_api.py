@@ -55,6 +55,32 @@ def test_malformed_json_is_400(gw):
     assert status == 400 and reply["error"]["code"] == "invalid_json"
 
 
+NOT_UTF8 = b'{"to": "+14155550100", "text": {"body": "caf\xe9"}}'  # a Latin-1 body: not JSON
+TOO_DEEP = b"[" * 5000 + b"]" * 5000  # past the decoder's recursion limit where the shape is open
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", "/v1/messages", NOT_UTF8),
+    ("POST", "/v1/messages/batch", b'{"messages": [' + TOO_DEEP + b"]}"),
+    ("PATCH", "/admin/v1/senders/+15550000001", b'{"tier": "\xff"}'),
+    ("PUT", "/admin/v1/sensitive-words/utf8", b'{"action": "flag", "terms": ["\xc3"]}'),
+    ("POST", "/admin/v1/reviews/01ARZ3NDEKTSV4RRFFQ69G5FAV/reject", b'{"reason": "\xe9"}'),
+])
+def test_bytes_that_are_not_utf8_or_nest_too_deeply_are_400_invalid_json(gw, method, path, body):
+    status, reply = gw.request(method, path, body)
+    assert status == 400 and reply["error"]["code"] == "invalid_json", reply
+    assert "Traceback" not in gw.read_log()
+
+
+def test_a_batch_item_that_is_not_utf8_fails_alone(gw):
+    body = b'{"messages": [' + NOT_UTF8 + b', {"to": "+14155550102", "text": {"body": "ok"}}]}'
+    status, reply = gw.request("POST", "/v1/messages/batch", body)
+    assert status == 202, reply
+    first, second = reply["results"]
+    assert first["error"]["code"] == "invalid_json" and first["index"] == 0
+    assert second["status"] == "accepted"
+
+
 @pytest.mark.parametrize("body,path", [
     ({"to": "14155550100", "text": {"body": "x"}}, "$.to"),
     ({"to": "+14155550100", "text": {"body": ""}}, "$.text.body"),

@@ -110,3 +110,24 @@ def test_missing_required_field_raises_frame_error():
 def test_empty_body_raises_frame_error():
     with pytest.raises(FrameError):
         FrameDecoder().feed(struct.pack(">I", 0))
+
+
+def receipt_with_id_bytes(raw_id: bytes) -> bytes:
+    """A receipt frame whose id string holds `raw_id` as sent (msgpack str8, not checked for UTF-8)."""
+    body = msgspec.msgpack.encode({"t": "receipt", "id": "@@", "status": "read", "at_ms": 1})
+    body = body.replace(b"\xa2@@", b"\xd9" + bytes([len(raw_id)]) + raw_id)
+    return struct.pack(">I", len(body)) + body
+
+
+def test_a_string_that_is_not_utf8_raises_frame_error():
+    assert FrameDecoder().feed(receipt_with_id_bytes(b"ok"))[0].id == "ok"
+    with pytest.raises(FrameError):
+        FrameDecoder().feed(receipt_with_id_bytes(b"\xff\xfe"))
+
+
+def test_nesting_past_the_recursion_limit_raises_frame_error():
+    body = msgspec.msgpack.encode({"t": "stats_reply", "data": {"x": 0}})
+    assert body.endswith(b"\xa1x\x00")
+    body = body[:-1] + b"\x91" * 5000 + b"\x90"  # [[[...[]...]]]: 5,000 arrays deep
+    with pytest.raises(FrameError):
+        FrameDecoder().feed(struct.pack(">I", len(body)) + body)

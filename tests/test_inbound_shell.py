@@ -83,3 +83,19 @@ async def test_a_stop_keyword_opts_out_and_queues_the_confirmation_in_the_same_c
         assert gw.store.message(msg_id.decode()).priority == R.URGENT
 
     await with_gateway(tmp_path, body)
+
+
+async def test_an_authentic_message_whose_text_cannot_be_read_is_stored_as_such_and_acknowledged(tmp_path):
+    not_utf8 = msgspec.msgpack.encode({"type": "text", "body": "@@"}).replace(b"\xa2@@", b"\xa2\xff\xfe")
+    no_body = msgspec.msgpack.encode({"type": "text"})
+
+    async def body(gw, link):
+        devices = customer_of(gw)
+        for n, plaintext in enumerate([not_utf8, no_body, text("still in step")]):
+            payload, _ = devices.compose(CUSTOMER, SENDER, plaintext)
+            await gw.delivery.on_frames([Inbound(f"net-3{n}", CUSTOMER, SENDER, payload, 9)])
+            assert link.sent[-1] == InboundAck([f"net-3{n}"])
+        assert [inbound_record(gw, f"net-3{n}").reason for n in range(2)] == ["undecryptable_bad_plaintext"] * 2
+        assert inbound_record(gw, "net-32").status == "received"  # the ratchet kept its steps
+
+    await with_gateway(tmp_path, body)

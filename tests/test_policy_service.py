@@ -117,6 +117,7 @@ async def test_a_file_list_naming_workspaces_applies_only_to_them(tmp_path):
     ('action = "flag"\nterms = "free"\n', "terms"),
     ('action = "flag"\nterms = ["a"]\nspeed = 3\n', "speed"),
     ("action = [", "TOML syntax"),
+    ("action = " + "[" * 5000, "nested too deeply"),
 ])
 def test_a_bad_word_file_is_refused_with_its_path(tmp_path, text, problem):
     with pytest.raises(ConfigError) as err:

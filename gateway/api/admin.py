@@ -16,6 +16,7 @@ from gateway.api.errors import ApiError, from_decode_error
 from gateway.config import ConfigError, Name
 from gateway.crypto.fingerprint import format_safety_number, safety_number
 from gateway.crypto.identity import IdentityKey, InvalidKey
+from gateway.decoding import DECODE_ERRORS
 from gateway.http.auth import ROLES, mint_key
 from gateway.http.server import Request, Response
 from gateway.store import ops
@@ -40,7 +41,7 @@ class SenderPatch(Struct, forbid_unknown_fields=True):
 def _decode(body: bytes, typ):
     try:
         return msgspec.json.decode(body or b"{}", type=typ)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise from_decode_error(exc) from None
 
 

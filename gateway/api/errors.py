@@ -17,9 +17,15 @@ class ApiError(Exception):
         self.retry_after = retry_after
 
 
-def from_decode_error(exc: msgspec.DecodeError, prefix: str = "$") -> ApiError:
-    """400 for bytes that are not JSON, 422 with the exact field path for a shape error."""
-    text = str(exc)
+def from_decode_error(exc: Exception, prefix: str = "$") -> ApiError:
+    """400 for bytes that are not JSON (one of gateway.decoding.DECODE_ERRORS: invalid UTF-8 and
+    nesting past the recursion limit included), 422 with the exact field path for a shape error."""
+    if isinstance(exc, UnicodeDecodeError):
+        text = f"a string holds bytes that are not UTF-8 ({exc.reason})"
+    elif isinstance(exc, RecursionError):
+        text = "arrays or objects nested too deeply"
+    else:
+        text = str(exc)
     if not isinstance(exc, msgspec.ValidationError):
         return ApiError(400, "invalid_json", "the body is not valid JSON", {"reason": text})
     m = _PATH.match(text)

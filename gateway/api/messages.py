@@ -18,6 +18,7 @@ from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
 from gateway.crypto.seal import SealError
+from gateway.decoding import DECODE_ERRORS
 from gateway.http.server import Deferred, Request, Response
 from gateway.ids import is_id
 from gateway.policy.engine import Verdict
@@ -201,7 +202,7 @@ class MessagesApi:
         Idempotency-Key hand back what must wait for its own commit."""
         try:
             req = _send_decoder.decode(request.body)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise from_decode_error(exc) from None
         gw = self.gw
         gw.check_capacity(1)
@@ -228,7 +229,7 @@ class MessagesApi:
     async def send_batch(self, request: Request, principal, params) -> Response:
         try:
             batch = _batch_decoder.decode(request.body)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise from_decode_error(exc) from None
         limit = self.gw.config.server.max_batch_messages
         if len(batch.messages) > limit:
@@ -245,7 +246,7 @@ class MessagesApi:
                 await trio.lowlevel.checkpoint()  # screening 1,000 long texts can take a while
             try:
                 p = self.prepare(_send_decoder.decode(raw), principal.workspace, now_ms)
-            except msgspec.DecodeError as exc:
+            except DECODE_ERRORS as exc:
                 err = from_decode_error(exc, f"$.messages[{index}]")
                 results.append({"index": index, "error": _error_body(err)})
                 continue

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, unquote
 
-import msgspec
-
 from gateway.api.errors import ApiError, from_decode_error
+from gateway.decoding import DECODE_ERRORS
 from gateway.http.server import Request, Response
 from gateway.store import policy_ops as P
 from gateway.store.ops import rfc3339
@@ -80,7 +79,7 @@ class PolicyApi:
         category = _category(params)
         try:
             words = await self.gw.policy.decode_list(request.body)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise from_decode_error(exc) from None
         existed = await self.gw.policy.put_list(workspace, category, words, principal)
         view = next(e for e in self.gw.policy.lists_view(workspace)["lists"] if e["category"] == category)

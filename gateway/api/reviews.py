@@ -14,6 +14,7 @@ from msgspec import Meta, Struct
 from gateway.api.errors import ApiError, from_decode_error
 from gateway.api.policy import target_workspace
 from gateway.crypto.seal import SealError
+from gateway.decoding import DECODE_ERRORS
 from gateway.http.server import Request, Response
 from gateway.ids import is_id
 from gateway.schedule.scheduler import QueuedMessage
@@ -36,7 +37,7 @@ class ReviewsApi:
     def _text(self, msg_id: str, review: P.ReviewRecord) -> str | None:
         try:
             return _text_decoder.decode(self.gw.sealer.open(review.payload, msg_id.encode())).body
-        except (SealError, msgspec.DecodeError):
+        except (SealError, *DECODE_ERRORS):
             return None  # its data key is missing: listed without text
 
     def _view(self, msg_id: str, review: P.ReviewRecord) -> dict:
@@ -91,7 +92,7 @@ class ReviewsApi:
         msg_id = unquote(params[0])
         try:
             decision = msgspec.json.decode(request.body or b"{}", type=Decision)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise from_decode_error(exc) from None
         held = self._held(principal, msg_id)
         now = self.gw.clock_ms()

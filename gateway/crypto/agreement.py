@@ -41,6 +41,7 @@ from gateway.crypto.identity import (
     make_bundle,
     x25519_dh,
 )
+from gateway.decoding import DECODE_ERRORS
 
 __all__ = [
     "X3DH_INFO", "PQXDH_INFO", "AgreementError", "UnknownPrekey", "PqRequired", "BadSignature", "InvalidKey",
@@ -101,7 +102,7 @@ class InitialHeader(msgspec.Struct, frozen=True, array_like=True):
     def decode(cls, data: bytes) -> InitialHeader:
         try:
             return _HEADER_DECODER.decode(data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise MalformedMessage(f"bad initial header: {exc}") from None
 
 

@@ -20,6 +20,8 @@ from msgspec import Meta
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
+from gateway.decoding import DECODE_ERRORS
+
 # Type bytes, as libsignal assigns them: 0x05 = Curve25519 ("DJB") public key; 0x0A = ML-KEM-1024
 # (FIPS 203). libsignal's 0x08 is the pre-standard Kyber1024, a different KEM, so it is not used.
 DJB_TYPE = 0x05
@@ -355,7 +357,7 @@ class PrekeyBundle(msgspec.Struct, frozen=True, array_like=True):
     def decode(cls, data: bytes) -> PrekeyBundle:
         try:
             return _BUNDLE_DECODER.decode(data)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise MalformedMessage(f"bad prekey bundle: {exc}") from None
 
 

@@ -25,6 +25,7 @@ from gateway.crypto.identity import (
     encode_ec,
     encode_kem,
 )
+from gateway.decoding import DECODE_ERRORS
 from gateway.network.frames import PublishKeys
 
 FILE_VERSION = 1
@@ -250,7 +251,7 @@ class SenderKeys:
     def from_bytes(cls, raw: bytes) -> SenderKeys:
         try:
             record = _decode(raw)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise KeyFileError(f"corrupt key file: {exc}") from None
         if record.version != FILE_VERSION or not record.signed or not record.pq:
             raise KeyFileError("key file of an unknown version or without prekeys")

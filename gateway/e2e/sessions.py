@@ -14,6 +14,7 @@ from gateway.crypto import agreement
 from gateway.crypto.identity import IdentityKeyPair, PrekeyBundle, decode_ec
 from gateway.crypto.ratchet import RatchetError, Session
 from gateway.crypto.seal import SealError, Sealer
+from gateway.decoding import DECODE_ERRORS
 from gateway.e2e import envelope
 
 RECORD_VERSION = 1
@@ -109,7 +110,7 @@ class LiveSession:
             previous = [cls.from_bytes(p) for p in r.previous[:PREVIOUS_MAX]]
             return cls(Session.from_bytes(r.state), r.ad, r.remote_identity, r.header, r.created_ms, r.base_key,
                        previous)
-        except (msgspec.DecodeError, RatchetError) as exc:
+        except (*DECODE_ERRORS, RatchetError) as exc:
             raise SessionRecordError(f"corrupt session record: {exc}") from None
 
     def seal(self, sealer: Sealer, key: bytes) -> bytes:

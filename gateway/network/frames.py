@@ -10,6 +10,8 @@ import struct
 import msgspec
 from msgspec import Struct
 
+from gateway.decoding import DECODE_ERRORS
+
 __all__ = [
     "MAX_FRAME",
     "Ack",
@@ -249,7 +251,7 @@ class FrameDecoder:
                     break
                 try:
                     append(_decode(view[pos + 4 : end]))
-                except msgspec.DecodeError as exc:  # ValidationError is a subclass
+                except DECODE_ERRORS as exc:  # (ValidationError is a DecodeError)
                     raise FrameError(f"bad frame body: {exc}") from None
                 if raw is not None:
                     raw.append(bytes(view[pos:end]))

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from gateway.decoding import DECODE_ERRORS
 from gateway.policy.scanner import Hit, Scanner, Term, mask
 
 Action = Literal["block", "mask", "flag", "review"]
@@ -107,7 +108,7 @@ def decode_word_list(body: bytes, pause: Callable[[], None] | None = None) -> Wo
                 pause()
             action, raw, whole_word = shape.action, bytes(shape.terms).strip(), shape.whole_word
         terms = _decode_terms(raw, pause)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         terms = None
     if terms is None or len(terms) > MAX_TERMS:
         return _WORD_LIST.decode(body)

@@ -84,6 +84,8 @@ def load_word_files(directory: str | None) -> FileLists:
             raise C.ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise C.ConfigError(path, [f"TOML syntax: {exc}"]) from None
+        except RecursionError:
+            raise C.ConfigError(path, [C.NESTED_TOO_DEEPLY]) from None
         except msgspec.ValidationError as exc:
             raise C.ConfigError(path, [C._msgspec_problem(exc)]) from None
         for i, term in enumerate(spec.terms):
@@ -325,7 +327,7 @@ class PolicyService:
             return existed
 
     async def decode_list(self, body: bytes) -> WordList:
-        """A PUT body as a WordList (msgspec.DecodeError as the decoder gives it); a big one is decoded
+        """A PUT body as a WordList (one of DECODE_ERRORS as the decoder gives it); a big one is decoded
         in pieces in a worker thread."""
         if len(body) <= PIECE_BYTES:
             return decode_word_list(body)
