@@ -22,6 +22,7 @@ from gateway.crypto.seal import SealError
 from gateway.e2e.bundles import BundleRequests, BundleTimeout
 from gateway.e2e.keyring import Keyring
 from gateway.e2e.sessions import SessionCache, load_many, session_key, start_session
+from gateway.ids import ID_CHARS
 from gateway.network.frames import Ack, BundleReply, Inbound, InboundAck, PrekeyCount, Receipt, ReceiptAck, Submit
 from gateway.network.link import LinkDown
 from gateway.schedule.scheduler import QueuedMessage, Scheduler
@@ -517,13 +518,15 @@ class Delivery:
                 publish += self.keyring.on_prekey_count(f)
             elif isinstance(f, Receipt):
                 receipt_ids.append(f.id)  # acknowledged even when unusable, or it comes back forever
-                if f.status not in RECEIPT_STATUSES:
-                    log.warning("receipt for %s with unknown status %r ignored", f.id, f.status[:40])
+                if f.status not in RECEIPT_STATUSES or len(f.id) != ID_CHARS:
+                    log.warning("receipt for %r with status %r ignored", f.id[:40], f.status[:40])
                     continue
                 at_ms = f.at_ms if 0 < f.at_ms < MAX_AT_MS else now_ms
                 updates.append((f.id, f.status, at_ms, f.reason[:200], False))
             elif isinstance(f, Ack):
-                if f.code == "ok":
+                if len(f.id) != ID_CHARS:  # names nothing sent (an empty id would fail every commit it joined)
+                    log.warning("ack for %r, not a message id, ignored", f.id[:40])
+                elif f.code == "ok":
                     updates.append((f.id, "sent", now_ms, "", True))
                 elif f.code == "throttled":
                     throttled.append(f)

@@ -11,6 +11,7 @@ import re
 import time
 
 _time_ns = time.time_ns
+ID_CHARS = 26  # the length of every id made here
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
 _LOW_MASK = (1 << 80) - 1

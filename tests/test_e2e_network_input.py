@@ -1,5 +1,6 @@
 """Whatever the network sends ends at most that connection, never the gateway: a real gateway
-process linked to a peer on 127.0.0.1 that answers its hello, then sends a frame it cannot decode."""
+process linked to a peer on 127.0.0.1 that answers its hello, then sends a frame it cannot decode;
+and frames that decode but name no message (an empty id) change nothing and stop nothing."""
 import socket
 import struct
 import threading
@@ -8,8 +9,8 @@ import time
 import msgspec
 import pytest
 
-from gateway.network.frames import HelloOk, encode_frame
-from tests.harness import Gateway
+from gateway.network.frames import Ack, HelloOk, Receipt, encode_frame, encode_frames
+from tests.harness import Gateway, Netsim
 
 pytestmark = pytest.mark.e2e
 
@@ -97,3 +98,91 @@ def test_a_frame_the_gateway_cannot_decode_ends_that_connection_not_the_gateway(
     finally:
         gw.stop()
         peer.stop()
+
+
+class InjectingProxy:
+    """A relay between the gateway and netsim that passes netsim's frames on whole, so that a test can
+    put frames of its own between two of them (`inject`) on every connection."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.to_gateway: list[tuple[socket.socket, threading.Lock]] = []
+
+    def start(self) -> "InjectingProxy":
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            lock = threading.Lock()
+            self.to_gateway.append((client, lock))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._frames, args=(upstream, client, lock), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        dst.close()
+
+    @staticmethod
+    def _frames(src: socket.socket, dst: socket.socket, lock: threading.Lock) -> None:
+        buf = b""
+        try:
+            while data := src.recv(65536):
+                buf += data
+                while len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                    end = 4 + struct.unpack(">I", buf[:4])[0]
+                    with lock:
+                        dst.sendall(buf[:end])
+                    buf = buf[end:]
+        except OSError:
+            pass
+        dst.close()
+
+    def inject(self, data: bytes) -> None:
+        for sock, lock in self.to_gateway:
+            with lock:
+                try:
+                    sock.sendall(data)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for sock, _ in self.to_gateway:
+            sock.close()
+
+
+def test_acks_and_receipts_without_a_message_id_change_nothing_and_stop_nothing(tmp_path):
+    netsim = Netsim("--seed", "9", "--latency-ms", "5").start()
+    proxy = InjectingProxy(netsim.port).start()
+    gw = Gateway(tmp_path, netsim=netsim, network_port=proxy.port).start()
+    try:
+        gw.wait_status(gw.send("+14155550140"), {"delivered", "read"})
+        # An empty id is a key LMDB refuses with an error that fails the whole commit it is in.
+        proxy.inject(encode_frames([Receipt(id="", status="delivered", at_ms=1), Ack(id=""),
+                                    Ack(id="", code="throttled", retry_after_ms=10), Ack(id="", code="rejected"),
+                                    Receipt(id="x" * 600, status="read", at_ms=1)]))
+        ids = [gw.send(f"+141555501{i:02d}") for i in range(41, 61)]
+        for msg_id in ids:
+            gw.wait_status(msg_id, {"delivered", "read"})
+        assert "LMDB write failed" not in gw.read_log()
+    finally:
+        gw.stop()
+        proxy.stop()
+        netsim.stop()

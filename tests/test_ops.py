@@ -87,6 +87,14 @@ def test_statuses_move_only_forward_and_duplicates_change_nothing(store):
     assert rec.events == [("accepted", 1000), ("sent", 2000), ("delivered", 3000), ("read", 4000)]
 
 
+def test_an_empty_id_changes_nothing_and_fails_nothing_else(store):
+    accept_one(store)
+    msg = "01M80G6YDF0AVP1GGNM3839WG0"
+    changes = status(store, [("", "sent", 2000, "", True), (msg, "sent", 2000, "", True), ("", "read", 3000, "", False)])
+    assert [c.id for c in changes] == [msg]
+    assert run(store, ops.count_throttles, ["", msg]) == [0, 1]
+
+
 def test_failed_receipt_ends_the_message_and_clears_the_outbox(store):
     accept_one(store)
     msg = "01M80G6YDF0AVP1GGNM3839WG0"

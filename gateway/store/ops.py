@@ -221,6 +221,8 @@ def _apply_status(txn, hooks_db, messages, outbox, arg: StatusArg) -> list[Statu
     append = changes.append
     for msg_id, status, at_ms, reason, drop_outbox in arg.updates:
         key = msg_id.encode()
+        if not key:  # LMDB refuses an empty key with an error that would fail the whole commit
+            continue
         if drop_outbox and find_outbox(key):
             drop()
         if not find(key):
@@ -265,7 +267,7 @@ def count_throttles(txn, dbs, arg: list[str]) -> list[int]:
     counts = []
     for msg_id in arg:
         key = msg_id.encode()
-        raw = txn.get(key, db=db)
+        raw = txn.get(key, db=db) if key else None  # (an empty key: see _apply_status)
         if raw is None:
             counts.append(0)
             continue
