@@ -21,6 +21,10 @@ E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
 Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 PositiveInt = Annotated[int, Meta(ge=1)]
 PositiveFloat = Annotated[float, Meta(gt=0)]
+# A sender's rate and burst, from the config or PATCH /admin/v1/senders: bounded so that every value
+# fits the stores' 64-bit integers and the buckets' arithmetic (a billion a minute is far above any network)
+RatePerMinute = Annotated[int, Meta(ge=1, le=1_000_000_000)]
+Burst = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 
 
 class ServerConfig(Struct, frozen=True, forbid_unknown_fields=True):
@@ -49,16 +53,16 @@ class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Tier(Struct, frozen=True, forbid_unknown_fields=True):
-    rate_per_minute: PositiveInt
-    burst: PositiveInt
+    rate_per_minute: RatePerMinute
+    burst: Burst
 
 
 class SenderConfig(Struct, frozen=True, forbid_unknown_fields=True):
     number: E164
     workspace: Name = "default"
     tier: str | None = None
-    rate_per_minute: PositiveInt | None = None
-    burst: PositiveInt | None = None
+    rate_per_minute: RatePerMinute | None = None
+    burst: Burst | None = None
 
 
 class SchedulerConfig(Struct, frozen=True, forbid_unknown_fields=True):

@@ -71,6 +71,11 @@ def test_default_sender_must_belong_to_the_workspace():
     ]
 
 
+def test_rates_and_bursts_are_bounded_so_they_fit_the_store():
+    text = GOOD.replace("rate_per_minute = 80", "rate_per_minute = 1180591620717411303424")
+    assert problems(text) == ["tiers.standard.rate_per_minute: expected int <= 1000000000"]
+
+
 def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 

@@ -106,6 +106,14 @@ def test_patch_unknown_sender_or_tier(tmp_path):
         assert gw.request("PATCH", "/admin/v1/senders/+19999999999", {"tier": "restricted"})[0] == 404
         status, reply = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"tier": "gold"})
         assert status == 422 and reply["error"]["code"] == "unknown_tier"
+        for field in ("rate_per_minute", "burst"):  # past what the store's integers hold: refused, not a 500
+            status, reply = gw.request("PATCH", "/admin/v1/senders/+15550000001", {field: 2**70})
+            assert status == 422 and reply["error"]["details"]["path"] == f"$.{field}", reply
+        status, view = gw.request("PATCH", "/admin/v1/senders/+15550000001",
+                                  {"rate_per_minute": 1_000_000_000, "burst": 1_000_000_000})
+        assert status == 200 and view["rate_per_minute"] == 1_000_000_000, view
+        gw.wait_status(gw.send("+14155550170"), {"delivered", "read"})
+        assert "Traceback" not in gw.read_log()
     finally:
         gw.stop()
 

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
-from gateway.config import ConfigError, Name
+from gateway.config import Burst, ConfigError, Name, RatePerMinute
 from gateway.crypto.fingerprint import format_safety_number, safety_number
 from gateway.crypto.identity import IdentityKey, InvalidKey
 from gateway.decoding import DECODE_ERRORS
@@ -33,8 +33,8 @@ class NewKey(Struct, forbid_unknown_fields=True):
 
 class SenderPatch(Struct, forbid_unknown_fields=True):
     tier: str | None = None
-    rate_per_minute: Annotated[int, Meta(ge=1)] | None = None
-    burst: Annotated[int, Meta(ge=1)] | None = None
+    rate_per_minute: RatePerMinute | None = None
+    burst: Burst | None = None
     reset: bool = False
 
 
