@@ -219,6 +219,11 @@ def test_policy_routes_refuse_bad_input_with_stable_codes(env):
     assert env.request("GET", "/admin/v1/sensitive-words?workspace=nope")[1]["error"]["code"] == "workspace_not_found"
     assert env.request("PUT", f"/admin/v1/opt-outs/{SENDER}/12345")[1]["error"]["code"] == "invalid_field"
     assert env.request("POST", "/admin/v1/reviews/01M80G6YDF0AVP1GGNM3839WG0/approve")[0] == 404
+    env.request("PUT", "/admin/v1/sensitive-words/limits", {"action": "flag", "terms": ["zzq"]})  # an audit entry
+    for limit in ("%C2%B2", "9" * 5000, "0", "-1", "x"):  # "²" is a digit to str.isdigit, not to int()
+        for path in ("/admin/v1/audit", "/admin/v1/policy-events"):
+            status, reply = env.request("GET", f"{path}?limit={limit}")
+            assert status == 422 and reply["error"]["details"]["path"] == "limit", (path, limit, reply)
 
 
 def test_an_admin_addresses_another_workspace_and_other_roles_cannot(env):

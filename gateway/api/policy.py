@@ -50,7 +50,9 @@ def _limit(request: Request, default: int = 100) -> int:
     raw = query(request).get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= LOG_LIMIT:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses, and a number past
+    # 4,300 digits, which int() refuses too
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= LOG_LIMIT:
         raise ApiError(422, "invalid_field", f"limit: expected 1 to {LOG_LIMIT}", {"path": "limit"})
     return int(raw)
 
@@ -133,6 +135,7 @@ class PolicyApi:
     async def policy_events(self, request: Request, principal, params) -> Response:
         """The newest policy actions of the workspace (block, review, mask, flag) with their terms."""
         workspace = target_workspace(self.gw, request, principal)
+        limit = _limit(request)  # refused before anything is read, whether or not there are events
         out = []
         for _, raw in _newest(self.gw.store, "policy_events"):
             rec = P.policy_event_decoder.decode(raw)
@@ -142,13 +145,14 @@ class PolicyApi:
                         "from": rec.sender, "to": rec.recipient,
                         "hits": [{"term": h.term, "category": h.category, "action": h.action,
                                   "start": h.start, "end": h.end} for h in rec.hits]})
-            if len(out) >= _limit(request):
+            if len(out) >= limit:
                 break
         return Response.json(200, {"workspace": workspace, "events": out})
 
     async def audit(self, request: Request, principal, params) -> Response:
         """The newest audited changes of the workspace (admins only)."""
         workspace = target_workspace(self.gw, request, principal)
+        limit = _limit(request)
         out = []
         for _, raw in _newest(self.gw.store, "audit"):
             rec = P.audit_decoder.decode(raw)
@@ -156,7 +160,7 @@ class PolicyApi:
                 continue
             out.append({"at": rfc3339(rec.at_ms), "actor": rec.actor, "role": rec.role, "action": rec.action,
                         "target": rec.target, "detail": rec.detail})
-            if len(out) >= _limit(request):
+            if len(out) >= limit:
                 break
         return Response.json(200, {"workspace": workspace, "entries": out})
 
