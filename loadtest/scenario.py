@@ -142,6 +142,8 @@ def parse_scenario(text: str, *, quick: bool = False, source: str = "<scenario>"
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: TOML syntax: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: TOML syntax: arrays or tables nested too deeply") from None
     overrides = raw.pop("quick", {})
     if quick:
         raw = _merge(raw, overrides)
@@ -179,4 +181,6 @@ def load_scenario(path: str, *, quick: bool = False) -> Scenario:
             text = f.read()
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not UTF-8 text") from None
     return parse_scenario(text, quick=quick, source=path)

@@ -11,7 +11,7 @@ from loadtest.progress import progress_line, summary_table
 from loadtest.report import render_markdown, write_report
 from loadtest.runner import (commits_from_metrics, counter_rate, cpu_share, loop_from_metrics, loop_shares,
                              mean_commit_ms, parse_metrics)
-from loadtest.scenario import ScenarioError, parse_scenario
+from loadtest.scenario import ScenarioError, load_scenario, parse_scenario
 from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
                                sender_tiers)
 
@@ -45,6 +45,15 @@ def test_the_quick_table_overrides_only_what_it_names():
 def test_a_typo_in_a_scenario_names_its_path():
     with pytest.raises(ScenarioError, match=r"unknown field `rat`.*\$\.load"):
         parse_scenario(BASE.replace("rate = 100", "rat = 100"))
+
+
+def test_a_scenario_file_nested_too_deeply_or_not_utf8_is_a_scenario_error(tmp_path):
+    with pytest.raises(ScenarioError, match="nested too deeply"):
+        parse_scenario(BASE + "x = " + "[" * 5000 + "\n")
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(BASE.encode() + b'description = "caf\xe9"\n')
+    with pytest.raises(ScenarioError, match="not UTF-8"):
+        load_scenario(str(path))
 
 
 def test_senders_on_an_undefined_tier_are_refused():
