@@ -43,9 +43,14 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
-    os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)
     key_dir = key_dir_for(cfg.store.data_dir, cfg.store.key_dir)
-    if init_keys(key_dir):
+    try:
+        os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)
+        made_keys = init_keys(key_dir)
+    except OSError as exc:
+        print(f"store.data_dir: cannot create {exc.filename or cfg.store.data_dir}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if made_keys:
         print(f"first start: data key for sealing at rest created in {os.path.abspath(key_dir)}", flush=True)
     try:
         gw = Gateway(cfg, config_path=args.config)
@@ -88,13 +93,21 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_keys_create(args) -> int:
+    import msgspec
+
     from gateway import config as C
+    from gateway.api.admin import NewKey
     from gateway.http.auth import ROLES, mint_key
     from gateway.store import ops
     from gateway.store.env import open_store
 
     if args.role not in ROLES:
         print(f"--role: expected one of {', '.join(ROLES)}", file=sys.stderr)
+        return 2
+    try:  # what POST /admin/v1/api-keys takes
+        msgspec.convert({"workspace": args.workspace, "role": args.role, "label": args.label}, NewKey)
+    except msgspec.ValidationError as exc:
+        print(f"--{C._msgspec_problem(exc)}", file=sys.stderr)
         return 2
     try:
         cfg = _load(args.config, data_dir=args.data_dir)

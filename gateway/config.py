@@ -182,6 +182,10 @@ def _locate_in_tiers(raw: dict, problem: str) -> str:
 
 def _semantic_problems(cfg: Config) -> list[str]:
     problems = []
+    try:
+        split_host_port(cfg.server.listen)
+    except ValueError as exc:
+        problems.append(f"server.listen: {exc}")
     if cfg.crypto.one_time_prekeys_low >= cfg.crypto.one_time_prekeys:
         problems.append("crypto.one_time_prekeys_low: must be below crypto.one_time_prekeys")
     names = [ws.name for ws in cfg.workspaces]
@@ -256,7 +260,9 @@ def with_overrides(cfg: Config, *, listen: str | None = None, data_dir: str | No
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[v6]:PORT" too); ValueError unless the port is 0 to 65535 (a
+    larger one would be taken modulo 65536 by the socket layer: 99999 listened on 34463)."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    if not sep or not (port.isascii() and port.isdigit()) or len(port) > 5 or int(port) > 65535 or not host:
+        raise ValueError(f"expected HOST:PORT with a port from 0 to 65535, got {listen!r}")
     return host.strip("[]"), int(port)

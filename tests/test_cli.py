@@ -1,4 +1,4 @@
-"""The gateway command: keys create and doctor."""
+"""The gateway command: keys create, doctor, and what `run` refuses before it starts."""
 import subprocess
 import sys
 
@@ -27,6 +27,23 @@ def test_keys_create_prints_a_key_the_running_gateway_accepts(tmp_path):
 def test_keys_create_refuses_an_unknown_role(tmp_path):
     out = gateway("keys", "create", "--workspace", "default", "--role", "root", "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "--role" in out.stderr
+
+
+def test_keys_create_takes_the_workspace_names_and_labels_the_api_takes(tmp_path):
+    for flag, value in (("--workspace", ""), ("--workspace", "Bad Name"), ("--label", "x" * 201)):
+        args = {"--workspace": "default", "--label": "ok", flag: value}
+        out = gateway("keys", "create", "--role", "app", "--data-dir", str(tmp_path), *[x for kv in args.items() for x in kv])
+        assert out.returncode == 2 and out.stderr.startswith(flag + ":"), out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_run_refuses_a_port_past_65535_and_an_uncreatable_data_dir_with_a_message(tmp_path):
+    out = gateway("run", "--listen", "127.0.0.1:99999", "--data-dir", str(tmp_path))  # not port 34463
+    assert out.returncode == 2 and "--listen" in out.stderr and "65535" in out.stderr
+    (tmp_path / "file").write_text("")
+    out = gateway("run", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "file" / "var"))
+    assert out.returncode == 2 and out.stderr.startswith("store.data_dir: cannot create"), out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_first_start_writes_the_admin_key_file_0600_and_prints_only_its_path(tmp_path):

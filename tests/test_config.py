@@ -76,6 +76,12 @@ def test_rates_and_bursts_are_bounded_so_they_fit_the_store():
     assert problems(text) == ["tiers.standard.rate_per_minute: expected int <= 1000000000"]
 
 
+@pytest.mark.parametrize("listen", ["nope", "127.0.0.1:99999", "127.0.0.1:", ":8080", "127.0.0.1:８０"])
+def test_server_listen_must_be_host_and_a_port_up_to_65535(listen):
+    problem, = problems(GOOD + f'\n[server]\nlisten = "{listen}"\n')
+    assert problem.startswith("server.listen: expected HOST:PORT")
+
+
 def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 
