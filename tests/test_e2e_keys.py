@@ -108,3 +108,23 @@ def test_a_reconnect_publishes_a_fresh_pool_never_keys_published_before(tmp_path
         seen |= ids
     book = K.load(str(tmp_path), "+15550000001")  # saved before published; old privates kept
     assert all(book.peek_one_time(kid) is not None for kid in seen)
+
+
+def test_a_key_file_that_cannot_be_written_leaves_its_keys_unpublished_and_the_gateway_going(tmp_path):
+    """Found by filling the disk: a key file write that failed (ENOSPC) raised out of the link's
+    connect and of the network's prekey count, and ended the gateway."""
+    ring = Keyring(str(tmp_path), pool=4, low=2, rotation_ms=HOUR, grace_ms=HOUR)
+    ring.ensure(["+15550000001"], 0)
+    folder = K.senders_dir(str(tmp_path))
+    held = folder + ".held"
+    os.rename(folder, held)
+    open(folder, "w").close()  # the key directory cannot take a file now (root or not)
+    assert ring.publish_all() == []  # never publics whose privates are not on disk
+    assert ring.on_prekey_count(PrekeyCount("+15550000001", 0)) == []
+    assert ring.tick(HOUR) == []  # rotated in memory, not published
+    os.unlink(folder)
+    os.rename(held, folder)
+    (frame,) = ring.tick(HOUR + 1)  # the disk takes it again: published, saved first
+    assert frame.replace and PrekeyBundle.decode(frame.bundle).signed_prekey_id == 2
+    assert K.load(str(tmp_path), "+15550000001").signed_prekey_ids == [1, 2]
+    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]

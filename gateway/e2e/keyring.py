@@ -24,6 +24,7 @@ class Keyring:
         self.grace_ms = grace_ms
         self._books: dict[str, K.SenderKeys] = {}
         self._unpublished: set[str] = set()
+        self._unsaved: set[str] = set()  # senders whose last key file write failed (logged once)
 
     def ensure(self, numbers, now_ms: int) -> list[str]:
         """Load or create the key book of every number; returns the numbers created now.
@@ -59,30 +60,38 @@ class Keyring:
 
     def publish_all_iter(self):
         """`publish_all` one sender at a time (a pool is ~45 µs per key to generate: callers on
-        the event loop yield between senders)."""
+        the event loop yield between senders). A sender whose key file cannot be written is left
+        out, and published by a later `tick` (see `_saved`)."""
         self._unpublished.clear()
         for book in list(self._books.values()):
-            yield self.publish_fresh(book)
+            frame = self.publish_fresh(book)
+            if frame is not None:
+                yield frame
 
-    def publish_fresh(self, book: K.SenderKeys) -> PublishKeys:
+    def publish_fresh(self, book: K.SenderKeys) -> PublishKeys | None:
         """The bundle and a fresh pool of one-time prekeys that replaces the network's pool. Never
         the keys published before: the network may already have handed them to customers, and a
         one-time prekey must serve one session only. Their private halves stay in the key book
-        (a customer may still use one) until they age out of its bounded store."""
+        (a customer may still use one) until they age out of its bounded store. None when the key
+        file could not be written: the sender is published again by the next `tick`."""
         fresh = book.add_one_time(self.pool)
         book.note_network_left(self.pool)
-        K.save(self.key_dir, book)  # the privates exist on disk before the publics leave
+        if not self._saved(book):  # the privates exist on disk before the publics leave
+            self._unpublished.add(book.number)
+            return None
         return book.publish_frame(fresh, replace=True)
 
     def tick(self, now_ms: int) -> list[PublishKeys]:
         """Rotate what is due; the frames that publish the new bundles (and those of senders
-        added since the last connect)."""
-        frames = [self.publish_fresh(self._books[n]) for n in sorted(self._unpublished)]
-        self._unpublished.clear()
+        added since the last connect, or whose key file could not be written then)."""
+        waiting, self._unpublished = sorted(self._unpublished), set()
+        frames = [f for f in (self.publish_fresh(self._books[n]) for n in waiting) if f is not None]
         for book in self._books.values():
             current = book.signed_prekey_ids[-1]
             if book.rotate_if_due(now_ms, self.rotation_ms, self.grace_ms):
-                K.save(self.key_dir, book)
+                if not self._saved(book):
+                    self._unpublished.add(book.number)  # rotated in memory: published once it is on disk
+                    continue
                 if book.signed_prekey_ids[-1] != current:
                     log.info("signed prekey of %s rotated", book.number)
                     frames.append(book.publish_frame())
@@ -94,7 +103,22 @@ class Keyring:
             return []
         book.note_network_left(frame.left)
         fresh = book.refill(self.pool, self.low)
-        if not fresh:
-            return []
-        K.save(self.key_dir, book)  # the privates exist on disk before the publics leave
+        if not fresh or not self._saved(book):  # the privates exist on disk before the publics leave
+            return []  # not saved: the network's next count asks again
         return [book.publish_frame(fresh)]
+
+    def _saved(self, book: K.SenderKeys) -> bool:
+        """Write the book's key file; False (logged) when the disk refuses it (full, read-only):
+        its new keys then stay unpublished, and the gateway goes on."""
+        try:
+            K.save(self.key_dir, book)
+        except OSError as exc:
+            if book.number not in self._unsaved:  # once until it is written again: ticks retry every second
+                self._unsaved.add(book.number)
+                log.warning("key file of sender %s not written (%s): its new keys wait to be published",
+                            book.number, exc.strerror or exc)
+            return False
+        if book.number in self._unsaved:
+            self._unsaved.discard(book.number)
+            log.info("key file of sender %s written again", book.number)
+        return True

@@ -275,11 +275,18 @@ def save(key_dir: str, keys: SenderKeys) -> None:
     target = _path(key_dir, keys.number)
     tmp = target + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(keys.to_bytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(keys.to_bytes())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except OSError:  # a full disk, say: the old file stays whole, and no half-written one lingers
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
