@@ -223,6 +223,18 @@ class Gateway:
         assert found, f"{name} not in /metrics"
         return float(found.group(1))
 
+    def fill_store(self, limit: int, prefix: str = "+1415559") -> tuple[list[str], int, dict]:
+        """4 KB sends from the slow sender (+15550000002 keeps most of them pending, bodies and all)
+        until one is refused or `limit` went in: (accepted ids, the last status, its answer)."""
+        accepted = []
+        for i in range(limit):
+            status, reply = self.request("POST", "/v1/messages", {"to": f"{prefix}{i:04d}", "from": "+15550000002",
+                                                                  "text": {"body": "x" * 4000}})
+            if status != 202:
+                break
+            accepted.append(reply["id"])
+        return accepted, status, reply
+
     def send(self, to: str, body: str = "hello", **fields) -> str:
         status, reply = self.request("POST", "/v1/messages", {"to": to, "text": {"body": body}, **fields})
         assert status == 202, reply
@@ -335,8 +347,12 @@ class Proxy:
             upstream = socket.create_connection(("127.0.0.1", self.target))
             with self.lock:
                 self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            self._relay(client, upstream)
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Copy both ways, a thread each (the gateway is the client, netsim the upstream)."""
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:

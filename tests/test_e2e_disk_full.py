@@ -36,13 +36,7 @@ def test_a_full_disk_refuses_sends_loses_nothing_restarts_and_recovers(tmp_path,
     gw.data_dir = data_dir
     gw.start()
     try:
-        accepted = []
-        for i in range(3000):  # the slow sender keeps them pending, 4 KB bodies and all
-            status, reply = gw.request("POST", "/v1/messages", {"to": f"+1415563{i:04d}", "from": "+15550000002",
-                                                                "text": {"body": "x" * 4000}})
-            if status != 202:
-                break
-            accepted.append(reply["id"])
+        accepted, status, reply = gw.fill_store(3000)
         assert status == 503 and reply["error"]["code"] == "storage_unavailable", reply
         assert int(gw.last_headers["Retry-After"]) > 0
         assert accepted, "the disk should hold at least a few messages"

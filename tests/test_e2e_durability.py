@@ -74,14 +74,7 @@ def test_restart_rebuilds_the_queue_and_keeps_the_rate(tmp_path):
 def test_full_store_answers_503_storage_full_and_loses_nothing(tmp_path):
     gw = Gateway(tmp_path, map_size_mb=1, sim="latency_ms_median = 5.0").start()
     try:
-        accepted = []
-        body = "x" * 4000  # the slow sender keeps most of them pending, bodies and all
-        for i in range(400):
-            status, reply = gw.request("POST", "/v1/messages", {"to": f"+1415559{i:04d}", "from": "+15550000002",
-                                                                "text": {"body": body}})
-            if status != 202:
-                break
-            accepted.append(reply["id"])
+        accepted, status, reply = gw.fill_store(400)
         assert status == 503 and reply["error"]["code"] == "storage_full", reply
         assert int(gw.last_headers["Retry-After"]) > 0
         assert accepted, "the map should hold at least a few messages"

@@ -2,6 +2,7 @@
 process linked to a peer on 127.0.0.1 that answers its hello, then sends a frame it cannot decode;
 and frames that decode but name no message (an empty id) change nothing and stop nothing."""
 import socket
+import socketserver
 import struct
 import threading
 import time
@@ -10,7 +11,7 @@ import msgspec
 import pytest
 
 from gateway.network.frames import Ack, HelloOk, Receipt, encode_frame, encode_frames
-from tests.harness import Gateway, Netsim
+from tests.harness import Gateway, Netsim, Proxy
 
 pytestmark = pytest.mark.e2e
 
@@ -29,33 +30,34 @@ def _stats_nested_too_deep() -> bytes:
     return _frame(body[:-1] + b"\x91" * 5000 + b"\x90")
 
 
-class PoisonPeer:
+class PoisonPeer(socketserver.ThreadingTCPServer):
     """Answers each connection's hello; the first connection then gets `poison`. Every connection is
     read (and what it says dropped) until the gateway closes it."""
 
+    daemon_threads = True
+
     def __init__(self, poison: bytes) -> None:
+        super().__init__(("127.0.0.1", 0), _PoisonedConnection)
         self.poison = poison
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        self.port = self.server_address[1]
         self.connections = 0
         self.lock = threading.Lock()
 
     def start(self) -> "PoisonPeer":
-        threading.Thread(target=self._accept, daemon=True).start()
+        threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.connections += 1
-                first = self.connections == 1
-            threading.Thread(target=self._serve, args=(conn, first), daemon=True).start()
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
 
-    def _serve(self, conn: socket.socket, first: bool) -> None:
+
+class _PoisonedConnection(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        peer, conn = self.server, self.request
+        with peer.lock:
+            peer.connections += 1
+            first = peer.connections == 1
         try:
             conn.settimeout(30)
             header = b""
@@ -64,20 +66,11 @@ class PoisonPeer:
                 if not chunk:
                     return
                 header += chunk
-            conn.sendall(encode_frame(HelloOk(server="poison-peer")) + (self.poison if first else b""))
+            conn.sendall(encode_frame(HelloOk(server="poison-peer")) + (peer.poison if first else b""))
             while conn.recv(65536):
                 pass
         except OSError:
             pass
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
 
 
 @pytest.mark.parametrize("poison", [_receipt_id_not_utf8(), _stats_nested_too_deep()],
@@ -100,40 +93,19 @@ def test_a_frame_the_gateway_cannot_decode_ends_that_connection_not_the_gateway(
         peer.stop()
 
 
-class InjectingProxy:
-    """A relay between the gateway and netsim that passes netsim's frames on whole, so that a test can
-    put frames of its own between two of them (`inject`) on every connection."""
+class InjectingProxy(Proxy):
+    """The harness's relay between the gateway and netsim, passing netsim's frames on whole, so that
+    a test can put frames of its own between two of them (`inject`) on every connection."""
 
     def __init__(self, target_port: int) -> None:
-        self.target = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
+        super().__init__(target_port)
         self.to_gateway: list[tuple[socket.socket, threading.Lock]] = []
 
-    def start(self) -> "InjectingProxy":
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            lock = threading.Lock()
-            self.to_gateway.append((client, lock))
-            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._frames, args=(upstream, client, lock), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        dst.close()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        lock = threading.Lock()
+        self.to_gateway.append((client, lock))
+        threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._frames, args=(upstream, client, lock), daemon=True).start()
 
     @staticmethod
     def _frames(src: socket.socket, dst: socket.socket, lock: threading.Lock) -> None:
@@ -157,15 +129,6 @@ class InjectingProxy:
                     sock.sendall(data)
                 except OSError:
                     pass
-
-    def stop(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        for sock, _ in self.to_gateway:
-            sock.close()
 
 
 def test_acks_and_receipts_without_a_message_id_change_nothing_and_stop_nothing(tmp_path):
