@@ -238,7 +238,7 @@ class Gateway:
 
     def apply_sender(self, number: str) -> None:
         rate, burst = self.sender_rate(number)
-        self.scheduler.set_sender(number, rate, burst, self.clock.now())
+        self.scheduler.set_sender(number, rate, burst, self.clock.steady())
         self.delivery.poke()
 
     @staticmethod
@@ -280,7 +280,7 @@ class Gateway:
     def _apply_config(self, cfg: C.Config, endpoints: list[Endpoint]) -> None:
         self.config = cfg
         self._sender_ws = {s.number: s.workspace for s in cfg.senders}
-        now = self.clock.now()
+        now = self.clock.steady()
         sc = cfg.scheduler
         self.scheduler.set_pair_limit(sc.pair_rate_per_minute, sc.pair_burst, now)
         for s in cfg.senders:
@@ -452,7 +452,7 @@ class Gateway:
             await trio.sleep(1.0)
             await self.delivery.rotate_keys()
             # a pair refilled to its burst is forgotten; its journal records go at the next compaction
-            self.scheduler.forget_full_pairs(self.clock.now())
+            self.scheduler.forget_full_pairs(self.clock.steady())
             await self.delivery.compact_pair_log()
             since_idempotency += 1.0
             if since_idempotency >= HOUSEKEEPING_S:

@@ -91,7 +91,7 @@ class Delivery:
     # -- intake ----------------------------------------------------------------------------
 
     def enqueue(self, msgs: list[QueuedMessage]) -> None:
-        now = self.gw.clock.now()
+        now = self.gw.clock.steady()
         push = self.scheduler.push
         active = False
         for m in msgs:
@@ -107,14 +107,16 @@ class Delivery:
 
     def rebuild(self) -> int:
         """Refill the scheduler from the pending table and the stored limiter state: sender rows,
-        then the pair journal in record order (store/pairlog.py)."""
-        store, sched, now = self.gw.store, self.scheduler, self.gw.clock.now()
+        then the pair journal in record order (store/pairlog.py). A state stored ahead of the
+        present (the system clock was set back since) is restored as of now: its bucket refills
+        from now on, never for time that did not pass (Clock.steady)."""
+        store, sched, now = self.gw.store, self.scheduler, self.gw.clock.steady()
         legacy = []
         for key, raw in store.scan("limiter"):
             tokens, last = R.limiter_decoder.decode(raw)
             kind, _, rest = key.partition(b"\0")
             if kind == b"s":
-                sched.restore_sender(rest.decode(), tokens, last)
+                sched.restore_sender(rest.decode(), tokens, min(last, now))
             else:  # a pair row of an earlier version: into the journal below, then gone
                 sender, _, recipient = rest.partition(b"\0")
                 legacy.append((key, sender.decode(), recipient.decode(), (tokens, last)))
@@ -126,7 +128,7 @@ class Delivery:
             self._migrate_pair_rows([key for key, *_ in legacy], newer)
             states.update(newer)
         for (sender, recipient), (tokens, last) in states.items():
-            sched.restore_pair(sender, recipient, tokens, last)
+            sched.restore_pair(sender, recipient, tokens, min(last, now))
         count = 0
         decode = R.pending_decoder.decode
         for key, raw in store.scan("pending"):
@@ -179,11 +181,11 @@ class Delivery:
         sched = self.scheduler
         while True:
             await self.link.wait_connected()
-            now = self.gw.clock.now()
+            now = self.gw.clock.steady()
             batch = sched.ready(now, self.gw.config.scheduler.dispatch_batch)
             if not batch:
                 await self._refill_while_idle()
-                now = self.gw.clock.now()
+                now = self.gw.clock.steady()
                 wake = sched.next_wakeup(now)
                 delay = None if wake is None else max(0.0, wake - now)
                 with trio.move_on_after(delay if delay is not None else float("inf")):
@@ -242,7 +244,7 @@ class Delivery:
                 moved = set(result.moved)
                 await self._send([f for f in frames if f.id in moved])
                 # rates are judged where the frames arrive: count the takes from the write
-                sched.settle_sent(batch, self.gw.clock.now())
+                sched.settle_sent(batch, self.gw.clock.steady())
         if result is None:
             waiting = {m.id for m in later}
             sched.requeue([m for m in batch if m.id not in waiting], now)
@@ -578,7 +580,7 @@ class Delivery:
 
     async def _on_throttled(self, acks: list[Ack], now_ms: int, updates: list) -> None:
         max_retries = self.gw.config.scheduler.throttle_max_retries
-        now = self.gw.clock.now()
+        now = self.gw.clock.steady()
         self.gw.metrics.throttled.inc(n=len(acks))
         counts = await write_until_stored(self.gw.writer, ops.count_throttles, [ack.id for ack in acks])
         for ack, count in zip(acks, counts):
@@ -593,7 +595,7 @@ class Delivery:
         task_status.started()
         heap = self._throttled
         while True:
-            now = self.gw.clock.now()
+            now = self.gw.clock.steady()
             due = []
             while heap and heap[0][0] <= now:
                 due.append(heapq.heappop(heap)[1])

@@ -112,6 +112,25 @@ async def test_dispatch_rounds_append_and_a_restart_restores_each_pairs_latest_s
         gw.close()
 
 
+async def test_states_stored_ahead_of_the_present_are_restored_as_of_now(tmp_path):
+    """The system clock was set back an hour between two runs: the buckets refill from now on,
+    instead of nothing for an hour (their stored `last` is an hour ahead)."""
+    ahead = time.time() + 3600
+
+    async def body(gw, link):
+        await _dispatch(gw, [(*A, (0.0, ahead))])
+        await gw.writer.write(ops.dispatch, ops.DispatchArg([], [], [(R.limiter_sender_key(A[0]), (0.0, ahead))]))
+
+    await with_gateway(tmp_path, body)
+    gw = _restarted(tmp_path)
+    try:
+        now = gw.clock.steady()
+        (pair_tokens, pair_last), (sender_tokens, sender_last) = gw.scheduler.pair_state(*A), gw.scheduler.sender_state(A[0])
+        assert pair_tokens == sender_tokens == 0.0 and now - 5 < pair_last <= now and now - 5 < sender_last <= now
+    finally:
+        gw.close()
+
+
 async def test_compaction_keeps_the_live_pairs_and_empties_the_old_table(tmp_path):
     async def body(gw, link):
         sched = gw.scheduler

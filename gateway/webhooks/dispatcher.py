@@ -133,14 +133,14 @@ class WebhookDispatcher:
                     ep.wake = trio.Event()
                 job = self._next_job(ep)
                 if job is None:
-                    delay = ep.retry[0][0] - self.gw.clock.now() if ep.retry else float("inf")
+                    delay = ep.retry[0][0] - self.gw.clock.steady() if ep.retry else float("inf")
                     with trio.move_on_after(max(0.0, delay)):
                         await ep.wake.wait()
                     continue
                 await self._deliver(ep, *job)
 
     def _next_job(self, ep: Endpoint):
-        now = self.gw.clock.now()
+        now = self.gw.clock.steady()
         if ep.retry and ep.retry[0][0] <= now:
             _, _, attempt, items = heapq.heappop(ep.retry)
             return attempt, items
@@ -220,7 +220,7 @@ class WebhookDispatcher:
             ep.sealed.difference_update(keys)
             return
         delay = policy.backoff_s(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng, retry_after)
-        heapq.heappush(ep.retry, (self.gw.clock.now() + delay, next(self._seq), attempt + 1, items))
+        heapq.heappush(ep.retry, (self.gw.clock.steady() + delay, next(self._seq), attempt + 1, items))
         ep.wake.set()
 
     async def aclose(self) -> None:
