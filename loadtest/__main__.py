@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         return _ceiling(args.scenario, args.seconds)
     if args.target and not args.api_key_file:
         ap.error("--target needs --api-key-file")
+    if args.target:  # before the generator's calibration: a wrong target or key is said at once
+        from loadtest.runner import TargetError, open_target
+        try:
+            open_target(args.target, args.api_key_file)
+        except TargetError as exc:
+            print(f"loadtest: {exc}", file=sys.stderr)
+            return 2
     opts = Options(scenario=args.scenario, quick=args.quick, target=args.target, api_key_file=args.api_key_file,
                    out_root=args.out, ceiling_s=args.ceiling_s, keep_artifacts=args.keep_artifacts, argv=argv)
     try:

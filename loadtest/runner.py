@@ -150,6 +150,47 @@ def measure_ceiling(scn: Scenario, seconds: float) -> dict:
 # the environment: what the run started, or the gateway it was pointed at
 
 
+class TargetError(Exception):
+    """--target or --api-key-file cannot be used: said before anything runs."""
+
+
+def open_target(target: str, api_key_file: str, timeout_s: float = 5.0) -> tuple[str, int, str]:
+    """(host, port, API key) of an already running gateway, checked before a run spends anything
+    on it: a loopback http URL, a readable non-empty key file, a gateway that answers /readyz and
+    takes the key. TargetError says what is wrong."""
+    import http.client
+
+    parts = urlsplit(target)
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise TargetError(f"--target: not a usable URL: {target}") from None
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise TargetError(f"--target must be an http:// URL of a loopback address, got {target}")
+    host = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname
+    try:
+        with open(api_key_file, encoding="utf-8") as f:
+            key = f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TargetError(f"--api-key-file {api_key_file}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not key:
+        raise TargetError(f"--api-key-file {api_key_file}: empty")
+    for path, auth in (("/readyz", False), ("/v1/messages/00000000000000000000000000", True)):
+        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {key}"} if auth else {})
+            status = conn.getresponse().status
+        except (OSError, http.client.HTTPException) as exc:
+            raise TargetError(f"--target {target}: no gateway answers there ({exc})") from None
+        finally:
+            conn.close()
+        if status in (401, 403):
+            raise TargetError(f"--api-key-file {api_key_file}: the gateway at {target} refuses that key ({status})")
+        if not auth and status != 200:
+            raise TargetError(f"--target {target}: /readyz answers {status}, not ready")
+    return host, port, key
+
+
 class Environment:
     def __init__(self, scn: Scenario, opts: Options, work_dir: str) -> None:
         self.scn, self.opts, self.work_dir = scn, opts, work_dir
@@ -168,12 +209,8 @@ class Environment:
 
     def start(self) -> None:
         if not self.managed:
-            parts = urlsplit(self.opts.target)
-            if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-                raise SystemExit(f"--target must be a loopback address, got {self.opts.target}")
-            self.host, self.port = "127.0.0.1" if parts.hostname == "localhost" else parts.hostname, parts.port or 80
-            with open(self.opts.api_key_file) as f:
-                self.api_key = self.admin_key = f.read().strip()
+            self.host, self.port, key = open_target(self.opts.target, self.opts.api_key_file)
+            self.api_key = self.admin_key = key
             return
         scn = self.scn
         self.record_path = os.path.join(self.work_dir, "netsim-record.jsonl")
