@@ -10,6 +10,7 @@ import os
 import re
 import tomllib
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -180,6 +181,20 @@ def _locate_in_tiers(raw: dict, problem: str) -> str:
     return problem
 
 
+def _url_problem(url: str) -> str:
+    """Why the webhook client could not connect to `url` (its host or port unusable), or ""."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"{exc} in {url!r}"
+    if not parts.hostname:
+        return f"no host in {url!r}"
+    if port == 0:
+        return f"port 0 in {url!r}"
+    return ""
+
+
 def _semantic_problems(cfg: Config) -> list[str]:
     problems = []
     try:
@@ -195,6 +210,9 @@ def _semantic_problems(cfg: Config) -> list[str]:
         for j, hook in enumerate(ws.webhooks):
             if not (hook.secret_file or hook.secret_env):
                 problems.append(f"workspaces[{i}].webhooks[{j}]: needs secret_file or secret_env")
+            problem = _url_problem(hook.url)
+            if problem:
+                problems.append(f"workspaces[{i}].webhooks[{j}].url: {problem}")
     numbers: dict[str, int] = {}
     for i, s in enumerate(cfg.senders):
         if s.number in numbers:

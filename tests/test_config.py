@@ -82,6 +82,15 @@ def test_server_listen_must_be_host_and_a_port_up_to_65535(listen):
     assert problem.startswith("server.listen: expected HOST:PORT")
 
 
+@pytest.mark.parametrize("url,said", [("http://127.0.0.1:99999/h", "Port out of range"), ("http://[::1/h", "IPv6"),
+                                      ("http://127.0.0.1:x/h", "Port could not be cast"), ("http://:80/h", "no host"),
+                                      ("http://127.0.0.1:0/h", "port 0")])
+def test_a_webhook_url_the_client_could_not_connect_to_is_refused(url, said):
+    text = GOOD + f'[[workspaces.webhooks]]\nurl = "{url}"\nsecret_env = "HOOK_SECRET"\n'
+    problem, = problems(text)
+    assert problem.startswith("workspaces[0].webhooks[0].url: ") and said in problem
+
+
 def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 
