@@ -201,6 +201,12 @@ def _semantic_problems(cfg: Config) -> list[str]:
         split_host_port(cfg.server.listen)
     except ValueError as exc:
         problems.append(f"server.listen: {exc}")
+    from gateway.network.link import parse_url  # (the link's own parser: what it would refuse at start)
+    try:
+        if parse_url(cfg.network.url)[1] == 0:
+            problems.append(f"network.url: port 0 in {cfg.network.url!r}")
+    except ValueError as exc:
+        problems.append(f"network.url: {exc}")
     if cfg.crypto.one_time_prekeys_low >= cfg.crypto.one_time_prekeys:
         problems.append("crypto.one_time_prekeys_low: must be below crypto.one_time_prekeys")
     names = [ws.name for ws in cfg.workspaces]

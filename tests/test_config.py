@@ -91,6 +91,12 @@ def test_a_webhook_url_the_client_could_not_connect_to_is_refused(url, said):
     assert problem.startswith("workspaces[0].webhooks[0].url: ") and said in problem
 
 
+@pytest.mark.parametrize("url", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:0"])
+def test_a_network_url_the_link_would_refuse_at_start_is_a_config_problem(url):
+    problem, = problems(GOOD + f'\n[network]\nmode = "tcp"\nurl = "{url}"\n')
+    assert problem.startswith("network.url: ")
+
+
 def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 
