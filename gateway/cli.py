@@ -25,6 +25,7 @@ def _load(path: str, listen: str | None = None, data_dir: str | None = None):
 
 
 def cmd_run(args) -> int:
+    import lmdb
     import trio
 
     from gateway import config as C
@@ -57,6 +58,9 @@ def cmd_run(args) -> int:
     except C.ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)
+        return 2
+    except lmdb.Error as exc:  # e.g. a map size the machine cannot map, a store of another version
+        print(f"store: cannot open the LMDB store in {os.path.abspath(cfg.store.data_dir)}: {exc}", file=sys.stderr)
         return 2
     path = ensure_admin_key(gw)
     if path is not None:

@@ -46,6 +46,14 @@ def test_run_refuses_a_port_past_65535_and_an_uncreatable_data_dir_with_a_messag
     assert "Traceback" not in out.stderr
 
 
+def test_run_says_when_the_data_directory_holds_something_that_is_not_its_store(tmp_path):
+    (tmp_path / "lmdb").mkdir()
+    (tmp_path / "lmdb" / "data.mdb").write_bytes(b"not an LMDB file" * 4096)
+    out = gateway("run", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path))
+    assert out.returncode == 2 and "store: cannot open the LMDB store" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_first_start_writes_the_admin_key_file_0600_and_prints_only_its_path(tmp_path):
     import os
     import stat

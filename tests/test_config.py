@@ -97,6 +97,15 @@ def test_a_network_url_the_link_would_refuse_at_start_is_a_config_problem(url):
     assert problem.startswith("network.url: ")
 
 
+@pytest.mark.parametrize("table,key,value", [("server", "request_timeout_s", "inf"), ("scheduler", "pair_rate_per_minute", "inf"),
+                                              ("crypto", "signed_prekey_rotation_h", "inf"), ("store", "map_size_mb", str(2**62)),
+                                              ("network.sim", "latency_ms_median", "inf")])
+def test_values_that_passed_validation_and_failed_at_start_are_refused(table, key, value):
+    """Found by setting every number of configs/gateway.toml to extremes and starting the gateway."""
+    problem, = problems(GOOD + f"\n[{table}]\n{key} = {value}\n")
+    assert problem.startswith(f"{table}.{key}: expected ") and "<=" in problem, problem
+
+
 def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Mapping
 import msgspec
 
 Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]  # finite: inf would schedule nothing ever
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
