@@ -45,12 +45,13 @@ def cmd_run(args) -> int:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
     key_dir = key_dir_for(cfg.store.data_dir, cfg.store.key_dir)
-    try:
-        os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)
-        made_keys = init_keys(key_dir)
-    except OSError as exc:
-        print(f"store.data_dir: cannot create {exc.filename or cfg.store.data_dir}: {exc.strerror}", file=sys.stderr)
-        return 2
+    for what, make in (("store.data_dir", lambda: os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)),
+                       ("store.key_dir", lambda: init_keys(key_dir))):
+        try:
+            made_keys = make()
+        except OSError as exc:
+            print(f"{what}: cannot create {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+            return 2
     if made_keys:
         print(f"first start: data key for sealing at rest created in {os.path.abspath(key_dir)}", flush=True)
     try:

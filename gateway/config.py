@@ -21,6 +21,7 @@ from gateway.policy.settings import PolicyConfig
 E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
 Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 PositiveInt = Annotated[int, Meta(ge=1)]
+FilePath = Annotated[str, Meta(pattern=r"^[^\x00]*$")]  # a NUL is no path: os calls raise ValueError for it
 # finite: a timeout, period or rate of inf (TOML can write it) passed validation and failed at start
 PositiveFloat = Annotated[float, Meta(gt=0, le=1e9)]
 # A sender's rate and burst, from the config or PATCH /admin/v1/senders: bounded so that every value
@@ -40,8 +41,8 @@ class ServerConfig(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
-    data_dir: str = "./var"
-    key_dir: str = ""  # data keys for sealing at rest; "" means <data_dir>/keys
+    data_dir: FilePath = "./var"
+    key_dir: FilePath = ""  # data keys for sealing at rest; "" means <data_dir>/keys
     map_size_mb: Annotated[int, Meta(ge=1, le=16_777_216)] = 4096  # up to 16 TiB of address space
     group_commit_max_ops: PositiveInt = 4096
     group_commit_window_ms: Annotated[float, Meta(ge=0, le=1000)] = 2.0
@@ -78,7 +79,7 @@ class SchedulerConfig(Struct, frozen=True, forbid_unknown_fields=True):
 
 class WebhookEndpoint(Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
-    secret_file: str | None = None
+    secret_file: FilePath | None = None
     secret_env: str | None = None
     events: list[str] = msgspec.field(default_factory=lambda: ["message.status", "policy.flagged",
                                                                 "message.received"])

@@ -44,6 +44,10 @@ def test_run_refuses_a_port_past_65535_and_an_uncreatable_data_dir_with_a_messag
     out = gateway("run", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "file" / "var"))
     assert out.returncode == 2 and out.stderr.startswith("store.data_dir: cannot create"), out.stderr
     assert "Traceback" not in out.stderr
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[store]\nkey_dir = "{tmp_path / "file" / "keys"}"\n')
+    out = gateway("run", "-c", str(config), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "var"))
+    assert out.returncode == 2 and out.stderr.startswith("store.key_dir: cannot create"), out.stderr
 
 
 def test_run_says_when_the_data_directory_holds_something_that_is_not_its_store(tmp_path):

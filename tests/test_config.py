@@ -106,6 +106,12 @@ def test_values_that_passed_validation_and_failed_at_start_are_refused(table, ke
     assert problem.startswith(f"{table}.{key}: expected ") and "<=" in problem, problem
 
 
+@pytest.mark.parametrize("table,key", [("store", "data_dir"), ("store", "key_dir"), ("policy", "sensitive_words_dir")])
+def test_a_path_with_a_nul_is_refused_before_any_os_call_raises_on_it(table, key):
+    problem, = problems(GOOD + f'\n[{table}]\n{key} = "var\\u0000x"\n')
+    assert problem.startswith(f"{table}.{key}: expected str matching")
+
+
 def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 

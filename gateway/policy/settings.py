@@ -2,6 +2,8 @@
 behave. Pure Structs; a bad section is refused with the exact path, like every other section."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from msgspec import Struct
 
@@ -20,5 +22,5 @@ class OptOutConfig(Struct, frozen=True, forbid_unknown_fields=True):
 class PolicyConfig(Struct, frozen=True, forbid_unknown_fields=True):
     # One TOML file per category. "" = the `sensitive-words` folder next to the config file, if there
     # is one; a relative path is taken from the config file's folder and must exist.
-    sensitive_words_dir: str = ""
+    sensitive_words_dir: Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$")] = ""  # (no NUL: not a path)
     opt_out: OptOutConfig = msgspec.field(default_factory=OptOutConfig)
