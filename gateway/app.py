@@ -268,13 +268,12 @@ class Gateway:
         endpoints = []
         for i, ws in enumerate(cfg.workspaces):
             for j, hook in enumerate(ws.webhooks):
-                if "message.status" not in hook.events:
-                    continue
                 try:
                     secret = read_secret(hook.secret_file, hook.secret_env)
                 except (OSError, ValueError) as exc:
                     raise C.ConfigError(source, [f"workspaces[{i}].webhooks[{j}]: secret: {exc}"]) from None
-                endpoints.append(Endpoint(endpoint_id(ws.name, hook.url), ws.name, hook.url, secret))
+                endpoints.append(Endpoint(endpoint_id(ws.name, hook.url), ws.name, hook.url, secret,
+                                          status="message.status" in hook.events))
         return endpoints
 
     def _apply_config(self, cfg: C.Config, endpoints: list[Endpoint]) -> None:

@@ -81,8 +81,9 @@ class WebhookEndpoint(Struct, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
     secret_file: FilePath | None = None
     secret_env: str | None = None
-    events: list[str] = msgspec.field(default_factory=lambda: ["message.status", "policy.flagged",
-                                                                "message.received"])
+    # what it is sent: a name not in this list (a typo) is refused, never a silent endpoint
+    events: Annotated[list[Literal["message.status", "policy.flagged", "message.received"]], Meta(min_length=1)] = \
+        msgspec.field(default_factory=lambda: ["message.status", "policy.flagged", "message.received"])
 
 
 class WorkspaceConfig(Struct, frozen=True, forbid_unknown_fields=True):

@@ -41,11 +41,11 @@ _text = msgspec.msgpack.Decoder(R.TextPayload).decode
 
 def inbound_targets(cfg) -> dict[str, list[bytes]]:
     """Endpoints that take message.received (and message.undecryptable) events: those whose
-    `events` list names message.received, and message.status (which makes the dispatcher run them)."""
+    `events` list names message.received."""
     out: dict[str, list[bytes]] = {}
     for ws in cfg.workspaces:
         for hook in ws.webhooks:
-            if "message.received" in hook.events and "message.status" in hook.events:
+            if "message.received" in hook.events:
                 out.setdefault(ws.name, []).append(endpoint_id(ws.name, hook.url))
     return out
 

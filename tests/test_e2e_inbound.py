@@ -234,3 +234,27 @@ def test_a_kill_9_during_inbound_traffic_loses_nothing_and_duplicates_nothing(tm
         gw.stop()
         netsim.stop()
         hooks.stop()
+
+
+def test_an_endpoint_that_takes_only_message_received_gets_those_and_nothing_else(tmp_path):
+    """Found in review: an endpoint whose `events` did not name message.status got nothing at all
+    (the dispatcher ran only message.status endpoints), silently."""
+    netsim = Netsim("--seed", "12", "--latency-ms", "5").start()
+    hooks = WebhookReceiver().start()
+    gw = Gateway(tmp_path, netsim=netsim, webhook_url=hooks.url)
+    hook = f'url = "{hooks.url}"\n'
+    gw.config_text = gw.config_text.replace(hook, hook + 'events = ["message.received"]\n')
+    gw.config_path.write_text(gw.config_text)
+    gw.start()
+    gw.netsim, gw.hooks = netsim, hooks
+    try:
+        wait_published(netsim)
+        outbound = gw.send("+14155550123", "a status the endpoint does not take")
+        gw.wait_status(outbound, {"delivered", "read"})
+        network_id = say(gw, "+18885550031", "only this one")
+        assert received(gw, network_id)["data"]["text"] == {"body": "only this one"}
+        assert {e["type"] for e in hooks.events()} == {"message.received"}
+    finally:
+        gw.stop()
+        netsim.stop()
+        hooks.stop()

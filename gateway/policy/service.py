@@ -486,14 +486,13 @@ class PolicyService:
 
 
 def _flag_targets(cfg: C.Config) -> dict[str, list[bytes]]:
-    """Endpoints that take policy.flagged events (and message.status, which is what makes the
-    webhook dispatcher run an endpoint)."""
+    """Endpoints that take policy.flagged events."""
     from gateway.webhooks.dispatcher import endpoint_id
 
     out: dict[str, list[bytes]] = {}
     for ws in cfg.workspaces:
         for hook in ws.webhooks:
-            if "policy.flagged" in hook.events and "message.status" in hook.events:
+            if "policy.flagged" in hook.events:
                 out.setdefault(ws.name, []).append(endpoint_id(ws.name, hook.url))
     return out
 

@@ -47,8 +47,9 @@ def read_secret(secret_file: str | None, secret_env: str | None) -> bytes:
 
 
 class Endpoint:
-    def __init__(self, ident: bytes, workspace: str, url: str, secret: bytes) -> None:
+    def __init__(self, ident: bytes, workspace: str, url: str, secret: bytes, status: bool = True) -> None:
         self.id, self.workspace, self.url, self.secret = ident, workspace, url, secret
+        self.status = status  # takes message.status events (`targets`); the other kinds pick their endpoints themselves
         self.prefix = ident + b"\0"
         self.scan_from = self.prefix
         self.dirty = True
@@ -88,7 +89,7 @@ class WebhookDispatcher:
                 ep.stop()
                 del self.endpoints[ident]
             else:
-                ep.secret = wanted[ident].secret
+                ep.secret, ep.status = wanted[ident].secret, wanted[ident].status
         for ident, ep in wanted.items():
             if ident not in self.endpoints:
                 self.endpoints[ident] = ep
@@ -98,7 +99,8 @@ class WebhookDispatcher:
             self._by_workspace.setdefault(ep.workspace, []).append(ep)
 
     def targets(self) -> dict[str, list[bytes]]:
-        return {ws: [ep.id for ep in eps] for ws, eps in self._by_workspace.items()}
+        """The endpoints that take message.status events, by workspace."""
+        return {ws: ids for ws, eps in self._by_workspace.items() if (ids := [ep.id for ep in eps if ep.status])}
 
     def wake(self, workspaces) -> None:
         for ws in workspaces:
