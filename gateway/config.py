@@ -18,8 +18,8 @@ from msgspec import Meta, Struct
 from loadtest.netsim.config import NetsimConfig
 from gateway.policy.settings import PolicyConfig
 
-E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
-Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}\Z")]
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}\Z")]
 PositiveInt = Annotated[int, Meta(ge=1)]
 FilePath = Annotated[str, Meta(pattern=r"^[^\x00]*$")]  # a NUL is no path: os calls raise ValueError for it
 # finite: a timeout, period or rate of inf (TOML can write it) passed validation and failed at start
@@ -78,7 +78,7 @@ class SchedulerConfig(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class WebhookEndpoint(Struct, frozen=True, forbid_unknown_fields=True):
-    url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+    url: Annotated[str, Meta(pattern=r"^https?://[^\s/]+(/\S*)?\Z")]
     secret_file: FilePath | None = None
     secret_env: str | None = None
     # what it is sent: a name not in this list (a typo) is refused, never a silent endpoint
@@ -103,7 +103,7 @@ class WebhookDelivery(Struct, frozen=True, forbid_unknown_fields=True):
 
 class NetworkConfig(Struct, frozen=True, forbid_unknown_fields=True):
     mode: Literal["embedded", "tcp"] = "embedded"
-    url: Annotated[str, Meta(pattern=r"^tcp://[^\s:/]+:[0-9]{1,5}$")] = "tcp://127.0.0.1:7000"
+    url: Annotated[str, Meta(pattern=r"^tcp://[^\s:/]+:[0-9]{1,5}\Z")] = "tcp://127.0.0.1:7000"
     reconnect_min_ms: PositiveInt = 50
     reconnect_max_ms: PositiveInt = 5000
     sim: NetsimConfig = msgspec.field(default_factory=NetsimConfig)

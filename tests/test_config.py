@@ -112,6 +112,12 @@ def test_a_path_with_a_nul_is_refused_before_any_os_call_raises_on_it(table, key
     assert problem.startswith(f"{table}.{key}: expected str matching")
 
 
+def test_a_number_or_name_with_a_trailing_newline_is_refused():
+    text = GOOD.replace('number = "+15550000001"', 'number = "+15550000001\\n"')
+    assert problems(text)[0].startswith("senders[0].number: expected str matching")
+    assert problems(GOOD.replace('name = "default"', 'name = "default\\n"'))[0].startswith("workspaces[0].name:")
+
+
 def test_toml_syntax_error_is_one_problem():
     assert problems("[server\n")[0].startswith("TOML syntax:")
 

@@ -196,6 +196,17 @@ def test_opted_out_contact_is_refused_marketing_but_gets_urgent_messages(env):
     env.send(contact, "sale!", priority="bulk")
 
 
+def test_a_number_with_a_trailing_newline_is_refused_not_a_way_around_an_opt_out(env):
+    """Found by fuzzing: every `^...$` pattern took one trailing newline (Python's `$` matches before
+    it), so "+1...\\n" was a valid recipient that no opt-out, pair limit or list named."""
+    contact = "+14155550161"
+    assert env.request("PUT", f"/admin/v1/opt-outs/{SENDER}/{contact}")[0] == 200
+    status, reply = env.request("POST", "/v1/messages", {"to": contact + "\n", "text": {"body": "sale!"}, "priority": "bulk"})
+    assert status == 422 and reply["error"]["details"]["path"] == "$.to", reply
+    assert env.request("PUT", f"/admin/v1/opt-outs/{SENDER}/{contact}%0A")[1]["error"]["code"] == "invalid_field"
+    assert env.request("PUT", "/admin/v1/sensitive-words/spam%0A", {"action": "flag", "terms": ["x"]})[0] == 422
+
+
 def test_policy_actions_are_recorded_audited_and_counted(env):
     put_list(env, "fraud", "block", ["send your pin"])
     env.request("POST", "/v1/messages", {"to": "+14155550170", "text": {"body": "send your pin"}})

@@ -32,7 +32,7 @@ from gateway.store.writer import StorageError, StorageFull
 
 log = logging.getLogger("gateway.api")
 
-E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}$")]
+E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}\Z")]
 
 
 class TextContent(Struct, forbid_unknown_fields=True):

@@ -15,9 +15,9 @@ from gateway.http.server import Request, Response
 from gateway.store import policy_ops as P
 from gateway.store.ops import rfc3339
 
-_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 _NAME = _CATEGORY
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
 LOG_LIMIT = 1000
 
 

@@ -27,7 +27,7 @@ LIST_LIMIT = 1000
 
 
 class Decision(Struct, forbid_unknown_fields=True):
-    reason: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$")] | None = None
+    reason: Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+\Z")] | None = None
 
 
 class ReviewsApi:

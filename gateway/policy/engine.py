@@ -22,7 +22,7 @@ Action = Literal["block", "mask", "flag", "review"]
 SEVERITY = {"block": 3, "review": 2, "mask": 1, "flag": 0}
 MAX_TERMS = 200_000
 MAX_TERM_CHARS = 200
-Category = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Category = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}\Z")]
 
 
 class TermSpec(Struct, frozen=True, forbid_unknown_fields=True):

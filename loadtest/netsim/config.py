@@ -33,7 +33,7 @@ class NetsimConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inbound_count: NonNegInt = 0  # generated inbound messages stop after this many (0 = no limit)
     # customer k of the pool is this prefix + k as 7 digits; "+1666" makes the load tests' recipients
     # (+1666 0000000 ...) answer, in the sessions the gateway started with them where they have one
-    inbound_customer_prefix: Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{0,7}$")] = "+1888"
+    inbound_customer_prefix: Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{0,7}\Z")] = "+1888"
 
 
 def config_from_mapping(data: Mapping[str, Any]) -> NetsimConfig:
