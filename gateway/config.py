@@ -18,8 +18,11 @@ from msgspec import Meta, Struct
 from loadtest.netsim.config import NetsimConfig
 from gateway.policy.settings import PolicyConfig
 
-E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}\Z")]
-Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}\Z")]
+# \Z, never $: Python's $ also matches before a final newline ("+1...\n" would pass)
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}\Z"
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}\Z"  # workspaces, tiers, word-list categories
+E164 = Annotated[str, Meta(pattern=E164_PATTERN)]
+Name = Annotated[str, Meta(pattern=NAME_PATTERN)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 FilePath = Annotated[str, Meta(pattern=r"^[^\x00]*$")]  # a NUL is no path: os calls raise ValueError for it
 # finite: a timeout, period or rate of inf (TOML can write it) passed validation and failed at start

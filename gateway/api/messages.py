@@ -17,6 +17,7 @@ import trio
 from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
+from gateway.config import E164
 from gateway.crypto.seal import SealError
 from gateway.decoding import DECODE_ERRORS
 from gateway.http.server import Deferred, Request, Response
@@ -32,7 +33,6 @@ from gateway.store.writer import StorageError, StorageFull
 
 log = logging.getLogger("gateway.api")
 
-E164 = Annotated[str, Meta(pattern=r"^\+[1-9][0-9]{6,14}\Z")]
 
 
 class TextContent(Struct, forbid_unknown_fields=True):

@@ -10,14 +10,15 @@ import re
 from urllib.parse import parse_qs, unquote
 
 from gateway.api.errors import ApiError, from_decode_error
+from gateway.config import E164_PATTERN, NAME_PATTERN
 from gateway.decoding import DECODE_ERRORS
 from gateway.http.server import Request, Response
 from gateway.store import policy_ops as P
 from gateway.store.ops import rfc3339
 
-_CATEGORY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+_CATEGORY = re.compile(NAME_PATTERN)
 _NAME = _CATEGORY
-_E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
+_E164 = re.compile(E164_PATTERN)
 LOG_LIMIT = 1000
 
 

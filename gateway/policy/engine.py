@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from gateway.config import Name
 from gateway.decoding import DECODE_ERRORS
 from gateway.policy.scanner import Hit, Scanner, Term, mask
 
@@ -22,7 +23,7 @@ Action = Literal["block", "mask", "flag", "review"]
 SEVERITY = {"block": 3, "review": 2, "mask": 1, "flag": 0}
 MAX_TERMS = 200_000
 MAX_TERM_CHARS = 200
-Category = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}\Z")]
+Category = Name  # a word list's category: named like a workspace
 
 
 class TermSpec(Struct, frozen=True, forbid_unknown_fields=True):
