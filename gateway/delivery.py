@@ -582,6 +582,7 @@ class Delivery:
         max_retries = self.gw.config.scheduler.throttle_max_retries
         now = self.gw.clock.steady()
         self.gw.metrics.throttled.inc(n=len(acks))
+        self.link.unsent([ack.id for ack in acks])  # a resend on connect under way includes them
         counts = await write_until_stored(self.gw.writer, ops.count_throttles, [ack.id for ack in acks])
         for ack, count in zip(acks, counts):
             if count > max_retries:

@@ -321,3 +321,48 @@ async def test_the_resend_on_connect_skips_what_was_already_sent_on_that_connect
             await more.wait()
             more = trio.Event()
     assert got == ["m1", "m2", "m2"]
+
+
+async def test_a_message_throttled_while_on_connected_resends_is_not_skipped_as_sent(nursery):
+    """Found when key files moved off the event loop and on_connected waited for them: a dispatch
+    sent m1 on the new connection, the network throttled it, and the resend (which takes over every
+    throttle retry) skipped m1 as already sent: it stayed in the outbox, never sent again."""
+    from gateway.network.frames import FrameDecoder, HelloOk, encode_frames
+
+    got: list = []
+    more = trio.Event()
+
+    async def peer(stream: trio.SocketStream) -> None:
+        decoder = FrameDecoder()
+        while not decoder.feed(await stream.receive_some(65536)):
+            pass
+        await stream.send_all(encode_frames([HelloOk(server="p")]))
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            got.extend(f.id for f in decoder.feed(data) if isinstance(f, Submit))
+            more.set()
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, peer, listeners)
+    throttled = trio.Event()
+    box = []
+
+    async def resend_outbox() -> None:
+        await throttled.wait()
+        await box[0].send([submit("m1"), submit("m2")])
+
+    link = NetworkLink("127.0.0.1", listeners[0].socket.getsockname()[1], on_connected=resend_outbox,
+                       on_frames=Recorder().on_frames, backoff_min_s=0.01, backoff_max_s=0.05)
+    box.append(link)
+    nursery.start_soon(link.run)
+    with trio.fail_after(5):
+        await link.wait_connected()
+        await link.send([submit("m1")])  # the dispatch path, on the new connection
+        link.unsent(["m1"])  # the network answered it with throttled
+        throttled.set()
+        while len(got) < 3:
+            await more.wait()
+            more = trio.Event()
+    assert got == ["m1", "m1", "m2"]

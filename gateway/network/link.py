@@ -114,6 +114,14 @@ class NetworkLink:
                 self._drop(stream)  # cancelled mid-write: the byte stream may hold half a frame
                 raise
 
+    def unsent(self, ids) -> None:
+        """Messages the network answered with `throttled` on this connection: they must go again,
+        so an on_connected resend still running does not skip them as sent already (it clears the
+        throttle retries it takes over, and such a message would then never go again)."""
+        early = self._sent_early
+        if early is not None:
+            early.difference_update(ids)
+
     def _drop(self, stream: trio.SocketStream) -> None:
         if self._stream is stream:
             self._mark_down()
