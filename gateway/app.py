@@ -318,6 +318,8 @@ class Gateway:
         problems = []
         if self.link is None or not self.link.connected:
             problems.append("network link is not connected")
+        elif not self.delivery.keys_published:
+            problems.append("sender keys are not published to the network yet")
         used, size = self.store.usage()
         if used > 0.95 * size:
             problems.append("storage map is more than 95% full")
@@ -339,6 +341,8 @@ class Gateway:
         reg.gauge("gateway_storage_map_bytes", "LMDB map size in bytes.",
                   lambda: [((), self.store.usage()[1])])
         reg.gauge("gateway_group_commits", "Group commits since start.", lambda: [((), self.writer.commits)])
+        reg.gauge("gateway_key_file_writes", "Sender key files written since start (new or used one-time "
+                  "prekeys, rotations), each in a worker thread.", lambda: [((), self.delivery.keys.files_written)])
         reg.counter_read("gateway_storage_preallocated_bytes_total", "Zeros written ahead of LMDB's data, so that "
                          "commits overwrite instead of growing the file ([store] preallocate_mb).",
                          lambda: [((), self.writer.prealloc.written)])
@@ -383,6 +387,7 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.writer.run)
                 await nursery.start(self.policy.run)
+                await nursery.start(self.delivery.keys.run)
                 host, port = await self._network_target(nursery)
                 self.link = NetworkLink(
                     host, port, on_connected=self.delivery.on_connected, on_frames=self.delivery.on_frames,

@@ -20,7 +20,7 @@ from gateway.crypto.agreement import BadSignature, EphemeralKeyPool, SignatureCa
 from gateway.crypto.ratchet import RatchetError
 from gateway.crypto.seal import SealError
 from gateway.e2e.bundles import BundleRequests, BundleTimeout
-from gateway.e2e.keyring import Keyring
+from gateway.e2e.keyring import Keyring, KeyService
 from gateway.e2e.sessions import SessionCache, load_many, session_key, start_session
 from gateway.ids import ID_CHARS
 from gateway.network.frames import Ack, BundleReply, Inbound, InboundAck, PrekeyCount, Receipt, ReceiptAck, Submit
@@ -51,6 +51,8 @@ class Delivery:
         self.gw = gw
         self.scheduler = scheduler
         self.keyring = keyring
+        self.keys = KeyService(keyring, self._publish)  # key files off the event loop; run by the app
+        self.keys_published = False  # the bundles of this connection went out
         self.sessions = SessionCache(gw.config.crypto.session_cache)
         self.signatures = SignatureCache(4096)
         # fresh X25519 keys made in idle time for the next sessions (two each: EK_A and the first
@@ -456,7 +458,9 @@ class Delivery:
 
     async def rotate_keys(self) -> None:
         """Rotate the prekeys that are due and publish the new bundles (housekeeping calls this)."""
-        frames = self.keyring.tick(self.gw.clock.now_ms())
+        await self._publish(await self.keys.tick(self.gw.clock.now_ms()))
+
+    async def _publish(self, frames: list) -> None:
         if frames and self.link is not None:
             try:
                 await self.link.send(frames)
@@ -467,12 +471,9 @@ class Delivery:
 
     async def on_connected(self) -> None:
         self.bundles.fail_all()  # requests on the old connection will never be answered
-        frames = []
-        for n, frame in enumerate(self.keyring.publish_all_iter()):
-            frames.append(frame)
-            if n % 8 == 7:
-                await trio.lowlevel.checkpoint()  # fresh pools take a few ms per sender to generate
-        await self.link.send(frames)
+        self.keys_published = False
+        await self.link.send(await self.keys.publish_all())
+        self.keys_published = True  # (readiness waits for it: customers can start sessions now)
         async with self._send_lock:
             self._throttled.clear()  # the whole outbox, throttled messages included, goes now
             after = b""
@@ -509,7 +510,6 @@ class Delivery:
         updates = []
         receipt_ids = []
         throttled = []
-        publish = []
         inbound = []
         for f in frames:
             if isinstance(f, Inbound):
@@ -517,7 +517,7 @@ class Delivery:
             elif isinstance(f, BundleReply):
                 self.bundles.on_reply(f)
             elif isinstance(f, PrekeyCount):
-                publish += self.keyring.on_prekey_count(f)
+                self.keys.submit(self.keyring.on_prekey_count(f))
             elif isinstance(f, Receipt):
                 receipt_ids.append(f.id)  # acknowledged even when unusable, or it comes back forever
                 if f.status not in RECEIPT_STATUSES or len(f.id) != ID_CHARS:
@@ -538,7 +538,7 @@ class Delivery:
             await self._on_throttled(throttled, now_ms, updates)
         if updates:
             await self._apply(updates)
-        answers = publish + ([ReceiptAck(receipt_ids)] if receipt_ids else [])
+        answers = [ReceiptAck(receipt_ids)] if receipt_ids else []
         if inbound and self.inbound is not None:
             answers.append(InboundAck(await self.inbound.receive(inbound)))  # after their commit
         if answers:

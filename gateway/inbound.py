@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import re
+from time import perf_counter
 
 import msgspec
 import trio
 
 from gateway.decoding import DECODE_ERRORS
-from gateway.e2e import keys as K
 from gateway.e2e.responder import Undecryptable, open_envelope
 from gateway.e2e.sessions import LiveSession, load_many, session_key
 from gateway.network.frames import Inbound
@@ -32,8 +32,10 @@ log = logging.getLogger("gateway.inbound")
 
 MAX_NETWORK_ID = 200  # bytes; longer ids are not a network's message id: acknowledged and dropped
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}\Z")  # customers and senders alike (LMDB keys stay short)
-DECRYPT_BUDGET = 128  # work units between two checkpoints: a message in a session is 1 (~30 µs),
-NEW_SESSION_COST = 32  # a customer's new session 32 (PQXDH responder, ~1 ms): a few ms per slice
+# Decryption between two checkpoints, in time: it adapts to the machine. About 30 messages in
+# sessions (~30 µs each) or one customer's new session (PQXDH responder, ~1-2 ms). A budget of work
+# units (128 a slice, a new session 32) made 4-8 ms steps here while new customers wrote in.
+DECRYPT_SLICE_S = 0.001
 MAX_AT_MS = 1 << 46  # year ~4200: a later at_ms is not a time the network could mean
 RECEIVED, UNDECRYPTABLE = "received", "undecryptable"
 _text = msgspec.msgpack.Decoder(R.TextPayload).decode
@@ -125,12 +127,11 @@ class InboundPath:
         used_now: set[tuple[str, int]] = set()
         touched: dict[bytes, LiveSession] = {}
         opened: list[tuple[Inbound, str | None, str]] = []  # (frame, text or None, reason)
-        spent = 0
+        turn = perf_counter() + DECRYPT_SLICE_S
         for f, key in zip(frames, keys):
-            if spent >= DECRYPT_BUDGET:
-                spent = 0
+            if perf_counter() >= turn:
                 await trio.lowlevel.checkpoint()  # let the API breathe during a large batch
-            spent += 1 if f.payload[1:2] == b"\x01" else NEW_SESSION_COST
+                turn = perf_counter() + DECRYPT_SLICE_S
             book = gw.keyring.book(f.recipient)
             if book is None:
                 opened.append((f, None, "unknown_recipient"))
@@ -259,15 +260,12 @@ class InboundPath:
             gw.webhooks_wake(workspaces)
 
     def _drop_used_prekeys(self, used_now) -> None:
-        """The one-time prekeys new sessions used are deleted from the key books (the store already
-        records them as used, so a crash before this save cannot let one serve twice)."""
+        """The one-time prekeys new sessions used are deleted from the key books, whose files the
+        key service writes soon after (the store already records them as used, so a crash before
+        that write cannot let one serve twice)."""
         by_sender: dict[str, list[int]] = {}
         for sender, key_id in used_now:
             by_sender.setdefault(sender, []).append(key_id)
+        keys, ring = self.gw.delivery.keys, self.gw.keyring
         for sender, ids in by_sender.items():
-            book = self.gw.keyring.book(sender)
-            if book is not None and book.drop_one_time(ids):
-                try:
-                    K.save(self.gw.keyring.key_dir, book)
-                except OSError as exc:
-                    log.error("key book of %s not saved after using one-time prekeys: %s", sender, exc)
+            keys.submit(ring.used_one_time(sender, ids))

@@ -2,12 +2,14 @@
 with a grace period, refilled when the network runs low, kept in 0600 files in the key directory."""
 import os
 import stat
+import threading
 
 import pytest
+import trio
 
-from gateway.crypto.identity import IdentityKey, PrekeyBundle
+from gateway.crypto.identity import IdentityKey, PrekeyBundle, encode_ec
 from gateway.e2e import keys as K
-from gateway.e2e.keyring import Keyring
+from gateway.e2e.keyring import Keyring, KeyService
 from gateway.network.frames import PrekeyCount
 
 HOUR = 3_600_000
@@ -82,27 +84,99 @@ def test_private_keys_never_appear_in_the_publish_frame():
     assert PrekeyBundle.decode(frame.bundle).identity_key == book.identity.public.ed25519
 
 
+def _frames(jobs):
+    return [job.frame for job in jobs if job.frame is not None]
+
+
 def test_keyring_publishes_new_senders_rotates_and_refills(tmp_path):
     ring = Keyring(str(tmp_path), pool=4, low=2, rotation_ms=HOUR, grace_ms=HOUR)
     assert ring.ensure(["+15550000001"], 0) == ["+15550000001"]
     first = ring.tick(1)
-    assert [f.sender for f in first] == ["+15550000001"] and first[0].replace and len(first[0].one_time_prekeys) == 4
+    assert [f.sender for f in _frames(first)] == ["+15550000001"] and first[0].frame.replace
+    assert len(first[0].frame.one_time_prekeys) == 4
     assert ring.tick(2) == []
     rotated = ring.tick(HOUR)
-    assert len(rotated) == 1 and PrekeyBundle.decode(rotated[0].bundle).signed_prekey_id == 2
-    assert K.load(str(tmp_path), "+15550000001").signed_prekey_ids == [1, 2]  # saved before published
-    assert ring.on_prekey_count(PrekeyCount("+15550000001", 1))[0].one_time_prekeys
+    assert len(rotated) == 1 and PrekeyBundle.decode(rotated[0].frame.bundle).signed_prekey_id == 2
+    (refill,) = ring.on_prekey_count(PrekeyCount("+15550000001", 1))
+    assert len(refill.frame.one_time_prekeys) == 3 and not refill.frame.replace
     assert ring.on_prekey_count(PrekeyCount("+19999999999", 0)) == []
 
 
-def test_a_reconnect_publishes_a_fresh_pool_never_keys_published_before(tmp_path):
+def test_counts_while_a_refill_is_on_its_way_start_no_other():
+    """A count the network sends before our refill reached it describes its pool without the
+    refill: each such count made a new pool on the event loop (5-9 ms each here), and a network
+    counting often could keep the gateway generating keys."""
+    ring = Keyring("/nonexistent", pool=10, low=5, rotation_ms=HOUR, grace_ms=HOUR)
+    book = K.SenderKeys.create("+15550000001", 0, 10)
+    ring._books[book.number] = book
+    (job,) = ring.on_prekey_count(PrekeyCount(book.number, 0))
+    assert ring.on_prekey_count(PrekeyCount(book.number, 0)) == []
+    assert ring.on_prekey_count(PrekeyCount(book.number, 1)) == []
+    assert ring.written(job, None)
+    assert ring.on_prekey_count(PrekeyCount(book.number, 9)) == []  # the count after it landed
+    (again,) = ring.on_prekey_count(PrekeyCount(book.number, 2))
+    assert len(again.frame.one_time_prekeys) == 8
+    assert not ring.written(again, OSError(28, "No space left on device"))  # not sent
+    assert ring.on_prekey_count(PrekeyCount(book.number, 0))  # the next count asks again
+
+
+def test_refills_take_keys_made_ahead_of_need():
+    ring = Keyring("/nonexistent", pool=10, low=5, rotation_ms=HOUR, grace_ms=HOUR)
+    book = K.SenderKeys.create("+15550000001", 0, 10)
+    ring._books[book.number] = book
+    ring.spare.refill()
+    assert len(ring.spare) == 20
+    made = list(ring.spare._keys)
+    (job,) = ring.on_prekey_count(PrekeyCount(book.number, 3))
+    assert len(ring.spare) == 13
+    published = {encode_ec(k.public_key().public_bytes_raw()) for k in made[-7:]}
+    assert {pub for _, pub in job.frame.one_time_prekeys} == published
+
+
+async def test_the_key_service_writes_files_off_the_event_loop_before_their_frames_go(tmp_path):
+    ring = Keyring(str(tmp_path), pool=4, low=2, rotation_ms=HOUR, grace_ms=HOUR)
+    ring.ensure(["+15550000001"], 0)
+    sent, writers = [], []
+    real = K.write_file
+
+    def write_file(key_dir, number, raw):
+        writers.append(threading.current_thread())
+        real(key_dir, number, raw)
+
+    async def send(frames):
+        book = K.load(str(tmp_path), "+15550000001")
+        for f in frames:  # every public key sent has its private half on disk already
+            assert all(book.peek_one_time(kid) is not None for kid, _ in f.one_time_prekeys)
+        sent.extend(frames)
+
+    service = KeyService(ring, send)
+    K.write_file, saved = write_file, K.write_file
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            frames = await service.tick(1)
+            await send(frames)
+            service.submit(ring.on_prekey_count(PrekeyCount("+15550000001", 0)))
+            with trio.fail_after(10):
+                while len(sent) < 2 or len(ring.spare) < ring.spare.capacity:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    finally:
+        K.write_file = saved
+    assert [f.replace for f in sent] == [True, False] and len(sent[1].one_time_prekeys) == 4
+    assert writers and threading.main_thread() not in writers
+    assert service.files_written == 2
+
+
+async def test_a_reconnect_publishes_a_fresh_pool_never_keys_published_before(tmp_path):
     """Found in review: every reconnect republished every one-time prekey still held, including
     those the network had already handed to customers, so one key could serve two sessions."""
     ring = Keyring(str(tmp_path), pool=4, low=2, rotation_ms=HOUR, grace_ms=HOUR)
     ring.ensure(["+15550000001"], 0)
+    service = KeyService(ring, None)
     seen: set[int] = set()
     for _ in range(3):  # a connect, then two reconnects
-        (frame,) = ring.publish_all()
+        (frame,) = await service.publish_all()
         ids = {kid for kid, _ in frame.one_time_prekeys}
         assert frame.replace and len(ids) == 4 and not ids & seen
         seen |= ids
@@ -110,21 +184,22 @@ def test_a_reconnect_publishes_a_fresh_pool_never_keys_published_before(tmp_path
     assert all(book.peek_one_time(kid) is not None for kid in seen)
 
 
-def test_a_key_file_that_cannot_be_written_leaves_its_keys_unpublished_and_the_gateway_going(tmp_path):
+async def test_a_key_file_that_cannot_be_written_leaves_its_keys_unpublished_and_the_gateway_going(tmp_path):
     """Found by filling the disk: a key file write that failed (ENOSPC) raised out of the link's
     connect and of the network's prekey count, and ended the gateway."""
     ring = Keyring(str(tmp_path), pool=4, low=2, rotation_ms=HOUR, grace_ms=HOUR)
     ring.ensure(["+15550000001"], 0)
+    service = KeyService(ring, None)
     folder = K.senders_dir(str(tmp_path))
     held = folder + ".held"
     os.rename(folder, held)
     open(folder, "w").close()  # the key directory cannot take a file now (root or not)
-    assert ring.publish_all() == []  # never publics whose privates are not on disk
-    assert ring.on_prekey_count(PrekeyCount("+15550000001", 0)) == []
-    assert ring.tick(HOUR) == []  # rotated in memory, not published
+    assert await service.publish_all() == []  # never publics whose privates are not on disk
+    assert await service.write(ring.on_prekey_count(PrekeyCount("+15550000001", 0))) == []
+    assert await service.tick(HOUR) == []  # rotated in memory, not published
     os.unlink(folder)
     os.rename(held, folder)
-    (frame,) = ring.tick(HOUR + 1)  # the disk takes it again: published, saved first
+    (frame,) = await service.tick(HOUR + 1)  # the disk takes it again: published, saved first
     assert frame.replace and PrekeyBundle.decode(frame.bundle).signed_prekey_id == 2
     assert K.load(str(tmp_path), "+15550000001").signed_prekey_ids == [1, 2]
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]

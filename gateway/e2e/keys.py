@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Callable
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM1024PrivateKey
@@ -156,12 +157,14 @@ class SenderKeys:
 
     # -- one-time prekeys --
 
-    def add_one_time(self, count: int) -> list[tuple[int, bytes]]:
-        """`count` fresh one-time prekeys; returns their (id, EncodeEC(public)) for publishing."""
+    def add_one_time(self, count: int, make: Callable[[], X25519PrivateKey] = X25519PrivateKey.generate
+                     ) -> list[tuple[int, bytes]]:
+        """`count` fresh one-time prekeys, each from `make` (a key made ahead of need: see
+        Keyring.spare); returns their (id, EncodeEC(public)) for publishing."""
         r = self._r
         out = []
         for _ in range(count):
-            private = X25519PrivateKey.generate()
+            private = make()
             key_id = r.next_one_time_id
             r.next_one_time_id = _next_id(key_id)
             r.one_time.append((key_id, private.private_bytes_raw()))
@@ -209,14 +212,16 @@ class SenderKeys:
         self._r.network_left = left
         return True
 
-    def refill(self, target: int, low: int) -> list[tuple[int, bytes]]:
-        """New one-time prekeys when the network's pool fell below `low`: enough to bring it back
-        to `target`. Empty when nothing is needed (or the network's count is not known yet)."""
+    def refill(self, target: int, low: int, make: Callable[[], X25519PrivateKey] = X25519PrivateKey.generate
+               ) -> list[tuple[int, bytes]]:
+        """New one-time prekeys (from `make`) when the network's pool fell below `low`: enough to
+        bring it back to `target`. Empty when nothing is needed (or the network's count is not
+        known yet)."""
         left = self._r.network_left
         if left < 0 or left >= low:
             return []
         self._r.network_left = target
-        return self.add_one_time(target - left)
+        return self.add_one_time(target - left, make)
 
     # -- publishing --
 
@@ -269,15 +274,22 @@ def _path(key_dir: str, number: str) -> str:
 
 
 def save(key_dir: str, keys: SenderKeys) -> None:
-    """Write atomically (temporary file, fsync, rename, fsync the directory), mode 0600."""
+    """Write the book's file atomically (see `write_file`)."""
+    write_file(key_dir, keys.number, keys.to_bytes())
+
+
+def write_file(key_dir: str, number: str, raw: bytes) -> None:
+    """Write a book's encoded bytes atomically (temporary file, fsync, rename, fsync the directory),
+    mode 0600. Blocks for the fsyncs (~1-3 ms): the running gateway calls it in a worker thread
+    (keyring.KeyService); one writer per file at a time (they share the temporary file's name)."""
     folder = senders_dir(key_dir)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    target = _path(key_dir, keys.number)
+    target = _path(key_dir, number)
     tmp = target + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(keys.to_bytes())
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
