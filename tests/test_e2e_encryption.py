@@ -190,6 +190,9 @@ def test_safety_number_is_signals_over_both_identity_keys(tmp_path):
         path = f"/admin/v1/senders/{SENDER}/safety-number/{recipient}"
         status, reply = gw.request("GET", path)
         assert (status, reply["error"]["code"]) == (404, "session_not_found")
+        for bad in ("abc", "+1" + "5" * 600):  # answered 404 session_not_found, as if well formed
+            status, reply = gw.request("GET", f"/admin/v1/senders/{SENDER}/safety-number/{bad}")
+            assert (status, reply["error"]["code"], reply["error"]["details"]["path"]) == (422, "invalid_field", "recipient")
         gw.wait_status(gw.send(recipient), {"delivered", "read"})
         status, reply = gw.request("GET", path.replace("+", "%2B"))
         assert status == 200, reply

@@ -6,6 +6,7 @@ a new API key is shown once, in the response, and never stored or logged in clea
 """
 from __future__ import annotations
 
+import re
 from typing import Annotated
 from urllib.parse import unquote
 
@@ -13,7 +14,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
-from gateway.config import Burst, ConfigError, Name, RatePerMinute
+from gateway.config import E164_PATTERN, Burst, ConfigError, Name, RatePerMinute
 from gateway.crypto.fingerprint import format_safety_number, safety_number
 from gateway.crypto.identity import IdentityKey, InvalidKey
 from gateway.decoding import DECODE_ERRORS
@@ -23,6 +24,9 @@ from gateway.store import ops
 from gateway.store import records as R
 from gateway.store.ops import rfc3339
 from gateway.store.writer import StorageError, StorageFull
+
+
+_E164 = re.compile(E164_PATTERN)
 
 
 class NewKey(Struct, forbid_unknown_fields=True):
@@ -108,6 +112,9 @@ class AdminApi:
         """The 60-digit safety number of a sender and a recipient it has a session with (Signal's
         numeric fingerprint over both identity keys and numbers), for out-of-band verification."""
         number, recipient = unquote(params[0]), unquote(params[1])
+        if not _E164.match(recipient):  # not a number: a mistake to name, not a session to look for
+            raise ApiError(422, "invalid_field", "recipient: expected an E.164 number such as +14155550100",
+                           {"path": "recipient"})
         owner = self.gw.sender_workspace(number)
         # Another workspace's sender answers exactly like an unknown one: a supervisor learns
         # neither its keys nor whom it has sessions with.
