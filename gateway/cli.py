@@ -232,7 +232,25 @@ def cmd_doctor(args) -> int:
         ok = ok and writable
     else:
         print(f"data dir      {data_dir} (not created yet; `gateway run` creates it)")
+    if args.disk:
+        ok = _doctor_disk(data_dir) and ok
     return 0 if ok else 1
+
+
+def _doctor_disk(data_dir: str) -> bool:
+    from gateway import diskcheck
+
+    where = diskcheck.scratch_dir(data_dir)
+    try:
+        figures = diskcheck.measure(where)
+    except OSError as exc:
+        print(f"disk          {where}: cannot measure ({exc.strerror or exc})")
+        return False
+    lines = diskcheck.describe(figures)
+    print(f"disk          {where}: {lines[0]}")
+    for line in lines[1:]:
+        print(f"              {line}")
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="report the installation and the environment")
     doctor.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     doctor.add_argument("--data-dir")
+    doctor.add_argument("--disk", action="store_true",
+                        help="also measure what making data durable costs on the data directory's disk "
+                             "(writes and removes an 8 MiB scratch file there)")
     doctor.set_defaults(func=cmd_doctor)
     return p
 

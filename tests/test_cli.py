@@ -1,4 +1,5 @@
 """The gateway command: keys create, doctor, and what `run` refuses before it starts."""
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,17 @@ def test_doctor_reports_python_native_modules_config_and_data_dir(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     for word in ("python", "native", "in use", "config", "data dir"):
         assert word in out.stdout
+    assert "disk " not in out.stdout  # measuring writes to the disk: only when asked
+
+
+def test_doctor_disk_measures_the_data_directorys_disk_and_leaves_nothing_behind(tmp_path):
+    data = tmp_path / "var"
+    out = gateway("doctor", "-c", f"{ROOT}/configs/gateway.toml", "--data-dir", str(data), "--disk")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"disk          {tmp_path}: one 4 KiB page made durable:" in out.stdout  # the closest existing directory
+    assert "scattered pages" in out.stdout and "accept commit" in out.stdout
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "ro").mkdir(mode=0o500)
+    out = gateway("doctor", "-c", f"{ROOT}/configs/gateway.toml", "--data-dir", str(tmp_path / "ro"), "--disk")
+    if os.geteuid() != 0:  # root writes anywhere
+        assert out.returncode == 1 and "cannot measure" in out.stdout
