@@ -479,3 +479,26 @@ async def test_after_a_commit_the_next_transaction_is_held_for_a_while_then_give
         nursery.cancel_scope.cancel()
     assert writer.commits == 2 and store.get("messages", b"second") == b"v"
 
+
+
+async def test_while_work_comes_seldom_no_transaction_is_held_after_a_commit(store):
+    """A few requests a second: every transaction held after a commit was given back hold_s later,
+    a round trip to the thread and a timer wake per commit for nothing. The writer stops holding
+    while holding does not pay, and holds again once work comes within hold_s."""
+    writer = Writer(store.env, store.dbs, window_s=0.0, hold_s=0.3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        for i in range(4):  # gaps longer than hold_s
+            await writer.write(put, (b"slow%d" % i, b"v"))
+            await trio.sleep(0.35)
+        await writer.write(put, (b"after", b"v"))
+        waited = await trio.to_thread.run_sync(_time_to_take_the_write_lock, store.env)
+        assert waited < 0.15  # not held: the lock is free right after the commit
+        for i in range(6):  # now gaps shorter than hold_s
+            await writer.write(put, (b"fast%d" % i, b"v"))
+            await trio.sleep(0.01)
+        await writer.write(put, (b"last", b"v"))
+        waited = await trio.to_thread.run_sync(_time_to_take_the_write_lock, store.env)
+        assert waited > 0.15  # held again
+        nursery.cancel_scope.cancel()
+    assert store.get("messages", b"last") == b"v"

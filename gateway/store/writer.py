@@ -17,6 +17,7 @@ put, and running them in a second thread on the same core turned each of them in
 Only the commit (and its fsync) runs beside the event loop. With each commit the thread begins the
 next transaction and holds it for up to `hold_s`, so the next batch needs no round trip to the thread
 to begin one; idle longer, the transaction is aborted and the write lock is free for other processes.
+While holding has not been paying (work comes seldom), no transaction is begun after a commit.
 Nothing is reported written before its commit returned; a full map fails the whole batch with
 StorageFull and writes none of it. The thread answers each command through an eventfd that the
 writer task waits on (`_Replies`).
@@ -110,6 +111,7 @@ WAIT_PAYS = 0.2
 WAIT_TRIAL_EVERY = 32
 APPLY_SLICE_S = 0.002  # ops applied on the event loop before other tasks get a turn
 HOLD_S = 0.005  # a transaction begun after a commit waits this long for work (see Writer.run)
+HOLD_PAYS = 0.5  # ... while at least this moving share of recent gaps after a commit were shorter
 
 # Commands to the writer thread.
 _BEGIN, _COMMIT, _RESTART, _ABORT, _STOP = range(5)
@@ -134,6 +136,13 @@ class Writer:
         # How long a write transaction begun right after a commit waits for work before it is
         # given back (0: begin only for work already waiting).
         self._hold_s = hold_s
+        # Whether holding the next transaction has been paying: the moving share of recent gaps
+        # between a commit and the next work that were shorter than hold_s (weights as for waits).
+        # While it does not pay (a few requests a second and less), the thread begins no
+        # transaction after a commit: each one held was given back hold_s later, a round trip to
+        # the thread and a timer for nothing.
+        self._hold_score = 1.0
+        self._idle_since = 0.0  # trio time the last commit returned with nothing waiting
         self._batch = _Batch()
         self._closed: deque[_Batch] = deque()  # full batches waiting for their commit
         self._work = trio.Event()
@@ -230,18 +239,27 @@ class Writer:
         txn = None  # the write transaction the thread began with the last commit, if any
         try:
             while True:
-                if txn is not None and not self._has_work():
+                idle = not self._has_work()
+                if idle:
+                    self._idle_since = trio.current_time()
+                if txn is not None and idle:
                     # The thread began this transaction right after the last commit, so that the
                     # next batch needs no round trip to begin one: it waits for work, a while.
                     self._answer()
                     if await self._until_work(trio.current_time() + self._hold_s):
+                        self._held(True)
                         if not self._closed:
                             await self._linger()
                     else:  # idle: give the write lock back (other processes may want to write)
+                        self._held(False)
                         await self._call(_ABORT)
                         txn = None
-                if txn is None:
+                elif txn is None and idle:
                     self._answer()  # no commit to overlap with: answer now
+                    await self._until_work()
+                    self._held(trio.current_time() - self._idle_since < self._hold_s)
+                if txn is None:
+                    self._answer()
                     await self._until_work()
                     if not self._closed:
                         await self._linger()
@@ -291,6 +309,11 @@ class Writer:
         with trio.move_on_at(deadline):
             await self._filled.wait()
         self._waited(before, batch.eager_ops)
+
+    def _held(self, paid: bool) -> None:
+        """Scores one gap after a commit: whether work came within hold_s (a transaction held
+        for it saved the round trip to begin one)."""
+        self._hold_score = (1 - WAIT_WEIGHT) * self._hold_score + (WAIT_WEIGHT if paid else 0.0)
 
     def _window_pays(self) -> bool:
         """Whether to wait out the window: as long as recent waits grew their batches, and once in
@@ -465,7 +488,7 @@ class Writer:
         except lmdb.Error as exc:
             log.error("LMDB commit failed: %s", exc)
             return StorageError(str(exc)), None
-        if self._hold_s <= 0 and not self._has_work():
+        if (self._hold_s <= 0 or self._hold_score < HOLD_PAYS) and not self._has_work():
             return None, None
         # The next batch gets its transaction without another round trip: work that arrived during
         # the commit at once, other work while the event loop holds it (Writer.run).
