@@ -1,0 +1,16 @@
+"""bench.inbound_keys and bench.fixed_rate run a real gateway and netsim and report what they
+name (short runs: the figures themselves are for bench/RESULTS.md, not for tests)."""
+from bench import fixed_rate, inbound_keys
+
+
+def test_inbound_keys_reports_new_customers_key_file_writes_and_the_loops_answers():
+    r = inbound_keys.run(rate=50.0, seconds=1.5, pool=20)
+    assert r["inbound_per_s"] > 10  # new customers' messages were read
+    assert r["key_file_writes_per_s"] > 0  # their prekeys used, refills made: files written
+    assert r["io_answer"]["samples"] > 100 and r["io_answer"]["max_ms"] > 0
+
+
+def test_fixed_rate_reports_cpu_commits_and_steps_per_message():
+    (row,) = fixed_rate.run([40.0], seconds=1.0)
+    assert row["errors"] == 0 and row["sends_per_s"] > 20
+    assert row["cpu_us_per_message"] > 0 and row["commits_per_s"] > 0 and row["task_steps_per_message"] > 1
