@@ -124,6 +124,43 @@ def _fmt(v) -> str:
     return "-" if v is None else str(v)
 
 
+SATURATED_CPU_PCT = 90.0  # a gateway whose core was this busy in a step had no CPU left for more
+NEAR_CEILING = 0.8  # a step offering this share of the generator's ceiling may be the generator's limit
+
+
+def stop_reason(step: dict | None, p99_limit_ms: float, ceiling_rps: float | None = None) -> str | None:
+    """Why the ramp stopped at `step` (the first judged step that did not hold), and what its
+    figures say about the limit: the gateway's core saturated, the commits slow with CPU to
+    spare, delivery behind the accepts, or the generator near its own ceiling. None without one."""
+    if step is None:
+        return None
+
+    def num(v) -> str:
+        return _fmt(int(v)) if isinstance(v, float) and v.is_integer() else _fmt(v)
+
+    failed = []
+    if step.get("p99_ms") is None:
+        failed.append("no answers")
+    elif step["p99_ms"] > p99_limit_ms:
+        failed.append(f"p99 {num(step['p99_ms'])} ms > {num(p99_limit_ms)} ms")
+    if step.get("errors"):
+        failed.append(f"{step['errors']:,} errors")
+    if step.get("unanswered"):
+        failed.append(f"{step['unanswered']:,} unanswered")
+    said = [f"stopped at {num(step['offered_rps'])} req/s: " + (", ".join(failed) or "did not hold")]
+    cpu, commit, sent = step.get("gateway_cpu_pct"), step.get("commit_ms"), step.get("sent_per_s")
+    if cpu is not None:
+        said.append(f"gateway CPU {num(cpu)} %" + (" (its core saturated)" if cpu >= SATURATED_CPU_PCT else ""))
+    if commit is not None:
+        said.append(f"commits of {num(commit)} ms")
+    offered_msgs = step.get("offered_msgs_per_s", step["offered_rps"])
+    if sent is not None and sent < 0.9 * offered_msgs:
+        said.append(f"delivery behind ({num(sent)} msg/s sent)")
+    if ceiling_rps and step["offered_rps"] >= NEAR_CEILING * ceiling_rps:
+        said.append(f"near the generator's own ceiling ({num(ceiling_rps)} req/s)")
+    return "; ".join(said)
+
+
 def _loop_table(steps: list[dict]) -> list[str]:
     """Where the gateway's event loop spent each step (`loop_pct`: % of wall time by part of the
     gateway, and idle), the busiest parts first; nothing when no step has it (a gateway without
@@ -177,8 +214,11 @@ def render_markdown(report: dict, plots: list[str]) -> str:
         out.append("")
     peak = report.get("peak")
     if peak:
+        why = stop_reason(peak.get("stopped_by"), peak["p99_limit_ms"],
+                          (report.get("generator_ceiling") or {}).get("requests_per_s"))
         out += ["## Steps", "", f"Highest sustainable: **{_fmt(peak['sustainable_rps'])} requests/s = "
-                f"{_fmt(peak['sustainable_msgs_per_s'])} messages/s** (p99 <= {peak['p99_limit_ms']} ms, no errors).", "",
+                f"{_fmt(peak['sustainable_msgs_per_s'])} messages/s** (p99 <= {peak['p99_limit_ms']} ms, no errors)."
+                + (f" The ramp {why}." if why else ""), "",
                 "| step | offered req/s | answered req/s | p99 ms | errors | unanswered | gateway CPU % | sent msg/s "
                 "| commits/s | commit ms (mean) | passed |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -28,7 +28,7 @@ from loadtest.checks import Limit, Violation, judge, judge_e2e
 from loadtest.engine import LoadEngine
 from loadtest.netsim.server import fetch_stats
 from loadtest.progress import Progress, progress_line, summary_table
-from loadtest.report import write_report
+from loadtest.report import stop_reason, write_report
 from loadtest.scenario import Scenario, load_scenario
 from loadtest.schedule import constant, immediate
 from loadtest.netsim.core import text_digest
@@ -788,4 +788,7 @@ def _summary_rows(report: dict) -> list[tuple[str, str]]:
         p = report["peak"]
         rows.append(("highest sustainable", f"{p['sustainable_rps']} req/s = {p['sustainable_msgs_per_s']} msg/s "
                                             f"(p99 <= {p['p99_limit_ms']} ms, no errors)"))
+        why = stop_reason(p.get("stopped_by"), p["p99_limit_ms"], c.get("requests_per_s"))
+        if why:
+            rows.append(("why the ramp stopped", why))
     return rows

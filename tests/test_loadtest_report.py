@@ -305,3 +305,24 @@ def test_the_report_shows_where_the_event_loop_spent_each_step():
         "sustainable_rps": 500, "sustainable_msgs_per_s": 500, "p99_limit_ms": 100,
         "steps": [{k: v for k, v in steps[0].items() if k != "loop_pct"}]}}, [])
     assert "event loop spent" not in no_loop
+
+
+def test_the_report_says_why_the_ramp_stopped_and_what_limited_it():
+    from loadtest.report import stop_reason
+
+    saturated = {"step": 14, "warmup": False, "offered_rps": 7000.0, "offered_msgs_per_s": 7000.0, "answered_rps": 7008.6,
+                 "p99_ms": 128.454, "errors": 0, "unanswered": 0, "passed": False, "gateway_cpu_pct": 90.6,
+                 "sent_per_s": 6600.5, "commits_per_s": 60.6, "commit_ms": 9.76}
+    assert stop_reason(saturated, 100.0, 20_897) == ("stopped at 7,000 req/s: p99 128.5 ms > 100 ms; gateway CPU "
+                                                     "90.6 % (its core saturated); commits of 9.8 ms")
+    idle_but_slow = dict(saturated, gateway_cpu_pct=45.0, sent_per_s=3000.0, errors=3, unanswered=12)
+    assert stop_reason(idle_but_slow, 100.0, 8000) == (
+        "stopped at 7,000 req/s: p99 128.5 ms > 100 ms, 3 errors, 12 unanswered; gateway CPU 45 %; commits of "
+        "9.8 ms; delivery behind (3,000 msg/s sent); near the generator's own ceiling (8,000 req/s)")
+    against_target = {"step": 3, "offered_rps": 9000, "p99_ms": None, "errors": 0, "unanswered": 9000}
+    assert stop_reason(against_target, 100.0) == "stopped at 9,000 req/s: no answers, 9,000 unanswered"
+    assert stop_reason(None, 100.0) is None  # every step held
+    text = render_markdown({"scenario": "peak-ramp", "ok": True,
+                            "peak": {"sustainable_rps": 6000, "sustainable_msgs_per_s": 6000, "p99_limit_ms": 100,
+                                     "steps": [saturated], "stopped_by": saturated}}, [])
+    assert "The ramp stopped at 7,000 req/s: p99 128.5 ms > 100 ms; gateway CPU 90.6 % (its core saturated)" in text
