@@ -52,7 +52,7 @@ class Delivery:
         self.scheduler = scheduler
         self.keyring = keyring
         self.keys = KeyService(keyring, self._publish)  # key files off the event loop; run by the app
-        self.keys_published = False  # the bundles of this connection went out
+        self.keys_published = False  # the bundles went out after a connect (once is enough for readiness)
         self.sessions = SessionCache(gw.config.crypto.session_cache)
         self.signatures = SignatureCache(4096)
         # fresh X25519 keys made in idle time for the next sessions (two each: EK_A and the first
@@ -471,9 +471,8 @@ class Delivery:
 
     async def on_connected(self) -> None:
         self.bundles.fail_all()  # requests on the old connection will never be answered
-        self.keys_published = False
         await self.link.send(await self.keys.publish_all())
-        self.keys_published = True  # (readiness waits for it: customers can start sessions now)
+        self.keys_published = True  # readiness waits for the first time (customers can start sessions)
         async with self._send_lock:
             self._throttled.clear()  # the whole outbox, throttled messages included, goes now
             after = b""
