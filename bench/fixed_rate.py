@@ -14,7 +14,7 @@ import time
 
 from bench.e2e import warm_up
 from bench.policy_swap_live import NO_PAIR_LIMIT, RECIPIENTS, Senders
-from bench.procs import cpu_seconds, metric, pin_load_side, start_gateway, start_netsim
+from bench.procs import cpu_seconds, metric, pin_load_side, start_gateway, start_netsim, stop_all
 
 SETTLE_S = 1.5  # after the senders start, before measuring
 
@@ -59,11 +59,7 @@ def run(rates: list[float], seconds: float = 5.0) -> list[dict]:
             })
             time.sleep(1.0)  # the last answers and receipts settle
     finally:
-        try:
-            if gw is not None:
-                gw.stop()
-        finally:
-            netsim.stop()
+        stop_all(gw, netsim)
     return out
 
 

@@ -18,7 +18,7 @@ import time
 
 from bench import healthz_probe, loop_ping
 from bench.policy_swap import STALL_TARGET_MS
-from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim
+from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim, stop_all
 
 CUSTOMERS = 1_000_000
 
@@ -44,11 +44,7 @@ def run(rate: float = 200.0, seconds: float = 10.0, pool: int = 100) -> dict:
         if probe is not None:
             probe.kill()
             probe.wait()
-        try:
-            if gw is not None:
-                gw.stop()
-        finally:
-            netsim.stop()
+        stop_all(gw, netsim)
     return {
         "inbound_per_s": (in1 - in0) / (end - start),
         "one_time_prekeys": pool,

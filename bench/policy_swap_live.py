@@ -30,7 +30,7 @@ from bench import healthz_probe, loop_ping
 from bench.e2e import warm_up
 from bench.policy_scan import terms
 from bench.policy_swap import AFTER_S, RECIPIENTS, STALL_TARGET_MS, TEXTS
-from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim
+from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim, stop_all
 
 SENDER_THREADS = 16
 NO_PAIR_LIMIT = "\n[scheduler]\npair_rate_per_minute = 600000.0\npair_burst = 100000\n"
@@ -144,11 +144,7 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
                 probe_proc.kill()
                 probe_proc.wait()
         finally:
-            try:
-                if gw is not None:
-                    gw.stop()
-            finally:
-                netsim.stop()
+            stop_all(gw, netsim)
     answers = {"baseline": loop_ping.window(pings, base_start, base_end, STALL_TARGET_MS),
                "during_put": loop_ping.window(pings, put_start, put_end, STALL_TARGET_MS)}
     return {

@@ -68,6 +68,16 @@ class Proc:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def stop_all(*procs: Proc | None) -> None:
+    """Stop each process given (None: never started), in order, even when an earlier stop fails."""
+    try:
+        if procs and procs[0] is not None:
+            procs[0].stop()
+    finally:
+        if len(procs) > 1:
+            stop_all(*procs[1:])
+
+
 def start_netsim(cpu: int, *args: str) -> tuple[Proc, int]:
     p = subprocess.Popen([sys.executable, "-m", "loadtest.netsim", "--listen", "127.0.0.1:0", *args],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True, preexec_fn=pin(cpu))

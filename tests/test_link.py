@@ -61,6 +61,59 @@ def submit(msg_id: str) -> Submit:
     return Submit(id=msg_id, sender="+15550000000", recipient="+15551234567", payload=b"\x81\xa4type\xa4text")
 
 
+class SubmitPeer:
+    """A network that answers the hello and records the ids of the Submit frames it reads."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self._more = trio.Event()
+        self.port = 0
+
+    @classmethod
+    async def start(cls, nursery) -> "SubmitPeer":
+        peer = cls()
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        peer.port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, peer._serve, listeners)
+        return peer
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        from gateway.network.frames import FrameDecoder, HelloOk, encode_frames
+
+        decoder = FrameDecoder()
+        while not decoder.feed(await stream.receive_some(65536)):
+            pass
+        await stream.send_all(encode_frames([HelloOk(server="p")]))
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            self.got.extend(f.id for f in decoder.feed(data) if isinstance(f, Submit))
+            self._more.set()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.got) < count:
+            await self._more.wait()
+            self._more = trio.Event()
+
+
+async def link_resending_after(nursery, peer: SubmitPeer, go: trio.Event) -> NetworkLink:
+    """A connected link to `peer` whose on_connected resends its outbox (m1, m2) once `go` is set."""
+    box: list[NetworkLink] = []
+
+    async def resend_outbox() -> None:
+        await go.wait()
+        await box[0].send([submit("m1"), submit("m2")])
+
+    link = NetworkLink("127.0.0.1", peer.port, on_connected=resend_outbox,
+                       on_frames=Recorder().on_frames, backoff_min_s=0.01, backoff_max_s=0.05)
+    box.append(link)
+    nursery.start_soon(link.run)
+    with trio.fail_after(5):
+        await link.wait_connected()
+    return link
+
+
 def test_parse_url_accepts_tcp_scheme_bare_host_port_and_ipv6():
     assert parse_url("tcp://127.0.0.1:7000") == ("127.0.0.1", 7000)
     assert parse_url("netsim.local:7001") == ("netsim.local", 7001)
@@ -277,92 +330,30 @@ async def test_the_resend_on_connect_skips_what_was_already_sent_on_that_connect
     """While on_connected resends the outbox, a dispatch may already have sent a message on the new
     connection (it was committed to the outbox before the resend read it): the network gets it once.
     Outside on_connected nothing is filtered (a throttled message is sent again on purpose)."""
-    from gateway.network.frames import FrameDecoder, HelloOk, encode_frames
-
-    got: list = []
-    more = trio.Event()
-
-    async def peer(stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder()
-        while not decoder.feed(await stream.receive_some(65536)):
-            pass
-        await stream.send_all(encode_frames([HelloOk(server="p")]))
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            got.extend(f.id for f in decoder.feed(data) if isinstance(f, Submit))
-            more.set()
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    nursery.start_soon(trio.serve_listeners, peer, listeners)
-    dispatched = trio.Event()
-    box = []
-
-    async def resend_outbox() -> None:
-        await dispatched.wait()  # the outbox is read after m1 went out
-        await box[0].send([submit("m1"), submit("m2")])
-
-    link = NetworkLink("127.0.0.1", listeners[0].socket.getsockname()[1], on_connected=resend_outbox,
-                       on_frames=Recorder().on_frames, backoff_min_s=0.01, backoff_max_s=0.05)
-    box.append(link)
-    nursery.start_soon(link.run)
+    peer = await SubmitPeer.start(nursery)
+    dispatched = trio.Event()  # the outbox is read after m1 went out
+    link = await link_resending_after(nursery, peer, dispatched)
     with trio.fail_after(5):
-        await link.wait_connected()
         await link.send([submit("m1")])  # the dispatch path, on the new connection
         dispatched.set()
-        while len(got) < 2:
-            await more.wait()
-            more = trio.Event()
+        await peer.wait_for(2)
         await trio.sleep(0.05)
-        assert got == ["m1", "m2"]
+        assert peer.got == ["m1", "m2"]
         await link.send([submit("m2")])  # after on_connected: sent again, as asked
-        while len(got) < 3:
-            await more.wait()
-            more = trio.Event()
-    assert got == ["m1", "m2", "m2"]
+        await peer.wait_for(3)
+    assert peer.got == ["m1", "m2", "m2"]
 
 
 async def test_a_message_throttled_while_on_connected_resends_is_not_skipped_as_sent(nursery):
     """Found when key files moved off the event loop and on_connected waited for them: a dispatch
     sent m1 on the new connection, the network throttled it, and the resend (which takes over every
     throttle retry) skipped m1 as already sent: it stayed in the outbox, never sent again."""
-    from gateway.network.frames import FrameDecoder, HelloOk, encode_frames
-
-    got: list = []
-    more = trio.Event()
-
-    async def peer(stream: trio.SocketStream) -> None:
-        decoder = FrameDecoder()
-        while not decoder.feed(await stream.receive_some(65536)):
-            pass
-        await stream.send_all(encode_frames([HelloOk(server="p")]))
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                return
-            got.extend(f.id for f in decoder.feed(data) if isinstance(f, Submit))
-            more.set()
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    nursery.start_soon(trio.serve_listeners, peer, listeners)
+    peer = await SubmitPeer.start(nursery)
     throttled = trio.Event()
-    box = []
-
-    async def resend_outbox() -> None:
-        await throttled.wait()
-        await box[0].send([submit("m1"), submit("m2")])
-
-    link = NetworkLink("127.0.0.1", listeners[0].socket.getsockname()[1], on_connected=resend_outbox,
-                       on_frames=Recorder().on_frames, backoff_min_s=0.01, backoff_max_s=0.05)
-    box.append(link)
-    nursery.start_soon(link.run)
+    link = await link_resending_after(nursery, peer, throttled)
     with trio.fail_after(5):
-        await link.wait_connected()
         await link.send([submit("m1")])  # the dispatch path, on the new connection
         link.unsent(["m1"])  # the network answered it with throttled
         throttled.set()
-        while len(got) < 3:
-            await more.wait()
-            more = trio.Event()
-    assert got == ["m1", "m1", "m2"]
+        await peer.wait_for(3)
+    assert peer.got == ["m1", "m1", "m2"]
