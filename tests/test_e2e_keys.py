@@ -203,3 +203,31 @@ async def test_a_key_file_that_cannot_be_written_leaves_its_keys_unpublished_and
     assert frame.replace and PrekeyBundle.decode(frame.bundle).signed_prekey_id == 2
     assert K.load(str(tmp_path), "+15550000001").signed_prekey_ids == [1, 2]
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
+async def test_jobs_waiting_together_write_each_book_once_at_its_latest_state(tmp_path):
+    """New inbound sessions use prekeys in every batch: jobs that wait while a write is under way
+    go in the next round, one write per book, whatever the number of jobs."""
+    ring = Keyring(str(tmp_path), pool=8, low=2, rotation_ms=HOUR, grace_ms=HOUR)
+    ring.ensure(["+15550000001"], 0)
+    book = ring.book("+15550000001")
+    ids = [kid for kid, _ in book.all_one_time_public()]
+    sent = []
+
+    async def send(frames):
+        sent.extend(frames)
+
+    service = KeyService(ring, send)
+    for kid in ids[:3]:
+        service.submit(ring.used_one_time("+15550000001", [kid]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        with trio.fail_after(10):
+            while service.files_written < 1:
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert service.files_written == 1 and sent == []
+    saved = K.load(str(tmp_path), "+15550000001")
+    assert all(saved.peek_one_time(kid) is None for kid in ids[:3])
+    assert all(saved.peek_one_time(kid) is not None for kid in ids[3:])
