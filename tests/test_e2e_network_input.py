@@ -36,9 +36,10 @@ class PoisonPeer(socketserver.ThreadingTCPServer):
 
     daemon_threads = True
 
-    def __init__(self, poison: bytes) -> None:
+    def __init__(self, poison: bytes, delay_s: float = 0.0) -> None:
         super().__init__(("127.0.0.1", 0), _PoisonedConnection)
         self.poison = poison
+        self.delay_s = delay_s  # between the hello's answer and the poison
         self.port = self.server_address[1]
         self.connections = 0
         self.lock = threading.Lock()
@@ -66,7 +67,10 @@ class _PoisonedConnection(socketserver.BaseRequestHandler):
                 if not chunk:
                     return
                 header += chunk
-            conn.sendall(encode_frame(HelloOk(server="poison-peer")) + (peer.poison if first else b""))
+            conn.sendall(encode_frame(HelloOk(server="poison-peer")))
+            if first:
+                time.sleep(peer.delay_s)
+                conn.sendall(peer.poison)
             while conn.recv(65536):
                 pass
         except OSError:
@@ -149,3 +153,30 @@ def test_acks_and_receipts_without_a_message_id_change_nothing_and_stop_nothing(
         gw.stop()
         proxy.stop()
         netsim.stop()
+
+
+def test_a_network_that_keeps_counting_zero_prekeys_left_gets_one_refill_at_a_time(tmp_path):
+    """Each count below the low-water mark made a new pool of one-time prekeys and wrote the key
+    file, on the event loop: 5,000 counts in a burst were ~5,000 pools and file writes (about a
+    minute of a core here, the gateway unresponsive meanwhile). A refill on its way makes the
+    counts that describe the pool before it arrived change nothing."""
+    from gateway.network.frames import PrekeyCount
+
+    burst = encode_frames([PrekeyCount("+15550000001", 0)] * 5000)
+    peer = PoisonPeer(burst, delay_s=1.0).start()  # once the gateway is ready
+    gw = Gateway(tmp_path, network_port=peer.port).start()
+    try:
+        time.sleep(1.0)
+        for _ in range(10):  # the event loop keeps answering (with a pool per count: ~30 s of nothing)
+            started = time.monotonic()
+            assert gw.request("GET", "/healthz", auth=False)[0] == 200
+            assert time.monotonic() - started < 2.0
+            time.sleep(0.2)
+        writes = gw.metric("gateway_key_file_writes")
+        assert 1 <= writes <= 20, writes  # the first publish (a file per sender) and a few refills
+        status, reply = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "hi"}})
+        assert status == 202, reply
+        assert peer.connections == 1  # nothing wrong with the frames themselves: the link stays
+    finally:
+        gw.stop()
+        peer.stop()
