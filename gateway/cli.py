@@ -54,6 +54,7 @@ def cmd_run(args) -> int:
             return 2
     if made_keys:
         print(f"first start: data key for sealing at rest created in {os.path.abspath(key_dir)}", flush=True)
+    _warn_if_volatile(cfg.store.data_dir)
     try:
         gw = Gateway(cfg, config_path=args.config)
     except C.ConfigError as exc:
@@ -226,15 +227,32 @@ def cmd_doctor(args) -> int:
     except (KeyDirError, OSError) as exc:
         print(f"key dir       {os.path.abspath(key_dir)}: {exc}")
     data_dir = os.path.abspath(data_dir)
+    from gateway import diskcheck
+
+    fs = diskcheck.filesystem_of(diskcheck.scratch_dir(data_dir))
+    on = f" on {fs[1]} ({fs[0]})" if fs else ""
     if os.path.isdir(data_dir):
         writable = os.access(data_dir, os.W_OK)
-        print(f"data dir      {data_dir} ({'writable' if writable else 'NOT writable'})")
+        print(f"data dir      {data_dir} ({'writable' if writable else 'NOT writable'}){on}")
         ok = ok and writable
     else:
-        print(f"data dir      {data_dir} (not created yet; `gateway run` creates it)")
+        print(f"data dir      {data_dir} (not created yet; `gateway run` creates it){on}")
+    if fs and fs[1] in diskcheck.VOLATILE:
+        print(f"              NOT DURABLE: {fs[1]} keeps files in memory; every accepted message is lost "
+              "at a reboot or power cut")
     if args.disk:
         ok = _doctor_disk(data_dir) and ok
     return 0 if ok else 1
+
+
+def _warn_if_volatile(data_dir: str) -> None:
+    """A data directory in memory (tmpfs) makes every fsync, and so every 202, a promise no reboot keeps."""
+    from gateway import diskcheck
+
+    fs = diskcheck.filesystem_of(data_dir)
+    if fs is not None and fs[1] in diskcheck.VOLATILE:
+        print(f"warning: data directory {os.path.abspath(data_dir)} is on {fs[1]} ({fs[0]}): accepted messages "
+              "do not survive a reboot or power cut", file=sys.stderr, flush=True)
 
 
 def _doctor_disk(data_dir: str) -> bool:

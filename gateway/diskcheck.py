@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 from time import perf_counter
 from typing import Callable, NamedTuple
@@ -50,6 +51,34 @@ def summarize(one_page_s: list[float], scattered_s: list[float], scattered: int 
     p90 = sorted(one_page_s)[min(len(one_page_s) - 1, (len(one_page_s) * 9) // 10)] * 1e6
     commit = one + (ACCEPT_COMMIT_PAGES - 1) * per_page + one
     return DiskFigures(one, p90, many, per_page, commit)
+
+
+VOLATILE = frozenset({"tmpfs", "ramfs"})  # file systems in memory: an fsync there survives no reboot
+_ESCAPE = re.compile(r"\\([0-7]{3})")  # /proc/mounts writes a space as \040, a backslash as \134
+
+
+def filesystem(path: str, mounts: str) -> tuple[str, str]:
+    """(mount point, type) of the mount that holds absolute `path`, from the text of /proc/self/mounts:
+    the longest mount point above it, the later line where one is mounted over another."""
+    found, depth = ("/", "unknown"), -1
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[1])
+        if point == "/" or path == point or path.startswith(point.rstrip("/") + "/"):
+            if len(point) >= depth:
+                found, depth = (point, fields[2]), len(point)
+    return found
+
+
+def filesystem_of(path: str) -> tuple[str, str] | None:
+    """`filesystem` for this machine, None where /proc/self/mounts cannot be read."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            return filesystem(os.path.realpath(path), f.read())
+    except OSError:
+        return None
 
 
 def scratch_dir(data_dir: str) -> str:

@@ -92,3 +92,20 @@ def test_doctor_disk_measures_the_data_directorys_disk_and_leaves_nothing_behind
     out = gateway("doctor", "-c", f"{ROOT}/configs/gateway.toml", "--data-dir", str(tmp_path / "ro"), "--disk")
     if os.geteuid() != 0:  # root writes anywhere
         assert out.returncode == 1 and "cannot measure" in out.stdout
+
+
+def test_a_data_directory_in_memory_is_called_out_as_not_durable(tmp_path, capsys):
+    import pytest
+
+    from gateway import cli, diskcheck
+
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or (diskcheck.filesystem_of(shm) or ("", ""))[1] != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm on this machine to put a data directory on")
+    out = gateway("doctor", "-c", f"{ROOT}/configs/gateway.toml", "--data-dir", f"{shm}/gateway-test-never-created")
+    assert "on tmpfs (/dev/shm)" in out.stdout and "NOT DURABLE" in out.stdout
+    cli._warn_if_volatile(f"{shm}/gateway-test-never-created")  # what `gateway run` says at start
+    assert "do not survive a reboot" in capsys.readouterr().err
+    if (diskcheck.filesystem_of(str(tmp_path)) or ("", ""))[1] not in diskcheck.VOLATILE:
+        cli._warn_if_volatile(str(tmp_path))
+        assert capsys.readouterr().err == ""

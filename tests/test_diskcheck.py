@@ -32,3 +32,21 @@ def test_measure_uses_a_scratch_file_and_removes_it(tmp_path):
 def test_measure_in_a_directory_that_cannot_take_a_file_raises_oserror(tmp_path):
     with pytest.raises(OSError):
         D.measure(str(tmp_path / "missing"), rounds=1)
+
+
+MOUNTS = """proc /proc proc rw,relatime 0 0
+/dev/vda / ext4 rw,relatime 0 0
+tmpfs /dev/shm tmpfs rw,relatime 0 0
+/dev/vdb /srv/data\\040dir xfs rw 0 0
+tmpfs /srv/data\\040dir/ram tmpfs rw 0 0
+/dev/vdc /srv/data\\040dir/ram ext4 rw 0 0
+"""
+
+
+def test_the_filesystem_holding_a_path_is_its_longest_mount_point_the_latest_mount_on_top():
+    assert D.filesystem("/work/main/var", MOUNTS) == ("/", "ext4")
+    assert D.filesystem("/dev/shm/gw", MOUNTS) == ("/dev/shm", "tmpfs")
+    assert D.filesystem("/dev/shmx", MOUNTS) == ("/", "ext4")  # a prefix of the name is not a parent
+    assert D.filesystem("/srv/data dir/var", MOUNTS) == ("/srv/data dir", "xfs")  # \\040 is a space
+    assert D.filesystem("/srv/data dir/ram/var", MOUNTS) == ("/srv/data dir/ram", "ext4")  # mounted over the tmpfs
+    assert D.filesystem("/x", "") == ("/", "unknown")
