@@ -93,6 +93,7 @@ class Gateway:
                                    starvation_guard=sc.starvation_guard)
         self.keyring = self._keyring(config)
         self.delivery = Delivery(self, self.scheduler, self.keyring)
+        self._reload_lock = trio.Lock()
         self.inbound = InboundPath(self, self.delivery)
         self.delivery.inbound = self.inbound
         self.webhooks = WebhookDispatcher(self)
@@ -288,15 +289,23 @@ class Gateway:
         self.webhooks.configure(endpoints)
         self.delivery.poke()
 
-    def reload(self) -> list[str]:
-        """Load the config file again and swap it in whole, or raise ConfigError and keep the old."""
+    async def reload(self) -> list[str]:
+        """Load the config file again and swap it in whole, or raise ConfigError and keep the old.
+        One reload at a time (SIGHUP and the admin API may ask at once)."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> list[str]:
         if self.config_path is None:
             raise C.ConfigError("<embedded>", ["no config file to reload"])
         new = C.load_config(self.config_path)
         new = C.with_overrides(new, listen=self.config.server.listen, data_dir=self.config.store.data_dir)
         endpoints = self._webhook_endpoints(new, self.config_path)
         sealer = self._load_sealer(new, self.config_path)  # picks up a `gateway keys rotate`
-        self._ensure_identities(self.keyring, new, self.config_path)  # new senders get keys (published soon)
+        try:  # new senders get keys (published soon), made off the event loop
+            await self.delivery.keys.ensure([s.number for s in new.senders], self.clock_ms())
+        except (KeyFileError, OSError) as exc:
+            raise C.ConfigError(self.config_path, [f"store.key_dir: {exc}"]) from None
         words_changed = self.policy.configure(new, self.config_path)  # bad word files refuse the reload here
         changes = [name for name in C.Config.__struct_fields__ if getattr(new, name) != getattr(self.config, name)]
         if words_changed:
@@ -444,7 +453,7 @@ class Gateway:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:
             async for _ in signals:
                 try:
-                    self.reload()
+                    await self.reload()
                 except C.ConfigError as exc:
                     log.error("reload refused, old config kept: %s", "; ".join(exc.problems))
 

@@ -231,3 +231,32 @@ async def test_jobs_waiting_together_write_each_book_once_at_its_latest_state(tm
     saved = K.load(str(tmp_path), "+15550000001")
     assert all(saved.peek_one_time(kid) is None for kid in ids[:3])
     assert all(saved.peek_one_time(kid) is not None for kid in ids[3:])
+
+
+async def test_senders_added_while_running_get_books_made_in_a_worker_thread(tmp_path):
+    ring = Keyring(str(tmp_path), pool=6, low=2, rotation_ms=HOUR, grace_ms=HOUR)
+    ring.ensure(["+15550000001"], 0)
+    service = KeyService(ring, None)
+    threads = []
+    real = K.load_or_create
+
+    def load_or_create(*args):
+        threads.append(threading.current_thread())
+        return real(*args)
+
+    K.load_or_create, saved = load_or_create, K.load_or_create
+    try:
+        assert await service.ensure(["+15550000001", "+15550000002", "+15550000003"], 5) == ["+15550000002",
+                                                                                             "+15550000003"]
+    finally:
+        K.load_or_create = saved
+    assert threads and threading.main_thread() not in threads
+    assert len(K.load(str(tmp_path), "+15550000003").all_one_time_public()) == 6  # saved whole
+    assert [b.number for b in ring.take_unpublished()] == ["+15550000001", "+15550000002", "+15550000003"]
+    assert await service.ensure(["+15550000002"], 6) == []  # nothing missing: no thread
+    bad = tmp_path / "senders" / "15550000004.keys"
+    bad.write_bytes(b"\x93garbage")
+    os.chmod(bad, 0o600)
+    with pytest.raises(K.KeyFileError):  # never a new identity over an unreadable file
+        await service.ensure(["+15550000005", "+15550000004"], 7)
+    assert ring.book("+15550000005") is None  # none adopted when one fails

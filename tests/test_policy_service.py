@@ -128,12 +128,12 @@ def test_a_bad_word_file_is_refused_with_its_path(tmp_path, text, problem):
 async def test_reload_rebuilds_changed_files_and_refuses_a_bad_one(tmp_path):
     async def body(gw):
         (tmp_path / "words" / "spam.toml").write_text('action = "block"\nterms = ["free", "win"]\n')
-        assert "sensitive_words" in gw.reload()
+        assert "sensitive_words" in await gw.reload()
         await gw.policy.settled()
         assert gw.policy.engine.verdict("default", "you win").action == "block"
         (tmp_path / "words" / "spam.toml").write_text('action = "nope"\nterms = ["free"]\n')
         with pytest.raises(ConfigError):
-            gw.reload()
+            await gw.reload()
         assert gw.policy.engine.verdict("default", "you win").action == "block"
     await running(make_gateway(tmp_path, files={"spam.toml": SPAM_FILE}), body)
 
@@ -299,7 +299,7 @@ async def test_rules_a_change_replaces_are_freed_by_the_releaser_off_the_loop_th
         if change == "reload":
             old = freeing.watch(gw.policy.engine.rules("default").scanner)
             (tmp_path / "words" / "spam.toml").write_text('action = "flag"\nterms = ["win"]\n')
-            gw.reload()
+            await gw.reload()
             await gw.policy.settled()
         else:
             await gw.policy.put_list("default", "spam", WordList("block", [f"word{i:03d}x" for i in range(40)]), ADMIN)

@@ -140,7 +140,7 @@ class AdminApi:
 
     async def reload(self, request: Request, principal, params) -> Response:
         try:
-            changes = self.gw.reload()
+            changes = await self.gw.reload()
         except ConfigError as exc:
             raise ApiError(422, "config_invalid", "the new config was refused; the old one stays",
                            {"file": exc.source, "problems": exc.problems}) from None

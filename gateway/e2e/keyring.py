@@ -16,11 +16,13 @@ import logging
 from typing import Awaitable, Callable, NamedTuple
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gateway.crypto.agreement import EphemeralKeyPool
 from gateway.crypto.identity import IdentityKeyPair
 from gateway.e2e import keys as K
 from gateway.network.frames import PrekeyCount, PublishKeys
+from gateway.threads import yield_to_loop
 
 log = logging.getLogger("gateway.e2e")
 
@@ -52,17 +54,26 @@ class Keyring:
     def ensure(self, numbers, now_ms: int) -> list[str]:
         """Load or create the key book of every number; returns the numbers created now.
         Raises KeyFileError for an unreadable file (the gateway must not invent a new identity
-        over an existing one)."""
+        over an existing one). Blocks for key generation and file writes: at start; a running
+        gateway goes through KeyService.ensure."""
+        return self.adopt([K.load_or_create(self.key_dir, n, now_ms, self.pool) for n in self.missing(numbers)])
+
+    def missing(self, numbers) -> list[str]:
+        """The numbers that have no key book yet, each once."""
+        return [n for n in dict.fromkeys(numbers) if n not in self._books]
+
+    def adopt(self, loaded: list[tuple[K.SenderKeys, bool]]) -> list[str]:
+        """Take in books loaded or created (and saved) elsewhere, each (book, created); they are
+        published with the next `tick`. Returns the numbers created."""
         created = []
-        for number in numbers:
-            if number in self._books:
+        for book, made in loaded:
+            if book.number in self._books:
                 continue
-            book, made = K.load_or_create(self.key_dir, number, now_ms, self.pool)
-            self._books[number] = book
-            self._unpublished.add(number)
+            self._books[book.number] = book
+            self._unpublished.add(book.number)
             if made:
-                created.append(number)
-                log.info("identity key created for sender %s", number)
+                created.append(book.number)
+                log.info("identity key created for sender %s", book.number)
         return created
 
     def identity(self, number: str) -> IdentityKeyPair | None:
@@ -162,6 +173,12 @@ class Keyring:
         return True
 
 
+def _made_in_turn() -> X25519PrivateKey:
+    """A fresh key, in a worker thread, after letting the event loop's thread go first."""
+    yield_to_loop()
+    return X25519PrivateKey.generate()
+
+
 class KeyService:
     """The keyring's trio shell. Key files are written in a worker thread, one at a time (each
     book once per round, at its latest state), and a job's frame goes only after its file is
@@ -211,6 +228,22 @@ class KeyService:
                     errors[key] = None
                     self.files_written += 1
         return [job.frame for job in jobs if self.ring.written(job, errors[id(job.book)]) and job.frame is not None]
+
+    async def ensure(self, numbers, now_ms: int) -> list[str]:
+        """`Keyring.ensure` for a running gateway (a reload that adds senders): the books are
+        loaded or created and saved in a worker thread that yields to the event loop between two
+        keys (a new book took the loop 10-27 ms here). Raises as `Keyring.ensure`, adopting none."""
+        todo = self.ring.missing(numbers)
+        if not todo:
+            return []
+        ring = self.ring
+
+        def load_all() -> list[tuple[K.SenderKeys, bool]]:
+            return [K.load_or_create(ring.key_dir, n, now_ms, ring.pool, _made_in_turn) for n in todo]
+
+        async with self._lock:  # never beside another write of a key file
+            loaded = await trio.to_thread.run_sync(load_all)
+        return ring.adopt(loaded)
 
     async def publish_all(self) -> list[PublishKeys]:
         """Every book with a fresh pool (after a connect), each pool made in steps first."""

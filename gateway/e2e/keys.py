@@ -75,13 +75,14 @@ class SenderKeys:
         self._pq_objs: dict[int, PqPrekey] = {}
 
     @classmethod
-    def create(cls, number: str, now_ms: int, pool: int) -> SenderKeys:
+    def create(cls, number: str, now_ms: int, pool: int,
+               make: Callable[[], X25519PrivateKey] = X25519PrivateKey.generate) -> SenderKeys:
         identity = IdentityKeyPair.generate()
         record = _KeyFile(FILE_VERSION, number, identity.seed, [], [], [], 1)
         keys = cls(record)
         keys._new_signed(now_ms, 1)
         keys._new_pq(now_ms, 1)
-        keys.add_one_time(pool)
+        keys.add_one_time(pool, make)
         return keys
 
     @property
@@ -321,12 +322,14 @@ def load(key_dir: str, number: str) -> SenderKeys | None:
     return keys
 
 
-def load_or_create(key_dir: str, number: str, now_ms: int, pool: int) -> tuple[SenderKeys, bool]:
-    """The sender's key book, created (and saved) on first use; (keys, created)."""
+def load_or_create(key_dir: str, number: str, now_ms: int, pool: int,
+                   make: Callable[[], X25519PrivateKey] = X25519PrivateKey.generate) -> tuple[SenderKeys, bool]:
+    """The sender's key book, created (its one-time prekeys from `make`) and saved on first use;
+    (keys, created)."""
     keys = load(key_dir, number)
     if keys is not None:
         return keys, False
-    keys = SenderKeys.create(number, now_ms, pool)
+    keys = SenderKeys.create(number, now_ms, pool, make)
     save(key_dir, keys)
     return keys, True
 

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import threading
-import time
 import tomllib
 from typing import Annotated
 
@@ -34,6 +33,7 @@ from gateway.policy.optout import KeywordMatch, OptOutKeywords
 from gateway.policy.release import RulesReleaser
 from gateway.store import policy_ops as P
 from gateway.store import records as R
+from gateway.threads import yield_to_loop
 from gateway.store.writer import StorageError, StorageFull
 
 log = logging.getLogger("gateway.policy")
@@ -145,23 +145,9 @@ def _pause() -> None:
         gcs.pauses += 1
         if gcs.pauses % COLLECT_EVERY == 0 or gc.get_count()[0] >= GC_STEP:
             gc.collect(0)
-    _yield()
+    yield_to_loop()
 
 
-def _yield() -> None:
-    """Let the event loop's thread have the GIL and the CPU if it is waiting for them. Releasing the
-    GIL alone (`time.sleep(0)`) hands nothing over on a core the two threads share: the builder
-    keeps running and takes the GIL back before the woken loop thread is scheduled, and the loop
-    waits out the switch interval (5 ms). `sched_yield` releases the GIL around the call and puts
-    the builder behind the loop thread (as a rule: the kernel may still pick the builder, which it
-    did in 2 of ~50 bench runs); with nothing else runnable it returns at once."""
-    if _SCHED_YIELD is not None:
-        _SCHED_YIELD()
-    else:
-        time.sleep(0)
-
-
-_SCHED_YIELD = getattr(os, "sched_yield", None)
 
 
 def _building(fn, *args):
