@@ -86,6 +86,21 @@ def samples(proc: subprocess.Popen) -> list[tuple[float, float]]:
     return pairs(out)
 
 
+def kill(proc: subprocess.Popen | None) -> None:
+    """Stops a probe whose samples are not wanted (a run that failed); None: none was started."""
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+
+
+def describe(window: dict, target_ms: float) -> str:
+    """A window of answers (bench.loop_ping.window) as one line of a report."""
+    if not window.get("samples"):
+        return "/healthz answer: the probe recorded nothing in the window"
+    return (f"/healthz answer  max {window['max_ms']:7.2f} ms  p99 {window['p99_ms']:5.2f} ms  "
+            f"({window['samples']} probes, {window['over_target']} over {target_ms} ms)")
+
+
 def pairs(out: bytes) -> list[tuple[float, float]]:
     """The (sent at, round trip) pairs a probe process wrote (also bench.loop_ping's client)."""
     values = array.array("d")

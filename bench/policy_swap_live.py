@@ -140,9 +140,7 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         try:
             if senders is not None:
                 senders.stop()
-            if probe_proc is not None:
-                probe_proc.kill()
-                probe_proc.wait()
+            healthz_probe.kill(probe_proc)
         finally:
             stop_all(gw, netsim)
     answers = {"baseline": loop_ping.window(pings, base_start, base_end, STALL_TARGET_MS),

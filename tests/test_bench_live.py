@@ -1,6 +1,7 @@
-"""bench.inbound_keys and bench.fixed_rate run a real gateway and netsim and report what they
-name (short runs: the figures themselves are for bench/RESULTS.md, not for tests)."""
-from bench import fixed_rate, inbound_keys
+"""bench.inbound_keys, bench.fixed_rate and bench.reload_senders run a real gateway (and netsim)
+and report what they name (short runs: the figures themselves are for bench/RESULTS.md, not for
+tests)."""
+from bench import fixed_rate, inbound_keys, reload_senders
 
 
 def test_inbound_keys_reports_new_customers_key_file_writes_and_the_loops_answers():
@@ -14,3 +15,9 @@ def test_fixed_rate_reports_cpu_commits_and_steps_per_message():
     (row,) = fixed_rate.run([40.0], seconds=1.0)
     assert row["errors"] == 0 and row["sends_per_s"] > 20
     assert row["cpu_us_per_message"] > 0 and row["commits_per_s"] > 0 and row["task_steps_per_message"] > 1
+
+
+def test_reload_senders_reports_the_reload_and_the_loops_answers():
+    r = reload_senders.run(senders=3)
+    assert r["reload_status"] == 200 and r["reload_s"] > 0
+    assert r["io_answer"]["samples"] > 100
