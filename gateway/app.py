@@ -70,6 +70,11 @@ async def _finish(answer: Awaitable[Response | Deferred]) -> Response | Deferred
         return _error_response(err)
 
 
+def _key_dir_refused(source: str, exc: Exception) -> C.ConfigError:
+    """A key book that could not be read or written refuses the config (never a new identity over it)."""
+    return C.ConfigError(source, [f"store.key_dir: {exc}"])
+
+
 class Gateway:
     def __init__(self, config: C.Config, config_path: str | None = None, clock: Clock | None = None) -> None:
         self.config = config
@@ -257,12 +262,12 @@ class Gateway:
         self._ensure_identities(keyring, cfg)
         return keyring
 
-    def _ensure_identities(self, keyring: Keyring, cfg: C.Config, source: str = "<config>") -> list[str]:
+    def _ensure_identities(self, keyring: Keyring, cfg: C.Config) -> list[str]:
         """Every configured sender's identity and prekeys, created in the key directory if new."""
         try:
             return keyring.ensure([s.number for s in cfg.senders], self.clock_ms())
         except (KeyFileError, OSError) as exc:
-            raise C.ConfigError(source, [f"store.key_dir: {exc}"]) from None
+            raise _key_dir_refused("<config>", exc) from None
 
     def _webhook_endpoints(self, cfg: C.Config, source: str) -> list[Endpoint]:
         """The endpoints of a config, their secrets read now; ConfigError if one is unreadable."""
@@ -305,7 +310,7 @@ class Gateway:
         try:  # new senders get keys (published soon), made off the event loop
             await self.delivery.keys.ensure([s.number for s in new.senders], self.clock_ms())
         except (KeyFileError, OSError) as exc:
-            raise C.ConfigError(self.config_path, [f"store.key_dir: {exc}"]) from None
+            raise _key_dir_refused(self.config_path, exc) from None
         words_changed = self.policy.configure(new, self.config_path)  # bad word files refuse the reload here
         changes = [name for name in C.Config.__struct_fields__ if getattr(new, name) != getattr(self.config, name)]
         if words_changed:

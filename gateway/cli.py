@@ -237,9 +237,9 @@ def cmd_doctor(args) -> int:
         ok = ok and writable
     else:
         print(f"data dir      {data_dir} (not created yet; `gateway run` creates it){on}")
-    if fs and fs[1] in diskcheck.VOLATILE:
-        print(f"              NOT DURABLE: {fs[1]} keeps files in memory; every accepted message is lost "
-              "at a reboot or power cut")
+    problem = diskcheck.volatile(diskcheck.scratch_dir(data_dir))
+    if problem:
+        print(f"              NOT DURABLE: {problem}")
     if args.disk:
         ok = _doctor_disk(data_dir) and ok
     return 0 if ok else 1
@@ -249,10 +249,9 @@ def _warn_if_volatile(data_dir: str) -> None:
     """A data directory in memory (tmpfs) makes every fsync, and so every 202, a promise no reboot keeps."""
     from gateway import diskcheck
 
-    fs = diskcheck.filesystem_of(data_dir)
-    if fs is not None and fs[1] in diskcheck.VOLATILE:
-        print(f"warning: data directory {os.path.abspath(data_dir)} is on {fs[1]} ({fs[0]}): accepted messages "
-              "do not survive a reboot or power cut", file=sys.stderr, flush=True)
+    problem = diskcheck.volatile(data_dir)
+    if problem:
+        print(f"warning: data directory {os.path.abspath(data_dir)}: {problem}", file=sys.stderr, flush=True)
 
 
 def _doctor_disk(data_dir: str) -> bool:

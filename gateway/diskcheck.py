@@ -81,6 +81,15 @@ def filesystem_of(path: str) -> tuple[str, str] | None:
         return None
 
 
+def volatile(path: str) -> str | None:
+    """What to tell an operator whose data directory is in memory (an fsync there keeps nothing past
+    a reboot), else None."""
+    fs = filesystem_of(path)
+    if fs is None or fs[1] not in VOLATILE:
+        return None
+    return f"{fs[1]} ({fs[0]}) keeps files in memory: accepted messages do not survive a reboot or power cut"
+
+
 def scratch_dir(data_dir: str) -> str:
     """The data directory, or the closest existing directory above it (same disk as a rule)."""
     path = os.path.abspath(data_dir)
