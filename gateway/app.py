@@ -37,7 +37,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.network.link import NetworkLink, parse_url
 from gateway.policy.service import PolicyService
 from gateway.schedule.scheduler import Scheduler
-from gateway.store import ops
+from gateway.store import key_ops, ops
 from gateway.store import records as R
 from gateway.store.env import Store, open_store
 from gateway.store.prealloc import Preallocator
@@ -126,6 +126,8 @@ class Gateway:
         r.add("POST", "/v1/messages/batch", m.send_batch, APP)
         r.add("GET", "/v1/messages/{id}", m.get, READERS)
         r.add("POST", "/admin/v1/api-keys", a.create_key, ADMIN)
+        r.add("GET", "/admin/v1/api-keys", a.list_keys, ADMIN)
+        r.add("DELETE", "/admin/v1/api-keys/{id}", a.revoke_key, ADMIN)
         r.add("GET", "/admin/v1/senders", a.list_senders, ADMIN)
         r.add("PATCH", "/admin/v1/senders/{number}", a.patch_sender, ADMIN)
         r.add("POST", "/admin/v1/config/reload", a.reload, ADMIN)
@@ -212,6 +214,17 @@ class Gateway:
     def _load_key(self, key_id: str) -> R.ApiKeyRecord | None:
         raw = self.store.get("api_keys", key_id.encode())
         return R.api_key_decoder.decode(raw) if raw is not None else None
+
+    def _refresh_api_keys(self) -> None:
+        """Re-read the keys this process knows, so that a revocation stored by the CLI (another
+        process) is obeyed within a second. A read of a few records per key (~1 us each)."""
+        store = self.store
+        with store.env.begin(db=store.dbs["api_keys"], buffers=False) as txn:
+            found = {key_id: txn.get(key_id.encode()) for key_id in self.auth.known()}
+        changed = self.auth.refresh({key_id: R.api_key_decoder.decode(raw) if raw is not None else None
+                                     for key_id, raw in found.items()})
+        if changed:
+            log.info("API keys: %d changed in the store since last read", changed)
 
     # -- senders and config ---------------------------------------------------------------
 
@@ -464,11 +477,13 @@ class Gateway:
 
     async def _housekeeping(self) -> None:
         """Bounded clean-ups: pair buckets that are full again and the pair journal's compaction
-        (every second, so each round is small), and expired idempotency answers (every HOUSEKEEPING_S)."""
+        (every second, so each round is small), API keys re-read (every second), and expired
+        idempotency answers (every HOUSEKEEPING_S)."""
         since_idempotency = 0.0
         while True:
             await trio.sleep(1.0)
             await self.delivery.rotate_keys()
+            self._refresh_api_keys()
             # a pair refilled to its burst is forgotten; its journal records go at the next compaction
             self.scheduler.forget_full_pairs(self.clock.steady())
             await self.delivery.compact_pair_log()
@@ -488,13 +503,15 @@ def ensure_admin_key(gw: Gateway) -> str | None:
     store = gw.store
     if store.count("api_keys") > 0:
         return None
-    key_id, key, record = mint_key("default", "admin", gw.clock_ms(), "first-start admin key")
+    now = gw.clock_ms()
+    key_id, key, record = mint_key("default", "admin", now, "first-start admin key")
+    audit = key_ops.audit_entry(gw.policy.ids, now, "gateway", "admin", "api_key.create", key_id, record)
     path = os.path.join(gw.config.store.data_dir, "admin.key")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     os.chmod(path, 0o600)
     with store.env.begin(write=True) as txn:
-        ops.put_api_key(txn, store.dbs, (key_id, record))
+        key_ops.put_api_key(txn, store.dbs, (key_id, record, audit))
     return path
 

@@ -1,4 +1,4 @@
-"""The `gateway` command: run, check-config, keys create, doctor.
+"""The `gateway` command: run, check-config, keys (create, list, revoke, init, rotate), doctor.
 
 Commands print results for people on stdout and problems on stderr; an API key is printed only
 by `keys create`, whose job that is, and never goes to a log.
@@ -14,6 +14,7 @@ import platform
 import sys
 
 DEFAULT_CONFIG = "configs/gateway.toml"
+CLI_ACTOR = "cli"  # who the audit log names for changes made on the host with this command
 GC_THRESHOLDS = (10_000, 500, 100)  # young collections stay small (p99); gen1/gen2 as often as before
 
 
@@ -104,7 +105,8 @@ def cmd_keys_create(args) -> int:
     from gateway import config as C
     from gateway.api.admin import NewKey
     from gateway.http.auth import ROLES, mint_key
-    from gateway.store import ops
+    from gateway.ids import IdGenerator
+    from gateway.store import key_ops as K
     from gateway.store.env import open_store
 
     if args.role not in ROLES:
@@ -124,12 +126,86 @@ def cmd_keys_create(args) -> int:
 
     store = open_store(cfg.store.data_dir, cfg.store.map_size_mb)
     try:
-        key_id, key, record = mint_key(args.workspace, args.role, time.time_ns() // 1_000_000, args.label)
+        now = time.time_ns() // 1_000_000
+        key_id, key, record = mint_key(args.workspace, args.role, now, args.label)
+        audit = K.audit_entry(IdGenerator(), now, CLI_ACTOR, "admin", "api_key.create", key_id, record)
         with store.env.begin(write=True) as txn:
-            ops.put_api_key(txn, store.dbs, (key_id, record))
+            K.put_api_key(txn, store.dbs, (key_id, record, audit))
     finally:
         store.close()
     print(key)
+    return 0
+
+
+def _open_store(args):
+    """The store of the config's (or --data-dir's) data directory, or None after saying why."""
+    from gateway import config as C
+    from gateway.store.env import open_store
+
+    try:
+        cfg = _load(args.config, data_dir=args.data_dir)
+    except C.ConfigError as exc:
+        print(f"{exc.source}: {'; '.join(exc.problems)}", file=sys.stderr)
+        return None
+    if not os.path.isdir(os.path.join(cfg.store.data_dir, "lmdb")):
+        print(f"{os.path.abspath(cfg.store.data_dir)}: no gateway store here (has the gateway run?)", file=sys.stderr)
+        return None
+    return open_store(cfg.store.data_dir, cfg.store.map_size_mb)
+
+
+def cmd_keys_list(args) -> int:
+    import json
+
+    from gateway.store import key_ops as K
+
+    store = _open_store(args)
+    if store is None:
+        return 2
+    try:
+        with store.env.begin(buffers=False) as txn:
+            keys = K.all_keys(txn, store.dbs["api_keys"], args.workspace)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([K.view(key_id, record) for key_id, record in keys], indent=2))
+        return 0
+    print(f"{'id':16}  {'workspace':20}  {'role':10}  {'created':24}  {'revoked':24}  label")
+    for key_id, record in keys:
+        v = K.view(key_id, record)
+        print(f"{v['id']:16}  {v['workspace']:20}  {v['role']:10}  {v['created_at']:24}  "
+              f"{v['revoked_at'] or '-':24}  {v['label']}")
+    return 0
+
+
+def cmd_keys_revoke(args) -> int:
+    import time
+
+    from gateway.ids import IdGenerator
+    from gateway.store import key_ops as K
+
+    store = _open_store(args)
+    if store is None:
+        return 2
+    now = time.time_ns() // 1_000_000
+    ids = IdGenerator()
+    arg = K.RevokeArg(args.key_id, now, lambda rec: K.audit_entry(ids, now, CLI_ACTOR, "admin", "api_key.revoke",
+                                                                  args.key_id, rec), keep_an_admin=False)
+    try:
+        with store.env.begin(write=True) as txn:
+            outcome, record = K.revoke_api_key(txn, store.dbs, arg)
+            admins_left = any(r.role == "admin" and not r.revoked_ms
+                              for _, r in K.all_keys(txn, store.dbs["api_keys"]))
+    finally:
+        store.close()
+    if outcome == K.UNKNOWN:
+        print(f"no API key {args.key_id!r}", file=sys.stderr)
+        return 1
+    when = K.view(args.key_id, record)["revoked_at"]
+    print(f"{args.key_id}: {'revoked' if outcome == K.REVOKED else 'already revoked'} at {when}; "
+          "a running gateway refuses it within a second")
+    if not admins_left:
+        print("no admin key is left in force: mint one with `gateway keys create --workspace default "
+              "--role admin`", file=sys.stderr)
     return 0
 
 
@@ -294,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     create.add_argument("--data-dir")
     create.set_defaults(func=cmd_keys_create)
+
+    listing = keys_sub.add_parser("list", help="every API key, revoked ones too (never a secret)")
+    listing.add_argument("--workspace")
+    listing.add_argument("--json", action="store_true", help="as JSON, the admin API's view of each key")
+    listing.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    listing.add_argument("--data-dir")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke an API key by its id (a running gateway obeys within a second)")
+    revoke.add_argument("key_id")
+    revoke.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    revoke.add_argument("--data-dir")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
     for name, func, text in (("init", cmd_keys_init, "create the key directory, a first data key and every "
                                                      "sender's identity key and prekeys"),

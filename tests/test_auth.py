@@ -1,6 +1,7 @@
 """API keys: hashed at rest, checked in constant time, roles reach only their routes."""
 import hashlib
 
+import msgspec
 import pytest
 
 from gateway.http.auth import Authenticator, AuthError, authorize, mint_key
@@ -61,9 +62,9 @@ def test_unknown_role_cannot_be_minted():
         mint_key("default", "root", 0)
 
 
-def counting():
+def counting(records=None):
     """An Authenticator whose store lookups are counted (a lookup happens once per key id)."""
-    records, loads = {}, []
+    records, loads = {} if records is None else records, []
     key_id, key, record = mint_key("default", "app", 0)
     records[key_id] = record
 
@@ -106,8 +107,7 @@ def test_a_memo_is_not_trusted_once_its_key_is_forgotten():
     auth, key, loads = counting()
     memo: dict = {}
     auth.authenticate(f"Bearer {key}", memo)
-    auth._cache.clear()  # e.g. the key was revoked and dropped from the cache
-    auth._hashes.clear()
+    auth.forget(key.split("_")[1])  # e.g. its record left the store
     auth.authenticate(f"Bearer {key}", memo)
     assert len(loads) == 2  # verified again against the store, not taken from the memo
 
@@ -116,4 +116,58 @@ def test_non_ascii_header_is_refused_with_a_memo_too():
     auth, _, _ = counting()
     with pytest.raises(AuthError) as info:
         auth.authenticate("Bearer gw_é", {})
+    assert info.value.code == "invalid_api_key"
+
+
+def revoked(record, at_ms=5):
+    return msgspec.structs.replace(record, revoked_ms=at_ms)
+
+
+def test_a_revoked_key_is_refused_at_once_even_on_a_connection_that_verified_it():
+    records: dict = {}
+    auth, key, loads = counting(records)
+    key_id = key.split("_")[1]
+    memo: dict = {}
+    auth.authenticate(f"Bearer {key}", memo)
+    auth.remember(key_id, revoked(records[key_id]))  # the admin API stored the revocation
+    for m in (memo, None):
+        with pytest.raises(AuthError) as info:
+            auth.authenticate(f"Bearer {key}", m)
+        assert (info.value.status, info.value.code) == (401, "revoked_api_key")
+    assert len(loads) == 1  # known as revoked: no store read per attempt
+
+
+def test_only_the_holder_of_the_secret_learns_that_a_key_was_revoked():
+    records: dict = {}
+    auth, key, _ = counting(records)
+    key_id = key.split("_")[1]
+    auth.remember(key_id, revoked(records[key_id]))
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {wrong}")
+    assert info.value.code == "invalid_api_key"
+
+
+def test_refresh_takes_revocations_stored_by_another_process_and_keeps_unchanged_principals():
+    records: dict = {}
+    auth, key, _ = counting(records)
+    other_id, other_key, other = mint_key("default", "admin", 0)
+    records[other_id] = other
+    key_id = key.split("_")[1]
+    memo: dict = {}
+    first = auth.authenticate(f"Bearer {key}", memo)
+    auth.authenticate(f"Bearer {other_key}")
+    assert sorted(auth.known()) == sorted([key_id, other_id])
+    records[key_id] = revoked(records[key_id])  # the CLI revoked it
+    assert auth.refresh({kid: records.get(kid) for kid in auth.known()}) == 1
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {key}", memo)
+    assert info.value.code == "revoked_api_key"
+    assert auth.refresh({kid: records.get(kid) for kid in auth.known()}) == 0
+    admin = auth.authenticate(f"Bearer {other_key}")
+    assert auth.authenticate(f"Bearer {other_key}") is admin and admin is not first
+    del records[other_id]  # gone from the store altogether
+    assert auth.refresh({kid: records.get(kid) for kid in auth.known()}) == 1
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {other_key}")
     assert info.value.code == "invalid_api_key"

@@ -1,7 +1,9 @@
 """The gateway command: keys create, doctor, and what `run` refuses before it starts."""
+import json
 import os
 import subprocess
 import sys
+import time
 
 from tests.harness import ROOT, Gateway
 
@@ -23,6 +25,43 @@ def test_keys_create_prints_a_key_the_running_gateway_accepts(tmp_path):
         assert key not in gw.read_log()
     finally:
         gw.stop()
+
+
+def test_keys_list_and_revoke_on_the_host_while_the_gateway_runs(tmp_path):
+    gw = Gateway(tmp_path).start()
+    try:
+        out = gateway("keys", "create", "--workspace", "default", "--role", "app", "--label", "shop",
+                      "-c", str(gw.config_path))
+        key = out.stdout.strip()
+        key_id = key.split("_")[1]
+        assert gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=key)[0] == 202
+        out = gateway("keys", "list", "--json", "-c", str(gw.config_path))
+        assert out.returncode == 0, out.stderr
+        listed = {k["id"]: k for k in json.loads(out.stdout)}
+        assert listed[key_id]["label"] == "shop" and listed[key_id]["revoked_at"] is None
+        assert key.split("_", 2)[2] not in out.stdout
+        out = gateway("keys", "revoke", key_id, "-c", str(gw.config_path))
+        assert out.returncode == 0 and "revoked at" in out.stdout, out.stderr
+        deadline = time.monotonic() + 5  # the running gateway re-reads its keys every second
+        while True:
+            status, reply = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=key)
+            if status == 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert (status, reply["error"]["code"]) == (401, "revoked_api_key")
+        out = gateway("keys", "list", "-c", str(gw.config_path))
+        row = [line for line in out.stdout.splitlines() if line.startswith(key_id)]
+        assert len(row) == 1 and "1970" not in row[0] and row[0].count("Z") == 2  # created and revoked
+        status, log = gw.request("GET", "/admin/v1/audit")
+        assert [e["actor"] for e in log["entries"] if e["target"] == key_id] == ["cli", "cli"]
+        assert gateway("keys", "revoke", "0123456789abcdef", "-c", str(gw.config_path)).returncode == 1
+    finally:
+        gw.stop()
+
+
+def test_keys_list_says_when_there_is_no_store(tmp_path):
+    out = gateway("keys", "list", "--data-dir", str(tmp_path / "nothing"))
+    assert out.returncode == 2 and "no gateway store" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_keys_create_refuses_an_unknown_role(tmp_path):

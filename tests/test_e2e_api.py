@@ -1,5 +1,7 @@
 """The HTTP API through a real gateway process (embedded netsim): sending, batches,
 idempotency, validation errors, auth and roles, limits, metrics."""
+import http.client
+import json
 import re
 import socket
 
@@ -152,6 +154,59 @@ def test_each_role_reaches_only_its_routes(gw):
     assert status == 403
     status, _ = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=app)
     assert status == 202
+
+
+def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused_on_its_open_connection(gw):
+    status, made = gw.request("POST", "/admin/v1/api-keys", {"workspace": "default", "role": "app", "label": "crm"})
+    assert status == 201 and made["revoked_at"] is None
+    key, key_id = made["key"], made["id"]
+    send = json.dumps({"to": "+14155550100", "text": {"body": "x"}})
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)  # one keep-alive connection
+    try:
+        def post():
+            conn.request("POST", "/v1/messages", send, {"Authorization": f"Bearer {key}"})
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+
+        assert post()[0] == 202
+        status, listing = gw.request("GET", "/admin/v1/api-keys?workspace=default")
+        assert status == 200
+        mine = [k for k in listing["keys"] if k["id"] == key_id]
+        assert mine == [{"id": key_id, "workspace": "default", "role": "app", "label": "crm",
+                         "created_at": made["created_at"], "revoked_at": None}]
+        assert key.split("_", 2)[2] not in json.dumps(listing)
+        status, revoked = gw.request("DELETE", f"/admin/v1/api-keys/{key_id}")
+        assert status == 200 and revoked["revoked_at"] is not None
+        status, reply = post()
+        assert (status, reply["error"]["code"]) == (401, "revoked_api_key")
+    finally:
+        conn.close()
+    status, again = gw.request("DELETE", f"/admin/v1/api-keys/{key_id}")
+    assert status == 200 and again["revoked_at"] == revoked["revoked_at"]  # revoked once
+    status, listing = gw.request("GET", "/admin/v1/api-keys")
+    assert [k["revoked_at"] for k in listing["keys"] if k["id"] == key_id] == [revoked["revoked_at"]]
+    status, log = gw.request("GET", "/admin/v1/audit?workspace=default")
+    actions = [(e["action"], e["target"]) for e in log["entries"]]
+    assert ("api_key.revoke", key_id) in actions and ("api_key.create", key_id) in actions
+
+
+def test_revoking_an_unknown_key_is_404_and_the_last_admin_key_is_kept(gw):
+    status, reply = gw.request("DELETE", "/admin/v1/api-keys/0123456789abcdef")
+    assert (status, reply["error"]["code"]) == (404, "api_key_not_found")
+    status, listing = gw.request("GET", "/admin/v1/api-keys")
+    admins = [k["id"] for k in listing["keys"] if k["role"] == "admin" and k["revoked_at"] is None]
+    own = gw.key.split("_")[1]
+    for other in admins:
+        if other != own:
+            assert gw.request("DELETE", f"/admin/v1/api-keys/{other}")[0] == 200
+    status, reply = gw.request("DELETE", f"/admin/v1/api-keys/{own}")
+    assert (status, reply["error"]["code"]) == (409, "last_admin_key")
+    assert gw.request("GET", "/admin/v1/api-keys")[0] == 200  # still in force
+    status, reply = gw.request("GET", "/admin/v1/api-keys?workspace=Not%20A%20Name")
+    assert (status, reply["error"]["code"]) == (422, "invalid_field")
+    app = key_for(gw, "app")
+    assert gw.request("GET", "/admin/v1/api-keys", key=app)[0] == 403
+    assert gw.request("DELETE", f"/admin/v1/api-keys/{own}", key=app)[0] == 403
 
 
 def test_messages_of_another_workspace_are_invisible(gw):

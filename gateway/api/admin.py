@@ -14,19 +14,21 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
-from gateway.config import E164_PATTERN, Burst, ConfigError, Name, RatePerMinute
+from gateway.api.policy import query
+from gateway.config import E164_PATTERN, NAME_PATTERN, Burst, ConfigError, Name, RatePerMinute
 from gateway.crypto.fingerprint import format_safety_number, safety_number
 from gateway.crypto.identity import IdentityKey, InvalidKey
 from gateway.decoding import DECODE_ERRORS
 from gateway.http.auth import ROLES, mint_key
 from gateway.http.server import Request, Response
+from gateway.store import key_ops as K
 from gateway.store import ops
 from gateway.store import records as R
-from gateway.store.ops import rfc3339
 from gateway.store.writer import StorageError, StorageFull
 
 
 _E164 = re.compile(E164_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
 
 
 class NewKey(Struct, forbid_unknown_fields=True):
@@ -60,16 +62,42 @@ class AdminApi:
                            {"path": "$.role"})
         now = self.gw.clock_ms()
         key_id, key, record = mint_key(req.workspace, req.role, now, req.label)
-        await self._write(ops.put_api_key, (key_id, record))
+        audit = K.audit_entry(self.gw.policy.ids, now, principal.key_id, principal.role, "api_key.create",
+                              key_id, record)
+        await self._write(K.put_api_key, (key_id, record, audit))
         self.gw.auth.remember(key_id, record)
-        return Response.json(201, {
-            "id": key_id, "key": key, "workspace": req.workspace, "role": req.role,
-            "label": req.label, "created_at": rfc3339(now),
-        })
+        return Response.json(201, {**K.view(key_id, record), "key": key})
 
-    async def _write(self, op, arg) -> None:
+    async def list_keys(self, request: Request, principal, params) -> Response:
+        """Every key (`?workspace=` one workspace's), revoked ones too: never a secret or a hash."""
+        workspace = query(request).get("workspace")
+        if workspace is not None and not _NAME.match(workspace):
+            raise ApiError(422, "invalid_field", "workspace: expected a workspace name", {"path": "workspace"})
+        store = self.gw.store
+        with store.env.begin(buffers=False) as txn:
+            keys = K.all_keys(txn, store.dbs["api_keys"], workspace)
+        return Response.json(200, {"keys": [K.view(key_id, record) for key_id, record in keys]})
+
+    async def revoke_key(self, request: Request, principal, params) -> Response:
+        """Revoke a key: refused from the next request on, on every connection. The last admin key in
+        force is not revoked here (409), so the API cannot lock every admin out."""
+        key_id = unquote(params[0])
+        now = self.gw.clock_ms()
+        ids = self.gw.policy.ids
+        arg = K.RevokeArg(key_id, now, lambda rec: K.audit_entry(ids, now, principal.key_id, principal.role,
+                                                                 "api_key.revoke", key_id, rec))
+        outcome, record = await self._write(K.revoke_api_key, arg)
+        if outcome == K.UNKNOWN:
+            raise ApiError(404, "api_key_not_found", f"no API key {key_id[:40]!r}", {"id": key_id[:40]})
+        if outcome == K.LAST_ADMIN:
+            raise ApiError(409, "last_admin_key", "this is the last admin key in force; create another "
+                           "admin key first (or use `gateway keys revoke` on the host)", {"id": key_id})
+        self.gw.auth.remember(key_id, record)
+        return Response.json(200, K.view(key_id, record))
+
+    async def _write(self, op, arg):
         try:
-            await self.gw.writer.write(op, arg)
+            return await self.gw.writer.write(op, arg)
         except (StorageFull, StorageError):
             raise ApiError(503, "storage_full", "the store refused the change; nothing was changed",
                            retry_after=self.gw.config.store.storage_full_retry_after_s) from None

@@ -4,6 +4,10 @@ A key is `gw_<key id>_<secret>`; only sha256(secret) is stored, looked up by key
 in constant time. A connection may remember the header it was last verified with (`memo`), so a
 keep-alive client that sends the same key again costs one constant-time comparison instead of a
 hash. Keys never appear in logs or error messages.
+
+A revoked key is refused (401 `revoked_api_key`, told only to a caller that holds its secret) from
+the moment its revocation is stored through this process (`remember`), and within one `refresh`
+(the gateway's housekeeping, every second) when another process, the CLI, stored it.
 """
 from __future__ import annotations
 
@@ -54,17 +58,46 @@ class Authenticator:
 
     def __init__(self, load: Callable[[str], R.ApiKeyRecord | None]) -> None:
         self._load = load
-        self._cache: dict[str, Principal | None] = {}
-        self._hashes: dict[str, bytes] = {}
+        self._cache: dict[str, Principal] = {}  # keys in force
+        self._records: dict[str, R.ApiKeyRecord] = {}  # every key seen, revoked ones too
 
     def remember(self, key_id: str, record: R.ApiKeyRecord) -> None:
-        self._cache[key_id] = Principal(key_id, record.workspace, record.role)
-        self._hashes[key_id] = record.secret_hash
+        """Take a key's record as it now stands (minted, revoked, or read from the store)."""
+        self._records[key_id] = record
+        if record.revoked_ms:
+            self._cache.pop(key_id, None)  # connections that verified it see a stale memo and check again
+        else:
+            current = self._cache.get(key_id)
+            if current is None or (current.workspace, current.role) != (record.workspace, record.role):
+                self._cache[key_id] = Principal(key_id, record.workspace, record.role)
+
+    def forget(self, key_id: str) -> None:
+        self._cache.pop(key_id, None)
+        self._records.pop(key_id, None)
+
+    def known(self) -> list[str]:
+        """Ids of the keys this process holds a record of (for `refresh`)."""
+        return list(self._records)
+
+    def refresh(self, records: dict[str, R.ApiKeyRecord | None]) -> int:
+        """Take the stored records of known keys (None: gone from the store); returns how many
+        changed. A record that did not change keeps its principal, so no connection re-hashes."""
+        changed = 0
+        for key_id, record in records.items():
+            seen = self._records.get(key_id)
+            if record is None:
+                if seen is not None:
+                    self.forget(key_id)
+                    changed += 1
+            elif record != seen:
+                self.remember(key_id, record)
+                changed += 1
+        return changed
 
     def authenticate(self, header: str | None, memo: dict | None = None) -> Principal:
         """The principal of a valid `Authorization` header, else AuthError 401. `memo` is a per-connection
         dict: the header that was verified on this connection last is compared in constant time and,
-        if it is the same, not hashed again (while its key is still known)."""
+        if it is the same, not hashed again (while its key is still known and in force)."""
         if memo is not None and header and header.isascii():
             seen = memo.get(_MEMO)
             if seen is not None and hmac.compare_digest(header, seen[0]):
@@ -84,16 +117,18 @@ class Authenticator:
         if match is None:
             raise AuthError(401, "invalid_api_key", "the API key is malformed or unknown")
         key_id, secret = match.groups()
-        principal = self._cache.get(key_id)
-        if principal is None:
+        record = self._records.get(key_id)
+        if record is None:
             record = self._load(key_id)
             if record is None:
                 raise AuthError(401, "invalid_api_key", "the API key is malformed or unknown")
             self.remember(key_id, record)
-            principal = self._cache[key_id]
         digest = hashlib.sha256(secret.encode()).digest()
-        if not hmac.compare_digest(digest, self._hashes[key_id]):
+        if not hmac.compare_digest(digest, record.secret_hash):
             raise AuthError(401, "invalid_api_key", "the API key is malformed or unknown")
+        principal = self._cache.get(key_id)
+        if principal is None:  # its holder proved the secret: saying why costs nothing
+            raise AuthError(401, "revoked_api_key", "this API key was revoked")
         return principal
 
 

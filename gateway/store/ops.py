@@ -1,5 +1,5 @@
 """Operations that run inside the writer's transaction: accept, dispatch, acks, receipts,
-idempotency, keys and runtime sender settings.
+idempotency and runtime sender settings (API keys: store/key_ops.py).
 
 Each op is `op(txn, dbs, arg) -> result`, checks before it writes, and touches only the tables
 named in its docstring. They run in the writer thread: no trio, no clock reads, no logging of
@@ -279,12 +279,6 @@ def count_throttles(txn, dbs, arg: list[str]) -> list[int]:
 
 
 # --- keys, senders, housekeeping -------------------------------------------------------------
-
-
-def put_api_key(txn, dbs, arg: tuple[str, R.ApiKeyRecord]) -> None:
-    """api_keys."""
-    key_id, record = arg
-    txn.put(key_id.encode(), _enc(record), db=dbs["api_keys"])
 
 
 def put_sender_override(txn, dbs, arg: tuple[str, R.SenderOverride | None]) -> None:

@@ -13,7 +13,7 @@ TABLES = (
     "pending",  # id -> PendingRecord (accepted, waiting for the scheduler)
     "outbox",  # id -> OutboxRecord (committed frame payload, waiting for the network's ack)
     "idempotency",  # workspace \0 key -> IdempotencyRecord
-    "api_keys",  # key id -> ApiKeyRecord
+    "api_keys",  # key id -> ApiKeyRecord (revoked ones stay, marked)
     "limiter",  # b"s\0" sender -> (tokens, last) (b"p\0" sender \0 recipient: pair rows of earlier versions)
     "pairlog_a",  # record number (uint64 big-endian) -> pair bucket state (store/pairlog.py), two tables
     "pairlog_b",  # taking turns
@@ -90,6 +90,7 @@ class ApiKeyRecord(Struct, array_like=True):
     role: str
     created_ms: int
     label: str = ""
+    revoked_ms: int = 0  # when it was revoked (0: in force); the record stays, for the listing and audit
 
 
 class SenderOverride(Struct, array_like=True):
