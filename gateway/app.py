@@ -21,6 +21,7 @@ from gateway.api.errors import ApiError
 from gateway.api.messages import MessagesApi
 from gateway.api.policy import PolicyApi
 from gateway.api.reviews import ReviewsApi
+from gateway.api.webhooks import WebhooksApi
 from gateway.clock import Clock
 from gateway.crypto.keydir import KeyDirError, key_dir_for, load_sealer
 from gateway.crypto.seal import Sealer
@@ -108,6 +109,7 @@ class Gateway:
         self.reviews = ReviewsApi(self)
         self.messages = MessagesApi(self)
         self.admin = AdminApi(self)
+        self.webhooks_api = WebhooksApi(self)
         self.probes = ProbesApi(self)
         self.router = self._routes()
         self._sender_ws: dict[str, str] = {}
@@ -135,6 +137,10 @@ class Gateway:
         r.add("GET", "/healthz", p.healthz, None)
         r.add("GET", "/readyz", p.readyz, None)
         r.add("GET", "/metrics", p.metrics, None)
+        hooks = self.webhooks_api
+        r.add("GET", "/admin/v1/webhooks", hooks.list_endpoints, ADMIN)
+        r.add("GET", "/admin/v1/webhooks/dead-letters", hooks.dead_letters, ADMIN)
+        r.add("POST", "/admin/v1/webhooks/dead-letters/replay", hooks.replay, ADMIN)
         self._policy_routes(r)
         return r
 
@@ -361,6 +367,9 @@ class Gateway:
                   lambda: [((), self.store.count("outbox"))])
         reg.gauge("gateway_webhook_outbox_depth", "Webhook events waiting for delivery.",
                   lambda: [((), self.store.count("webhook_outbox"))])
+        reg.gauge("gateway_webhook_dead_letters", "Webhook events given up on (a final refusal, or older "
+                  "than webhooks.max_age_h): GET /admin/v1/webhooks/dead-letters lists them, .../replay sends "
+                  "them again.", lambda: [((), self.store.count("webhook_dead"))])
         reg.gauge("gateway_network_connected", "1 when the network link is up.",
                   lambda: [((), 1 if self.link is not None and self.link.connected else 0)])
         reg.gauge("gateway_storage_used_bytes", "LMDB pages in use, in bytes.",

@@ -279,11 +279,12 @@ class Gateway:
 
 
 class WebhookReceiver:
-    """Collects POSTed webhook deliveries; can answer the first `fail_first` with 500."""
+    """Collects POSTed webhook deliveries; can answer the first `fail_first` with `fail_status`."""
 
-    def __init__(self, fail_first: int = 0, port: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, port: int = 0, fail_status: int = 500) -> None:
         self.deliveries: list[tuple[dict, bytes]] = []
         self.fail_first = fail_first
+        self.fail_status = fail_status
         self.lock = threading.Lock()
         receiver = self
 
@@ -298,7 +299,7 @@ class WebhookReceiver:
                         receiver.fail_first -= 1
                     else:
                         receiver.deliveries.append((dict(self.headers), body))
-                self.send_response(500 if failing else 200)
+                self.send_response(receiver.fail_status if failing else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -133,3 +133,40 @@ def test_accept_group_writes_every_item_and_seals_the_group(store):
     assert run(store, ops.accept_group, group) is None
     assert group.sealed
     assert store.count("pending") == 2 and store.message("01M80G6YDF0AVP1GGNM3839WG1").status == "accepted"
+
+
+def dead_letters(store, *keys, event=b'{"id":"x"}'):
+    run(store, ops.move_to_dead, [(k, ops.encode(R.DeadLetter(event, 1, "http 400", 5))) for k in keys])
+
+
+def test_replay_moves_the_oldest_dead_letters_of_the_named_endpoints_back_to_the_outbox(store):
+    a = [b"aaaaaaaaaaaaaaaa\0" + b"01M80G6YDF0AVP1GGNM3839WG%d" % i for i in range(5)]
+    b = [b"bbbbbbbbbbbbbbbb\0" + b"01M80G6YDF0AVP1GGNM3839WG%d" % i for i in range(2)]
+    dead_letters(store, *a, *b)
+    sealed = b"\0sealed bytes"
+    run(store, ops.move_to_dead, [(a[4], ops.encode(R.DeadLetter(sealed, 3, "no answer", 5)))])
+    audited = []
+
+    def audit(n):
+        audited.append(n)
+        return b"01M80G6YDF0AVP1GGNM3839WG9", b"entry"
+
+    moved = run(store, ops.replay_dead, ops.ReplayArg([b"aaaaaaaaaaaaaaaa\0"], None, 3, audit))
+    assert [k for k, _ in moved] == a[:3] and audited == [3]
+    assert [k for k, _ in store.scan("webhook_outbox")] == a[:3]
+    moved = run(store, ops.replay_dead, ops.ReplayArg([b"aaaaaaaaaaaaaaaa\0", b"bbbbbbbbbbbbbbbb\0"], None, 100))
+    assert [k for k, _ in moved] == a[3:] + b
+    assert store.get("webhook_outbox", a[4]) == sealed  # stored again as it was queued: still sealed
+    assert store.count("webhook_dead") == 0 and store.count("audit") == 1
+
+
+def test_replay_of_named_events_moves_only_those_and_audits_nothing_when_none_moved(store):
+    keys = [b"aaaaaaaaaaaaaaaa\0" + b"01M80G6YDF0AVP1GGNM3839WG%d" % i for i in range(3)]
+    dead_letters(store, *keys)
+    moved = run(store, ops.replay_dead, ops.ReplayArg([b"aaaaaaaaaaaaaaaa\0"],
+                                                      [keys[1][17:], b"01M80G6YDF0AVP1GGNM3839WGZ"], 10,
+                                                      lambda n: (b"k", b"v")))
+    assert [k for k, _ in moved] == [keys[1]]
+    assert [k for k, _ in store.scan("webhook_dead")] == [keys[0], keys[2]]
+    moved = run(store, ops.replay_dead, ops.ReplayArg([b"cccccccccccccccc\0"], None, 10, lambda n: (b"k2", b"v")))
+    assert moved == [] and store.get("audit", b"k2") is None and store.get("audit", b"k") == b"v"

@@ -47,7 +47,7 @@ def _category(params) -> str:
     return category
 
 
-def _limit(request: Request, default: int = 100) -> int:
+def limit_param(request: Request, default: int = 100) -> int:
     raw = query(request).get("limit")
     if raw is None:
         return default
@@ -136,7 +136,7 @@ class PolicyApi:
     async def policy_events(self, request: Request, principal, params) -> Response:
         """The newest policy actions of the workspace (block, review, mask, flag) with their terms."""
         workspace = target_workspace(self.gw, request, principal)
-        limit = _limit(request)  # refused before anything is read, whether or not there are events
+        limit = limit_param(request)  # refused before anything is read, whether or not there are events
         out = []
         for _, raw in _newest(self.gw.store, "policy_events"):
             rec = P.policy_event_decoder.decode(raw)
@@ -153,7 +153,7 @@ class PolicyApi:
     async def audit(self, request: Request, principal, params) -> Response:
         """The newest audited changes of the workspace (admins only)."""
         workspace = target_workspace(self.gw, request, principal)
-        limit = _limit(request)
+        limit = limit_param(request)
         out = []
         for _, raw in _newest(self.gw.store, "audit"):
             rec = P.audit_decoder.decode(raw)

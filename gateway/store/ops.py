@@ -320,6 +320,47 @@ def move_to_dead(txn, dbs, arg: list[tuple[bytes, bytes]]) -> None:
         txn.put(key, dead, db=dbs["webhook_dead"])
 
 
+
+class ReplayArg(NamedTuple):
+    prefixes: list[bytes]  # endpoint id \0 of each endpoint whose dead letters go back
+    event_ids: list[bytes] | None  # only these events (None: the oldest ones, up to `limit`)
+    limit: int
+    audit: Callable[[int], tuple[bytes, bytes]] | None = None  # the audit entry for n moved (written when any are)
+
+
+def replay_dead(txn, dbs, arg: ReplayArg) -> list[tuple[bytes, bytes]]:
+    """webhook_dead -> webhook_outbox (+ audit): up to `limit` dead letters of these endpoints,
+    oldest first, each stored again as it was queued (sealed ones stay sealed). Returns the
+    (key, stored event) moved."""
+    dead_db, outbox_db = dbs["webhook_dead"], dbs["webhook_outbox"]
+    decode, put = R.dead_letter_decoder.decode, txn.put
+    moved: list[tuple[bytes, bytes]] = []
+    with txn.cursor(db=dead_db) as cur:
+        for prefix in arg.prefixes:
+            if arg.event_ids is not None:
+                for event_id in arg.event_ids:
+                    if len(moved) >= arg.limit:
+                        break
+                    if cur.set_key(prefix + event_id):
+                        event = decode(cur.value()).event
+                        put(prefix + event_id, event, db=outbox_db)
+                        moved.append((prefix + event_id, event))
+                        cur.delete()
+                continue
+            found = cur.set_range(prefix)
+            while found and len(moved) < arg.limit:
+                key = cur.key()
+                if not key.startswith(prefix):
+                    break
+                event = decode(cur.value()).event
+                put(key, event, db=outbox_db)
+                moved.append((key, event))
+                found = cur.delete()  # and on to the next record
+    if moved and arg.audit is not None:
+        key, entry = arg.audit(len(moved))
+        put(key, entry, db=dbs["audit"])
+    return moved
+
 def encode(obj) -> bytes:
     return _enc(obj)
 

@@ -58,6 +58,9 @@ class Endpoint:
         self.wake = trio.Event()
         self.scopes: list[trio.CancelScope] = []  # one per worker, cancelled when removed
         self.sealed: set[bytes] = set()  # keys of loaded events stored sealed (sealed again if dead)
+        # dead letters sent again (admin API): key -> when (unix ms); their age for webhooks.max_age_h
+        # counts from then
+        self.replayed: dict[bytes, int] = {}
 
     def stop(self) -> None:
         for scope in self.scopes:
@@ -107,8 +110,32 @@ class WebhookDispatcher:
             for ep in self._by_workspace.get(ws, ()):
                 ep.poke()
 
-    def backlog(self) -> dict[str, int]:
-        return {ep.url: len(ep.ready) + sum(len(r[3]) for r in ep.retry) for ep in self.endpoints.values()}
+    @staticmethod
+    def queued(ep: Endpoint) -> int:
+        """Events of `ep` loaded and waiting (first tries and retries)."""
+        return len(ep.ready) + sum(len(r[3]) for r in ep.retry)
+
+    def requeue(self, moved: list[tuple[bytes, bytes]], now_ms: int) -> int:
+        """Dead letters just stored back in the outbox (ops.replay_dead) go out again: queued on their
+        endpoints now, aged from now. Returns how many were queued (an endpoint removed meanwhile
+        takes them from the outbox after it is configured again)."""
+        n = 0
+        for key, stored in moved:
+            ep = self.endpoints.get(key.split(b"\0", 1)[0])
+            if ep is None or key in ep.replayed:
+                continue
+            ep.replayed[key] = now_ms
+            n += 1
+            if key > ep.scan_from:  # the outbox scan has not passed it yet: it loads it in turn
+                ep.poke()
+                continue
+            value = self._readable(ep, key, stored)  # behind the scan: queued here
+            if value is None:  # its data key is missing (logged): it waits in the outbox, as at a load
+                del ep.replayed[key]
+                continue
+            ep.ready.append((key, value))
+            ep.wake.set()
+        return n
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -206,9 +233,9 @@ class WebhookDispatcher:
         self.gw.metrics.webhooks.inc((outcome if status is not None else "no_answer",))
         if outcome == policy.DONE:
             await write_until_stored(self.gw.writer, ops.delete_keys, ("webhook_outbox", keys))
-            ep.sealed.difference_update(keys)
+            self._forget(ep, keys)
             return
-        oldest_ms = timestamp_ms(keys[0][len(ep.prefix):].decode())
+        oldest_ms = ep.replayed.get(keys[0]) or timestamp_ms(keys[0][len(ep.prefix):].decode())
         expired = self.gw.clock.now_ms() - oldest_ms > cfg.max_age_h * 3_600_000
         if outcome == policy.DEAD or expired:
             reason = f"http {status}" if status is not None else "no answer"
@@ -219,11 +246,19 @@ class WebhookDispatcher:
                 ops.SEALED_EVENT + seal(v, k[len(ep.prefix):]) if k in ep.sealed else v,
                 attempt, reason, self.gw.clock.now_ms()))) for k, v in items]
             await write_until_stored(self.gw.writer, ops.move_to_dead, dead)
-            ep.sealed.difference_update(keys)
+            self._forget(ep, keys)
             return
         delay = policy.backoff_s(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng, retry_after)
         heapq.heappush(ep.retry, (self.gw.clock.steady() + delay, next(self._seq), attempt + 1, items))
         ep.wake.set()
+
+    @staticmethod
+    def _forget(ep: Endpoint, keys: list[bytes]) -> None:
+        """These events left the outbox (delivered, or dead)."""
+        ep.sealed.difference_update(keys)
+        if ep.replayed:
+            for key in keys:
+                ep.replayed.pop(key, None)
 
     async def aclose(self) -> None:
         await self.client.aclose()
