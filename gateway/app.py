@@ -221,16 +221,23 @@ class Gateway:
         raw = self.store.get("api_keys", key_id.encode())
         return R.api_key_decoder.decode(raw) if raw is not None else None
 
-    def _refresh_api_keys(self) -> None:
-        """Re-read the keys this process knows, so that a revocation stored by the CLI (another
-        process) is obeyed within a second. A read of a few records per key (~1 us each)."""
-        store = self.store
-        with store.env.begin(db=store.dbs["api_keys"], buffers=False) as txn:
-            found = {key_id: txn.get(key_id.encode()) for key_id in self.auth.known()}
-        changed = self.auth.refresh({key_id: R.api_key_decoder.decode(raw) if raw is not None else None
-                                     for key_id, raw in found.items()})
-        if changed:
-            log.info("API keys: %d changed in the store since last read", changed)
+    async def _refresh_api_keys(self) -> None:
+        """Re-read the keys this process knows every second, so that a revocation stored by the CLI
+        (another process) is obeyed within a second: a task of its own, which nothing else the
+        housekeeping waits for (the link, a full store) holds up. ~1 us a key."""
+        while True:
+            await trio.sleep(1.0)
+            try:
+                store = self.store
+                with store.env.begin(db=store.dbs["api_keys"], buffers=False) as txn:
+                    found = {key_id: txn.get(key_id.encode()) for key_id in self.auth.known()}
+                changed = self.auth.refresh({key_id: R.api_key_decoder.decode(raw) if raw is not None else None
+                                             for key_id, raw in found.items()})
+            except Exception:  # a damaged record, say: the keys known stay as they were, and it tries again
+                log.exception("API keys could not be re-read")
+                continue
+            if changed:
+                log.info("API keys: %d changed in the store since last read", changed)
 
     # -- senders and config ---------------------------------------------------------------
 
@@ -435,6 +442,7 @@ class Gateway:
                 await nursery.start(self.delivery.run_throttle_retries)
                 await nursery.start(self.webhooks.run)
                 nursery.start_soon(self._housekeeping)
+                nursery.start_soon(self._refresh_api_keys)
                 nursery.start_soon(self._reload_on_sighup)
                 nursery.start_soon(self._stop_when, stop, nursery.cancel_scope)
                 listen_host, listen_port = C.split_host_port(cfg.server.listen)
@@ -486,13 +494,11 @@ class Gateway:
 
     async def _housekeeping(self) -> None:
         """Bounded clean-ups: pair buckets that are full again and the pair journal's compaction
-        (every second, so each round is small), API keys re-read (every second), and expired
-        idempotency answers (every HOUSEKEEPING_S)."""
+        (every second, so each round is small), and expired idempotency answers (every HOUSEKEEPING_S)."""
         since_idempotency = 0.0
         while True:
             await trio.sleep(1.0)
             await self.delivery.rotate_keys()
-            self._refresh_api_keys()
             # a pair refilled to its burst is forgotten; its journal records go at the next compaction
             self.scheduler.forget_full_pairs(self.clock.steady())
             await self.delivery.compact_pair_log()

@@ -172,17 +172,22 @@ def cmd_keys_list(args) -> int:
     print(f"{'id':16}  {'workspace':20}  {'role':10}  {'created':24}  {'revoked':24}  label")
     for key_id, record in keys:
         v = K.view(key_id, record)
+        label = v["label"] if v["label"].isprintable() else ascii(v["label"])  # no escapes reach the terminal
         print(f"{v['id']:16}  {v['workspace']:20}  {v['role']:10}  {v['created_at']:24}  "
-              f"{v['revoked_at'] or '-':24}  {v['label']}")
+              f"{v['revoked_at'] or '-':24}  {label}")
     return 0
 
 
 def cmd_keys_revoke(args) -> int:
     import time
 
+    from gateway.http.auth import KEY_ID
     from gateway.ids import IdGenerator
     from gateway.store import key_ops as K
 
+    if not KEY_ID.match(args.key_id):
+        print(f"{args.key_id!r}: not an API key id (16 hex digits, as `gateway keys list` shows)", file=sys.stderr)
+        return 2
     store = _open_store(args)
     if store is None:
         return 2

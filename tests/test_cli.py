@@ -59,9 +59,12 @@ def test_keys_list_and_revoke_on_the_host_while_the_gateway_runs(tmp_path):
         gw.stop()
 
 
-def test_keys_list_says_when_there_is_no_store(tmp_path):
+def test_keys_list_and_revoke_say_what_is_wrong_without_a_traceback(tmp_path):
     out = gateway("keys", "list", "--data-dir", str(tmp_path / "nothing"))
     assert out.returncode == 2 and "no gateway store" in out.stderr and "Traceback" not in out.stderr
+    for bad in ("", "x" * 600, "0123456789ABCDEF"):
+        out = gateway("keys", "revoke", bad, "--data-dir", str(tmp_path))
+        assert out.returncode == 2 and "not an API key id" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_keys_create_refuses_an_unknown_role(tmp_path):

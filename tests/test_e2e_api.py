@@ -169,6 +169,7 @@ def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused_on_its_ope
             return resp.status, json.loads(resp.read())
 
         assert post()[0] == 202
+        sock = conn.sock  # the cached check of this connection is what revocation must undo
         status, listing = gw.request("GET", "/admin/v1/api-keys?workspace=default")
         assert status == 200
         mine = [k for k in listing["keys"] if k["id"] == key_id]
@@ -179,6 +180,7 @@ def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused_on_its_ope
         assert status == 200 and revoked["revoked_at"] is not None
         status, reply = post()
         assert (status, reply["error"]["code"]) == (401, "revoked_api_key")
+        assert conn.sock is sock  # on the same keep-alive connection
     finally:
         conn.close()
     status, again = gw.request("DELETE", f"/admin/v1/api-keys/{key_id}")
@@ -191,8 +193,9 @@ def test_keys_are_listed_without_secrets_and_a_revoked_key_is_refused_on_its_ope
 
 
 def test_revoking_an_unknown_key_is_404_and_the_last_admin_key_is_kept(gw):
-    status, reply = gw.request("DELETE", "/admin/v1/api-keys/0123456789abcdef")
-    assert (status, reply["error"]["code"]) == (404, "api_key_not_found")
+    for unknown in ("0123456789abcdef", "x" * 3000, "%00"):
+        status, reply = gw.request("DELETE", f"/admin/v1/api-keys/{unknown}")
+        assert (status, reply["error"]["code"]) == (404, "api_key_not_found")
     status, listing = gw.request("GET", "/admin/v1/api-keys")
     admins = [k["id"] for k in listing["keys"] if k["role"] == "admin" and k["revoked_at"] is None]
     own = gw.key.split("_")[1]

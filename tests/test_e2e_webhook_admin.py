@@ -45,6 +45,7 @@ def test_dead_letters_are_listed_without_bodies_and_sent_again_once_the_endpoint
         status, reply = gw.request("POST", "/admin/v1/webhooks/dead-letters/replay", {"event_ids": [first]})
         assert (status, reply["replayed"], reply["dead_letters_left"]) == (200, 1, len(dead) - 1)
         wait(lambda: [e for e in receiver.events() if e["id"] == first])
+        wait(lambda: gw.metric("gateway_webhook_outbox_depth") == 0)  # its 2xx is stored: not sent again
         gw.stop()  # after a restart the outbox scan starts over: what is replayed then comes through it
         gw.start()
         status, reply = gw.request("POST", "/admin/v1/webhooks/dead-letters/replay",
@@ -62,6 +63,36 @@ def test_dead_letters_are_listed_without_bodies_and_sent_again_once_the_endpoint
     finally:
         gw.stop()
         receiver.stop()
+
+
+def test_an_event_id_replays_the_event_at_every_endpoint_it_died_at(tmp_path):
+    first = WebhookReceiver(fail_first=10**6, fail_status=410).start()
+    second = WebhookReceiver(fail_first=10**6, fail_status=410).start()
+    gw = Gateway(tmp_path, webhook_url=first.url, sim="read_share = 0.0\nlatency_ms_median = 5.0")
+    secret = tmp_path / "hook.secret"
+    gw.config_text = gw.config_text.replace(
+        f'url = "{first.url}"', f'url = "{first.url}"\nsecret_file = "{secret}"\n'
+        f'[[workspaces.webhooks]]\nurl = "{second.url}"', 1)
+    gw.config_path.write_text(gw.config_text)
+    gw.start()
+    try:
+        assert len(gw.request("GET", "/admin/v1/webhooks")[1]["endpoints"]) == 2
+        gw.wait_status(gw.send("+14155550100"), {"delivered"})
+        dead = wait(lambda: (d := gw.request("GET", "/admin/v1/webhooks/dead-letters")[1]["dead_letters"])
+                    and len(d) >= 4 and d)
+        for receiver in (first, second):
+            with receiver.lock:
+                receiver.fail_first = 0
+        event_id = dead[0]["event_id"]
+        assert [d["event_id"] for d in dead].count(event_id) == 2
+        status, reply = gw.request("POST", "/admin/v1/webhooks/dead-letters/replay", {"event_ids": [event_id]})
+        assert (status, reply["replayed"]) == (200, 2)
+        for receiver in (first, second):
+            wait(lambda: [e for e in receiver.events() if e["id"] == event_id])
+    finally:
+        gw.stop()
+        first.stop()
+        second.stop()
 
 
 def test_replay_and_listing_refuse_what_names_no_endpoint_of_the_workspace(tmp_path):

@@ -19,7 +19,7 @@ from gateway.config import E164_PATTERN, NAME_PATTERN, Burst, ConfigError, Name,
 from gateway.crypto.fingerprint import format_safety_number, safety_number
 from gateway.crypto.identity import IdentityKey, InvalidKey
 from gateway.decoding import DECODE_ERRORS
-from gateway.http.auth import ROLES, mint_key
+from gateway.http.auth import KEY_ID, ROLES, mint_key
 from gateway.http.server import Request, Response
 from gateway.store import key_ops as K
 from gateway.store import ops
@@ -82,6 +82,8 @@ class AdminApi:
         """Revoke a key: refused from the next request on, on every connection. The last admin key in
         force is not revoked here (409), so the API cannot lock every admin out."""
         key_id = unquote(params[0])
+        if not KEY_ID.match(key_id):
+            raise ApiError(404, "api_key_not_found", "no such API key: an id is 16 hex digits", {"id": key_id[:40]})
         now = self.gw.clock_ms()
         ids = self.gw.policy.ids
         arg = K.RevokeArg(key_id, now, lambda rec: K.audit_entry(ids, now, principal.key_id, principal.role,

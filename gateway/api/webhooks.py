@@ -80,7 +80,8 @@ class WebhooksApi:
         return Response.json(200, {"workspace": workspace, "endpoints": out})
 
     async def dead_letters(self, request: Request, principal, params) -> Response:
-        """The oldest dead letters of the workspace's endpoints (`?endpoint=`, `?limit=`)."""
+        """Dead letters of the workspace's endpoints (`?endpoint=`, `?limit=`): endpoint by endpoint
+        (in id order), each one's oldest first."""
         workspace = target_workspace(self.gw, request, principal)
         eps = self._endpoints(workspace, self._wanted_endpoint(request))
         limit = limit_param(request)
@@ -115,8 +116,8 @@ class WebhooksApi:
                 "dead_at": rfc3339(dead.at_ms), "attempts": dead.attempts, "last_error": dead.last_error}
 
     async def replay(self, request: Request, principal, params) -> Response:
-        """Send dead letters again: `{"endpoint"?, "event_ids"?, "limit"?}` (the oldest `limit`, 1,000 by
-        default, of the workspace's endpoints). They go back to the outbox in one commit, audited,
+        """Send dead letters again: `{"endpoint"?, "event_ids"?, "limit"?}` (`limit`, 1,000 by default,
+        taken endpoint by endpoint, each one's oldest first). They go back to the outbox in one commit, audited,
         and out at once; a delivery that fails again counts its age from now."""
         workspace = target_workspace(self.gw, request, principal)
         try:
@@ -127,7 +128,8 @@ class WebhooksApi:
         gw = self.gw
         now = gw.clock_ms()
         event_ids = [e.encode() for e in req.event_ids] if req.event_ids is not None else None
-        limit = len(event_ids) if event_ids is not None else req.limit
+        # an event id names one event at each endpoint it went to
+        limit = len(event_ids) * len(eps) if event_ids is not None else req.limit
         def audit(n: int):
             return gw.policy.audit_entry(principal, workspace, "webhook.replay", req.endpoint or "*",
                                          {"replayed": n}, now)

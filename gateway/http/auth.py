@@ -22,6 +22,7 @@ from gateway.store import records as R
 ROLES = ("admin", "app", "agent", "supervisor")
 _MEMO = "auth"  # key of the (verified header, principal) pair in a connection's memo
 _TOKEN = re.compile(r"^gw_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
+KEY_ID = re.compile(r"[0-9a-f]{16}\Z")  # what a key's id looks like (the part a listing shows)
 
 
 class Principal:

@@ -58,9 +58,13 @@ class Endpoint:
         self.wake = trio.Event()
         self.scopes: list[trio.CancelScope] = []  # one per worker, cancelled when removed
         self.sealed: set[bytes] = set()  # keys of loaded events stored sealed (sealed again if dead)
+        self.held: set[bytes] = set()  # keys loaded and not yet delivered or dead (ready, retry, in flight)
         # dead letters sent again (admin API): key -> when (unix ms); their age for webhooks.max_age_h
         # counts from then
         self.replayed: dict[bytes, int] = {}
+        # replayed while still held (dead-lettered in the commit that replayed them): queued again
+        # once that delivery lets go of them, with what the outbox holds now
+        self.again: dict[bytes, bytes] = {}
 
     def stop(self) -> None:
         for scope in self.scopes:
@@ -117,25 +121,31 @@ class WebhookDispatcher:
 
     def requeue(self, moved: list[tuple[bytes, bytes]], now_ms: int) -> int:
         """Dead letters just stored back in the outbox (ops.replay_dead) go out again: queued on their
-        endpoints now, aged from now. Returns how many were queued (an endpoint removed meanwhile
-        takes them from the outbox after it is configured again)."""
+        endpoints now, aged from now. Returns how many there were for configured endpoints (one
+        removed meanwhile takes them from the outbox after it is configured again). The outbox scan
+        skips what is held, so an event the scan loaded between the commit and this call is not
+        queued twice."""
         n = 0
         for key, stored in moved:
             ep = self.endpoints.get(key.split(b"\0", 1)[0])
-            if ep is None or key in ep.replayed:
+            if ep is None:
                 continue
-            ep.replayed[key] = now_ms
             n += 1
-            if key > ep.scan_from:  # the outbox scan has not passed it yet: it loads it in turn
-                ep.poke()
+            ep.replayed[key] = now_ms
+            if key in ep.held:  # loaded already, or on its way to the dead letters: see _forget
+                ep.again[key] = stored
                 continue
-            value = self._readable(ep, key, stored)  # behind the scan: queued here
-            if value is None:  # its data key is missing (logged): it waits in the outbox, as at a load
-                del ep.replayed[key]
-                continue
-            ep.ready.append((key, value))
-            ep.wake.set()
+            self._queue(ep, key, stored)
         return n
+
+    def _queue(self, ep: Endpoint, key: bytes, stored: bytes) -> None:
+        value = self._readable(ep, key, stored)
+        if value is None:  # its data key is missing (logged): it waits in the outbox, as at a load
+            ep.replayed.pop(key, None)
+            return
+        ep.held.add(key)
+        ep.ready.append((key, value))
+        ep.wake.set()
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -185,17 +195,22 @@ class WebhookDispatcher:
         with store.env.begin(db=store.dbs["webhook_outbox"], buffers=False) as txn:
             cur = txn.cursor()
             found = cur.set_range(ep.scan_from)
+            scanned = None
             while found and len(ep.ready) < LOAD_CHUNK:
                 key = cur.key()
                 if not key.startswith(ep.prefix):
                     break
-                if key != ep.scan_from:
+                if key != ep.scan_from and key not in ep.held:
                     value = self._readable(ep, key, cur.value())
                     if value is not None:
+                        ep.held.add(key)
                         ep.ready.append((key, value))
+                    else:
+                        ep.replayed.pop(key, None)
+                scanned = key
                 found = cur.next()
-        if ep.ready:
-            ep.scan_from = ep.ready[-1][0]
+        if scanned is not None:
+            ep.scan_from = scanned
         ep.dirty = len(ep.ready) >= LOAD_CHUNK
 
     def _readable(self, ep: Endpoint, key: bytes, value: bytes) -> bytes | None:
@@ -235,30 +250,43 @@ class WebhookDispatcher:
             await write_until_stored(self.gw.writer, ops.delete_keys, ("webhook_outbox", keys))
             self._forget(ep, keys)
             return
-        oldest_ms = ep.replayed.get(keys[0]) or timestamp_ms(keys[0][len(ep.prefix):].decode())
-        expired = self.gw.clock.now_ms() - oldest_ms > cfg.max_age_h * 3_600_000
-        if outcome == policy.DEAD or expired:
+        if outcome == policy.DEAD:
+            dead, keep = items, []
+        else:  # each event by its own age (a replayed one counts from its replay)
+            now_ms, max_age_ms = self.gw.clock.now_ms(), cfg.max_age_h * 3_600_000
+            dead, keep = [], []
+            for item in items:
+                born = ep.replayed.get(item[0]) or timestamp_ms(item[0][len(ep.prefix):].decode())
+                (dead if now_ms - born > max_age_ms else keep).append(item)
+        if dead:
             reason = f"http {status}" if status is not None else "no answer"
             log.warning("webhook endpoint %s: %d events to the dead-letter table (%s)", ep.id.decode(),
-                        len(items), reason)
+                        len(dead), reason)
             seal = self.gw.sealer.seal
-            dead = [(k, ops.encode(R.DeadLetter(
+            letters = [(k, ops.encode(R.DeadLetter(
                 ops.SEALED_EVENT + seal(v, k[len(ep.prefix):]) if k in ep.sealed else v,
-                attempt, reason, self.gw.clock.now_ms()))) for k, v in items]
-            await write_until_stored(self.gw.writer, ops.move_to_dead, dead)
-            self._forget(ep, keys)
-            return
-        delay = policy.backoff_s(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng, retry_after)
-        heapq.heappush(ep.retry, (self.gw.clock.steady() + delay, next(self._seq), attempt + 1, items))
-        ep.wake.set()
+                attempt, reason, self.gw.clock.now_ms()))) for k, v in dead]
+            await write_until_stored(self.gw.writer, ops.move_to_dead, letters)
+            self._forget(ep, [k for k, _ in dead])
+        if keep:
+            delay = policy.backoff_s(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, self.rng, retry_after)
+            heapq.heappush(ep.retry, (self.gw.clock.steady() + delay, next(self._seq), attempt + 1, keep))
+            ep.wake.set()
 
-    @staticmethod
-    def _forget(ep: Endpoint, keys: list[bytes]) -> None:
-        """These events left the outbox (delivered, or dead)."""
+    def _forget(self, ep: Endpoint, keys: list[bytes]) -> None:
+        """These events left the outbox (delivered, or dead); any of them replayed meanwhile (back in
+        the outbox by the same commit that made it dead) is queued again."""
         ep.sealed.difference_update(keys)
+        ep.held.difference_update(keys)
         if ep.replayed:
             for key in keys:
                 ep.replayed.pop(key, None)
+        if ep.again:
+            for key in keys:
+                stored = ep.again.pop(key, None)
+                if stored is not None:
+                    ep.replayed[key] = self.gw.clock.now_ms()
+                    self._queue(ep, key, stored)
 
     async def aclose(self) -> None:
         await self.client.aclose()
