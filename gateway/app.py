@@ -39,6 +39,7 @@ from gateway.network.link import NetworkLink, parse_url
 from gateway.policy.service import PolicyService
 from gateway.schedule.scheduler import Scheduler
 from gateway.store import key_ops, ops
+from gateway.store.pairlog import TABLES as PAIR_LOG_TABLES
 from gateway.store import records as R
 from gateway.store.env import Store, open_store
 from gateway.store.prealloc import Preallocator
@@ -391,7 +392,7 @@ class Gateway:
                          lambda: [((), self.writer.prealloc.written)])
         reg.gauge("gateway_pair_log_records", "Records in the pair limits' journal ([store] "
                   "pair_log_compact_entries: the live pairs are copied to a fresh table beyond it).",
-                  lambda: [((), sum(self.delivery.pair_log.entries))])
+                  lambda: [((), sum(self.store.count(table) for table in PAIR_LOG_TABLES))])
         reg.counter_read("gateway_pair_log_compactions_total", "Compactions of the pair limits' journal.",
                          lambda: [((), self.delivery.pair_log_compactions)])
         # rate() of these is the event loop's share per kind of task, and its idle share

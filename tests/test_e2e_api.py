@@ -277,6 +277,9 @@ def test_metrics_expose_counters_queue_depth_and_histograms(gw):
     assert "# TYPE gateway_loop_busy_seconds_total counter" in text
     idle = next(ln for ln in text.splitlines() if ln.startswith("gateway_loop_idle_seconds_total "))
     assert float(idle.split()[1]) > 0
+    # the pair journal's records as stored (a dispatch took from this pair's bucket)
+    assert gw.metric("gateway_pair_log_records") >= 1
+    assert gw.metric("gateway_webhook_dead_letters") == 0
 
 
 def test_readyz_reports_ready_with_the_link_up(gw):
