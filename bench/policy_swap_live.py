@@ -30,7 +30,8 @@ from bench import healthz_probe, loop_ping
 from bench.e2e import warm_up
 from bench.policy_scan import terms
 from bench.policy_swap import AFTER_S, RECIPIENTS, STALL_TARGET_MS, TEXTS
-from bench.procs import ROOT, cpu_seconds, metric, pin_load_side, start_gateway, start_netsim, stop_all
+from bench.procs import (ROOT, cpu_seconds, loop_stalls, metric, pin_load_side, stalls_between, start_gateway,
+                         start_netsim, stop_all)
 
 SENDER_THREADS = 16
 NO_PAIR_LIMIT = "\n[scheduler]\npair_rate_per_minute = 600000.0\npair_burst = 100000\n"
@@ -119,9 +120,11 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         senders.start()
         time.sleep(1.0)  # warm up
         commits0 = metric(port, "gateway_store_commit_seconds_count")
+        stalls0 = loop_stalls(port)
         base_start, sent0, cpu_base = time.monotonic(), senders.sent(), cpu_seconds(gw.popen.pid)
         time.sleep(baseline_s)
         base_end, sent1, cpu0 = time.monotonic(), senders.sent(), cpu_seconds(gw.popen.pid)
+        stalls1 = loop_stalls(port)
         baseline_cpu = (cpu0 - cpu_base) / (base_end - base_start)
         baseline_commits = (metric(port, "gateway_store_commit_seconds_count") - commits0) / (base_end - base_start)
         put_start = time.monotonic()
@@ -132,6 +135,7 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         time.sleep(AFTER_S)
         put_end, sent2 = time.monotonic(), senders.sent()
         gateway_cpu = (cpu_seconds(gw.popen.pid) - cpu0) / (put_end - put_start)
+        stalls2 = loop_stalls(port)
         senders.stop()
         check, _ = _call(port, key, "POST", "/v1/messages", b'{"to":"+14155550100","text":{"body":"free"}}')
         pings = healthz_probe.samples(probe_proc)
@@ -152,6 +156,8 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
                         "during_put": (sent2 - sent1) / (put_end - base_end)},
         "gateway_cpu": {"baseline": baseline_cpu, "during_put": gateway_cpu},
         "commits_per_s_baseline": baseline_commits,
+        # what the gateway itself counted: loop batches and task steps (by part) over 5 ms
+        "inside_over_5ms": {"baseline": stalls_between(stalls0, stalls1), "during_put": stalls_between(stalls1, stalls2)},
         "io_answer": answers,
         "statuses": {str(k): v for k, v in senders.counts.items()},
         "next_send_obeys_new_list": check == 422,
@@ -174,6 +180,11 @@ def print_table(r: dict) -> None:
           f"({ad['samples']} probes, {ad['over_target']} over {r['target_max_stall_ms']} ms, "
           f"{r['sends_per_s']['during_put']:,.0f} sends/s; PUT took {r['put_s']:.2f} s; "
           f"gateway CPU {r['gateway_cpu']['during_put']:.0%})")
+    for window in ("baseline", "during_put"):
+        inside = r["inside_over_5ms"][window]
+        parts = ", ".join(f"{task} {n}" for task, n in sorted(inside["steps"].items())) or "none"
+        print(f"  inside the gateway, {window.replace('_', ' ')}: {inside['batches']} loop batches over 5 ms; "
+              f"task steps over 5 ms: {parts}")
     print(f"statuses {r['statuses']}; next send obeys the new list: {r['next_send_obeys_new_list']}; "
           f"meets the {r['target_max_stall_ms']} ms target: {r['meets_target']}")
 

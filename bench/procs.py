@@ -126,6 +126,27 @@ def metric(port: int, name: str) -> float:
     return 0.0
 
 
+def loop_stalls(port: int, over: str = "5ms") -> dict:
+    """The gateway's own count of event-loop batches longer than `over` and of task steps longer than
+    it by part (`gateway_loop_long_batches_total`, `gateway_loop_long_steps_total`): take one before
+    and one after a window, and `stalls_between` says what the window held."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {"batches": 0.0, "steps": {}}
+    for line in text.splitlines():
+        if line.startswith(f'gateway_loop_long_batches_total{{over="{over}"}}'):
+            out["batches"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gateway_loop_long_steps_total{") and f'over="{over}"' in line:
+            task = line.split('task="', 1)[1].split('"', 1)[0]
+            out["steps"][task] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def stalls_between(before: dict, after: dict) -> dict:
+    steps = {task: int(n - before["steps"].get(task, 0)) for task, n in after["steps"].items()}
+    return {"batches": int(after["batches"] - before["batches"]), "steps": {t: n for t, n in steps.items() if n}}
+
+
 def post(port: int, key: str, path: str, body: dict) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
                                  headers={"Authorization": f"Bearer {key}"}, method="POST")

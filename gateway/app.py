@@ -33,7 +33,7 @@ from gateway.http.router import Router
 from gateway.http.server import Deferred, Request, Response, ServerLimits, serve_http
 from gateway.inbound import InboundPath
 from gateway.ids import IdGenerator
-from gateway.loopstats import LoopStats
+from gateway.loopstats import LONG_S, LoopStats
 from gateway.metrics import GatewayMetrics
 from gateway.network.link import NetworkLink, parse_url
 from gateway.policy.service import PolicyService
@@ -405,6 +405,19 @@ class Gateway:
                          lambda: sorted(((label,), n) for label, n in self.loop_stats.steps.items()), ("task",))
         reg.counter_read("gateway_loop_idle_seconds_total", "Event-loop seconds spent waiting for I/O.",
                          lambda: [((), round(self.loop_stats.idle, 6))])
+        # the stalls: who held the loop (steps by part) and how long I/O waited (batches)
+        over = [f"{limit * 1000:g}ms" for limit in LONG_S]
+        reg.counter_read("gateway_loop_long_steps_total", "Event-loop task steps longer than `over`, by part of "
+                         "the gateway.", lambda: sorted(((label, o), n) for label, counts in
+                                                        self.loop_stats.long_steps.items() for o, n in zip(over, counts)),
+                         ("task", "over"))
+        reg.gauge("gateway_loop_longest_step_seconds", "The longest event-loop task step since start, by part.",
+                  lambda: sorted(((label,), round(t, 6)) for label, t in self.loop_stats.longest_step.items()), ("task",))
+        reg.counter_read("gateway_loop_long_batches_total", "Event-loop batches (every runnable task's step, "
+                         "between two waits for I/O: what an answer to I/O may wait) longer than `over`.",
+                         lambda: [((o,), n) for o, n in zip(over, self.loop_stats.long_batches)], ("over",))
+        reg.gauge("gateway_loop_longest_batch_seconds", "The longest event-loop batch since start.",
+                  lambda: [((), round(self.loop_stats.longest_batch, 6))])
 
     # -- run ----------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
-"""bench.inbound_keys, bench.fixed_rate and bench.reload_senders run a real gateway (and netsim)
-and report what they name (short runs: the figures themselves are for bench/RESULTS.md, not for
+"""bench.inbound_keys, bench.fixed_rate, bench.reload_senders and bench.policy_swap_live run a real
+gateway (and netsim) and report what they name (short runs: the figures themselves are for bench/RESULTS.md, not for
 tests)."""
-from bench import fixed_rate, inbound_keys, reload_senders
+from bench import fixed_rate, inbound_keys, policy_swap_live, reload_senders
 
 
 def test_inbound_keys_reports_new_customers_key_file_writes_and_the_loops_answers():
@@ -21,3 +21,14 @@ def test_reload_senders_reports_the_reload_and_the_loops_answers():
     r = reload_senders.run(senders=3)
     assert r["reload_status"] == 200 and r["reload_s"] > 0
     assert r["io_answer"]["samples"] > 100
+
+
+def test_policy_swap_live_reports_the_probes_and_what_the_gateway_counted_inside(capsys):
+    r = policy_swap_live.run(big_terms=2_000, baseline_s=0.5, rate=100.0)
+    assert r["next_send_obeys_new_list"] and r["send_errors"] == 0
+    assert r["io_answer"]["during_put"]["samples"] > 50
+    for window in ("baseline", "during_put"):
+        inside = r["inside_over_5ms"][window]
+        assert inside["batches"] >= 0 and all(n > 0 for n in inside["steps"].values())
+    policy_swap_live.print_table(r)
+    assert "inside the gateway, during put" in capsys.readouterr().out

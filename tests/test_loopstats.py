@@ -1,8 +1,9 @@
 """The event loop's time by kind of task (gateway.loopstats): the Instrument's arithmetic under an
 injected clock, the labels, and the real thing inside a trio run."""
+import pytest
 import trio
 
-from gateway.loopstats import LoopStats, task_label
+from gateway.loopstats import LONG_S, LoopStats, task_label
 
 
 class FakeTask:
@@ -60,3 +61,24 @@ def test_in_a_trio_run_busy_and_idle_time_are_counted():
     assert stats.busy["delivery"] >= 0.02 and stats.steps["delivery"] >= 2
     assert max(stats.busy.values()) < 1  # the step that added the instrument is not counted (from 0)
     assert stats.idle >= 0.04
+
+
+def test_long_steps_are_counted_by_label_and_threshold_and_long_batches_too():
+    assert LONG_S == (0.002, 0.005, 0.010, 0.050)
+    now = [0.0]
+    stats = LoopStats(clock=lambda: now[0])
+    mux, writer = FakeTask("gateway.http.server._Mux.run"), FakeTask("gateway.store.writer.Writer.run")
+    stats.before_io_wait(0.0)  # the first wait: no batch before it was seen
+    stats.after_io_wait(0.0)
+    for task, took in ((mux, 0.001), (mux, 0.003), (writer, 0.006), (writer, 0.012)):
+        stats.before_task_step(task)
+        now[0] += took
+        stats.after_task_step(task)
+    stats.before_io_wait(0.0)  # one batch of 22 ms
+    now[0] += 1.0
+    stats.after_io_wait(0.0)
+    now[0] += 0.001
+    stats.before_io_wait(0.0)  # a short one
+    assert stats.long_steps == {"http": [1, 0, 0, 0], "store": [2, 2, 1, 0]}
+    assert stats.longest_step == pytest.approx({"http": 0.003, "store": 0.012})
+    assert stats.long_batches == [1, 1, 1, 0] and stats.longest_batch == pytest.approx(0.022)
