@@ -30,7 +30,7 @@ from gateway.e2e.keyring import Keyring
 from gateway.e2e.keys import KeyFileError
 from gateway.http.auth import Authenticator, AuthError, authorize, mint_key
 from gateway.http.router import Router
-from gateway.http.server import Deferred, Request, Response, ServerLimits, serve_http
+from gateway.http.server import Deferred, Request, Response, ServerControl, ServerLimits, serve_http
 from gateway.inbound import InboundPath
 from gateway.ids import IdGenerator
 from gateway.loopstats import LONG_S, LoopStats
@@ -52,8 +52,14 @@ APP = ("app", "admin")
 ADMIN = ("admin",)
 READERS = ("app", "admin", "supervisor")
 HOUSEKEEPING_S = 60.0
+DRAIN_POLL_S = 0.005  # how often a stopping gateway looks whether it owes answers still
 # The listener, the LMDB environment and the network link are built once, at start.
 RESTART_SECTIONS = ("server", "store", "network", "crypto")
+
+
+def _shutting_down() -> Response:
+    return Response.error(503, "shutting_down", "the gateway is stopping; send this again (to another instance, "
+                          "or to this one once it is back)", retry_after=1)
 
 
 def _error_response(err: ApiError | AuthError) -> Response:
@@ -113,6 +119,8 @@ class Gateway:
         self.webhooks_api = WebhooksApi(self)
         self.probes = ProbesApi(self)
         self.router = self._routes()
+        self.http_control = ServerControl()
+        self.draining = False  # stopping: new requests get 503 shutting_down (see _drain)
         self._sender_ws: dict[str, str] = {}
         self.netsim_port: int | None = None
         self.http_port: int | None = None
@@ -171,6 +179,9 @@ class Gateway:
         handler (a `def`) answers at once or hands back an awaitable for what must wait (a commit,
         say); an `async def` handler's coroutine is handed back unstarted. The HTTP server calls this
         from its one reading task, so nothing here may block."""
+        if self.draining:
+            request.keep_alive = False  # answered, then the connection closes
+            return _shutting_down()
         route, params, known = self.router.match(request.method, request.path)
         if route is None:
             if known:
@@ -465,7 +476,7 @@ class Gateway:
                                       request_timeout_s=s.request_timeout_s, keepalive_timeout_s=s.keepalive_timeout_s)
                 self.http_port = await nursery.start(partial(serve_http, self.handle, listen_host, listen_port, limits,
                                                              on_response=self.observe_response,
-                                                             handle_now=self.handle_now))
+                                                             handle_now=self.handle_now, control=self.http_control))
                 log.info("gateway listening on http://%s:%d", listen_host, self.http_port)
                 task_status.started(self.http_port)
         finally:
@@ -492,11 +503,34 @@ class Gateway:
                 log.info("%s: stopping", name)
                 stop.set()
 
-    @staticmethod
-    async def _stop_when(stop: trio.Event, cancel_scope: trio.CancelScope) -> None:
-        """Cancelling the nursery is the whole shutdown: everything acknowledged is committed."""
+    async def _stop_when(self, stop: trio.Event, cancel_scope: trio.CancelScope) -> None:
+        """A drain, then cancelling the nursery: everything acknowledged is committed, and every
+        request taken before the stop has its answer (see _drain)."""
         await stop.wait()
+        await self._drain()
         cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        """Stop taking work and settle what was taken, for up to [server] drain_timeout_s: the
+        listener closes (new connections are refused), new requests on open connections get 503
+        shutting_down and a close, no webhook delivery starts; then it waits until every request
+        taken has its answer on the wire and the deliveries under way have their outcome stored.
+        Without it, a client whose message was committed in the last group commit could see its
+        connection drop instead of the 202, and send the message again."""
+        self.draining = True
+        self.http_control.stop_accepting()
+        self.webhooks.stop_starting()
+        deadline = trio.current_time() + self.config.server.drain_timeout_s
+        started = trio.current_time()
+        while trio.current_time() < deadline:
+            owed, deliveries = self.http_control.requests_in_progress(), self.webhooks.in_flight
+            if not owed and not deliveries:
+                log.info("drained in %.3f s", trio.current_time() - started)
+                return
+            await trio.sleep(DRAIN_POLL_S)
+        log.warning("drain timed out after %.1f s: %d connections still owed an answer, %d webhook deliveries "
+                    "under way ([server] drain_timeout_s)", self.config.server.drain_timeout_s,
+                    self.http_control.requests_in_progress(), self.webhooks.in_flight)
 
     async def _reload_on_sighup(self) -> None:
         with trio.open_signal_receiver(signal.SIGHUP) as signals:

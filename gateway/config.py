@@ -41,6 +41,7 @@ class ServerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     keepalive_timeout_s: PositiveFloat = 75.0
     max_batch_messages: Annotated[int, Meta(ge=1, le=10_000)] = 1000
     max_body_chars: Annotated[int, Meta(ge=1, le=65_536)] = 4096
+    drain_timeout_s: Annotated[float, Meta(ge=0, le=600)] = 5.0  # at a stop: the longest wait for answers owed
 
 
 class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):

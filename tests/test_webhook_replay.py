@@ -1,7 +1,7 @@
 """The webhook dispatcher's bookkeeping of replayed dead letters, on a real store: an event replayed
 goes out once whatever the outbox scan did meanwhile, one replayed while its failed delivery is
 still being dead-lettered goes out again after it, sealed ones are opened, and each event of a
-failed delivery is judged by its own age."""
+failed delivery is judged by its own age; at a stop, deliveries under way finish and no other starts."""
 from types import SimpleNamespace
 
 import orjson
@@ -135,3 +135,40 @@ def test_each_event_of_a_failed_delivery_is_judged_by_its_own_age(env):
     assert gw.store.get("webhook_dead", replayed[0]) is None
     assert [k for k, _ in ep.retry[0][3]] == [replayed[0]]
     assert ep.held == {replayed[0]}
+
+
+class SlowClient(Client):
+    def __init__(self) -> None:
+        super().__init__(200)
+        self.release = trio.Event()
+
+    async def request(self, method, url, *, headers=(), body=b"", timeout_s=10.0):
+        self.bodies.append(body)
+        await self.release.wait()
+        return SimpleNamespace(status=200, headers={})
+
+
+def test_at_a_stop_the_delivery_under_way_finishes_and_stores_its_outcome_and_no_other_starts(env):
+    gw, d, ep = env
+    first, second = event(gw, gw.clock.now_ms()), event(gw, gw.clock.now_ms() + 1)
+    put_outbox(gw, first)
+    client = d.client = SlowClient()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(d.run)
+            while not d.in_flight:
+                await trio.sleep(0.001)
+            d.stop_starting()
+            put_outbox(gw, second)
+            d.wake(["default"])
+            client.release.set()
+            while d.in_flight:
+                await trio.sleep(0.001)
+            await trio.sleep(0.05)  # time enough for a worker that (wrongly) went on
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert len(client.bodies) == 1
+    assert gw.store.get("webhook_outbox", first[0]) is None  # its 2xx was stored
+    assert gw.store.get("webhook_outbox", second[0]) is not None  # left for the next start

@@ -570,6 +570,15 @@ class _Server:
         # the mux only saves the tasks their own epoll waits.
         self.mux = _Mux(handle_now or handler)
 
+    def in_progress(self) -> int:
+        """Connections that owe an answer: busy with a request, holding an answer that waits (a
+        Deferred), or holding bytes the peer has not taken yet."""
+        n = 0
+        for conn in self.conns:
+            if conn.phase == _BUSY or conn.backlog or conn.queue:
+                n += 1
+        return n
+
     async def accept_loop(self, lsock: socket.socket, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         while True:
@@ -884,13 +893,32 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     return lsock
 
 
+class ServerControl:
+    """A running server's handle for a graceful stop: `stop_accepting` closes the listening socket
+    (new connections are refused; open ones go on), `requests_in_progress` counts the connections
+    that owe an answer (a request being handled, an answer waiting on a commit, or bytes the peer
+    has not taken yet)."""
+
+    def __init__(self) -> None:
+        self._server: _Server | None = None
+        self._accepting: trio.CancelScope | None = None
+
+    def stop_accepting(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+
+    def requests_in_progress(self) -> int:
+        return self._server.in_progress() if self._server is not None else 0
+
+
 async def serve_http(handler: Handler, host: str, port: int, limits: ServerLimits, *,
                      on_response: Callable[[Request, Response, float], None] | None = None,
-                     handle_now: HandleNow | None = None,
+                     handle_now: HandleNow | None = None, control: ServerControl | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Bind host:port (0 = ephemeral), report the bound port via task_status, serve until cancelled.
     `handle_now`, when given, takes every request instead of `handler` (see HandleNow): it answers
-    what it can without awaiting and hands back an awaitable for the rest."""
+    what it can without awaiting and hands back an awaitable for the rest. `control`, when given, is
+    bound to this server (see ServerControl)."""
     if not (math.isfinite(limits.request_timeout_s) and math.isfinite(limits.keepalive_timeout_s)):
         raise ValueError("server timeouts must be finite")
     lsock = _listen_socket(host, port)
@@ -899,8 +927,18 @@ async def serve_http(handler: Handler, host: str, port: int, limits: ServerLimit
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.reap)
             nursery.start_soon(server.mux.run)
-            task_status.started(lsock.getsockname()[1])
-            await server.accept_loop(lsock, nursery)
+            with trio.CancelScope() as accepting:
+                if control is not None:
+                    control._server, control._accepting = server, accepting
+                task_status.started(lsock.getsockname()[1])
+                await server.accept_loop(lsock, nursery)
+            _close_listener(lsock)  # stopped accepting: refuse new connections from now on
+            await trio.sleep_forever()  # the open connections are served until cancelled
     finally:
+        _close_listener(lsock)
+
+
+def _close_listener(lsock: socket.socket) -> None:
+    if lsock.fileno() != -1:
         notify_closing(lsock)
         lsock.close()

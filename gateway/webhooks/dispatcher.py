@@ -85,6 +85,8 @@ class WebhookDispatcher:
         self._nursery: trio.Nursery | None = None
         self._seq = itertools.count()
         self._delivery_ids = IdGenerator()
+        self.in_flight = 0  # deliveries under way (a POST, then storing its outcome)
+        self._stopping = trio.Event()  # set: no delivery starts (the gateway is stopping)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -104,6 +106,13 @@ class WebhookDispatcher:
         self._by_workspace = {}
         for ep in self.endpoints.values():
             self._by_workspace.setdefault(ep.workspace, []).append(ep)
+
+    def stop_starting(self) -> None:
+        """The gateway is stopping: deliveries under way finish (see `in_flight`), no new one starts;
+        what is left stays in the outbox for the next start."""
+        self._stopping.set()
+        for ep in self.endpoints.values():
+            ep.wake.set()
 
     def targets(self) -> dict[str, list[bytes]]:
         """The endpoints that take message.status events, by workspace."""
@@ -168,6 +177,8 @@ class WebhookDispatcher:
         ep.scopes.append(scope)
         with scope:
             while True:
+                if self._stopping.is_set():
+                    await trio.sleep_forever()  # the gateway's stop cancels it
                 if ep.wake.is_set():  # every idle worker waits on the same, unset event
                     ep.wake = trio.Event()
                 job = self._next_job(ep)
@@ -176,7 +187,11 @@ class WebhookDispatcher:
                     with trio.move_on_after(max(0.0, delay)):
                         await ep.wake.wait()
                     continue
-                await self._deliver(ep, *job)
+                self.in_flight += 1
+                try:
+                    await self._deliver(ep, *job)
+                finally:
+                    self.in_flight -= 1
 
     def _next_job(self, ep: Endpoint):
         now = self.gw.clock.steady()
