@@ -153,6 +153,8 @@ def stop_reason(step: dict | None, p99_limit_ms: float, ceiling_rps: float | Non
         said.append(f"gateway CPU {num(cpu)} %" + (" (its core saturated)" if cpu >= SATURATED_CPU_PCT else ""))
     if commit is not None:
         said.append(f"commits of {num(commit)} ms")
+    if step.get("loop_stalls"):
+        said.append(f"{step['loop_stalls']:,} event-loop stalls over 10 ms")
     offered_msgs = step.get("offered_msgs_per_s", step["offered_rps"])
     if sent is not None and sent < 0.9 * offered_msgs:
         said.append(f"delivery behind ({num(sent)} msg/s sent)")
@@ -220,12 +222,13 @@ def render_markdown(report: dict, plots: list[str]) -> str:
                 f"{_fmt(peak['sustainable_msgs_per_s'])} messages/s** (p99 <= {peak['p99_limit_ms']} ms, no errors)."
                 + (f" The ramp {why}." if why else ""), "",
                 "| step | offered req/s | answered req/s | p99 ms | errors | unanswered | gateway CPU % | sent msg/s "
-                "| commits/s | commit ms (mean) | passed |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "| commits/s | commit ms (mean) | loop stalls > 10 ms | passed |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in peak["steps"]:
             out.append(f"| {s['step']} | {_fmt(s['offered_rps'])} | {_fmt(s['answered_rps'])} | {_fmt(s['p99_ms'])} | "
                        f"{s['errors']} | {s['unanswered']} | {_fmt(s.get('gateway_cpu_pct'))} | "
                        f"{_fmt(s.get('sent_per_s'))} | {_fmt(s.get('commits_per_s'))} | {_fmt(s.get('commit_ms'))} | "
+                       f"{_fmt(s.get('loop_stalls'))} | "
                        f"{'warm-up' if s.get('warmup') else 'yes' if s['passed'] else 'NO'} |")
         out.append("")
         out += _loop_table(peak["steps"])

@@ -76,6 +76,7 @@ def commits_from_metrics(m: dict[str, float]) -> dict:
 
 
 _LOOP_BUSY = 'gateway_loop_busy_seconds_total{task="'
+_LOOP_STALLS = 'gateway_loop_long_batches_total{over="10ms"}'  # the gateway's own count of loop stalls
 
 
 def loop_from_metrics(m: dict[str, float]) -> dict:
@@ -83,6 +84,8 @@ def loop_from_metrics(m: dict[str, float]) -> dict:
     out = {"loop:" + name[len(_LOOP_BUSY):-2]: v for name, v in m.items() if name.startswith(_LOOP_BUSY)}
     if "gateway_loop_idle_seconds_total" in m:
         out["loop:idle"] = m["gateway_loop_idle_seconds_total"]
+    if _LOOP_STALLS in m:
+        out["stalls"] = m[_LOOP_STALLS]  # loop batches over 10 ms: what an answer to I/O waited at least
     return out
 
 
@@ -97,6 +100,12 @@ def loop_shares(series: list[dict], first: float, last: float) -> dict[str, floa
         if rate is not None and rate >= 0.005:
             shares[key[5:]] = round(100 * rate, 1)
     return shares
+
+
+def loop_stalls(series: list[dict], first: float, last: float) -> int | None:
+    """How many event-loop batches over 10 ms the gateway counted in the step (None without the counter)."""
+    rate = counter_rate([sample for sample in series if "stalls" in sample], "stalls", first, last, digits=6)
+    return None if rate is None else round(rate * (last - first))
 
 
 def funnel_from_metrics(m: dict[str, float]) -> dict:
@@ -448,7 +457,9 @@ class Drive:
                    "commits_per_s": counter_rate(self.funnel_series, "commits", first, last),
                    "commit_ms": mean_commit_ms(self.funnel_series, first, last),
                    # where the gateway's event loop spent the step (% of wall time, by part)
-                   "loop_pct": loop_shares(self.funnel_series, first, last)}
+                   "loop_pct": loop_shares(self.funnel_series, first, last),
+                   # the gateway's event-loop batches over 10 ms in the step (each delayed every answer due then)
+                   "loop_stalls": loop_stalls(self.funnel_series, first, last)}
             self.steps.append(row)
             self.note("step", **{k: row[k] for k in ("step", "offered_rps", "answered_rps", "p99_ms", "errors",
                                                       "gateway_cpu_pct", "sent_per_s", "commits_per_s",

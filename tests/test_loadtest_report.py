@@ -9,7 +9,7 @@ from loadtest import latency as L
 from loadtest.checks import judge
 from loadtest.progress import progress_line, summary_table
 from loadtest.report import render_markdown, write_report
-from loadtest.runner import (commits_from_metrics, counter_rate, cpu_share, loop_from_metrics, loop_shares,
+from loadtest.runner import (commits_from_metrics, counter_rate, cpu_share, loop_from_metrics, loop_shares, loop_stalls,
                              mean_commit_ms, parse_metrics)
 from loadtest.scenario import ScenarioError, load_scenario, parse_scenario
 from loadtest.workload import (Workload, ids_from_answers, inbound_customers, message_numbers, message_text,
@@ -235,16 +235,16 @@ def test_the_step_table_shows_each_steps_gateway_cpu_share():
               "commits_per_s": 210.0, "commit_ms": 1.27},
              {"step": 1, "warmup": False, "offered_rps": 8000, "answered_rps": 7402.8, "p99_ms": 396.3,
               "errors": 0, "unanswered": 12, "passed": False, "gateway_cpu_pct": 99.6, "sent_per_s": 5400.5,
-              "commits_per_s": 38.5, "commit_ms": 14.08},
+              "commits_per_s": 38.5, "commit_ms": 14.08, "loop_stalls": 1350},
              {"step": 2, "warmup": False, "offered_rps": 9000, "answered_rps": 1.0, "p99_ms": None, "errors": 0,
               "unanswered": 0, "passed": False}]  # a report from a run against --target: no CPU figure
     text = render_markdown({"scenario": "peak-ramp", "ok": True, "peak": {
         "sustainable_rps": 500, "sustainable_msgs_per_s": 500, "p99_limit_ms": 100, "steps": steps}}, [])
     rows = [line for line in text.splitlines() if line.startswith("| ") and "offered" not in line]
     assert "| gateway CPU % | sent msg/s | commits/s | commit ms (mean) |" in text
-    assert rows[-3:] == ["| 0 | 500 | 499.8 | 3.2 | 0 | 0 | 31.4 | 498.0 | 210.0 | 1.3 | warm-up |",
-                         "| 1 | 8,000 | 7,402.8 | 396.3 | 0 | 12 | 99.6 | 5,400.5 | 38.5 | 14.1 | NO |",
-                         "| 2 | 9,000 | 1.0 | - | 0 | 0 | - | - | - | - | NO |"]
+    assert rows[-3:] == ["| 0 | 500 | 499.8 | 3.2 | 0 | 0 | 31.4 | 498.0 | 210.0 | 1.3 | - | warm-up |",
+                         "| 1 | 8,000 | 7,402.8 | 396.3 | 0 | 12 | 99.6 | 5,400.5 | 38.5 | 14.1 | 1,350 | NO |",
+                         "| 2 | 9,000 | 1.0 | - | 0 | 0 | - | - | - | - | - | NO |"]
 
 
 def test_a_steps_send_rate_comes_from_the_counters_sampled_inside_it():
@@ -281,6 +281,10 @@ def test_a_steps_event_loop_shares_come_from_the_loop_counters():
             'gateway_loop_busy_seconds_total{task="store"} 4.25\n'
             "gateway_loop_idle_seconds_total 30\n")
     assert loop_from_metrics(parse_metrics(text)) == {"loop:http": 10.5, "loop:store": 4.25, "loop:idle": 30.0}
+    stalls = text + 'gateway_loop_long_batches_total{over="5ms"} 9\ngateway_loop_long_batches_total{over="10ms"} 4\n'
+    assert loop_from_metrics(parse_metrics(stalls))["stalls"] == 4.0
+    assert loop_stalls([{"t": 5.0, "stalls": 1.0}, {"t": 7.5, "stalls": 2.0}, {"t": 10.0, "stalls": 4.0}], 5, 10) == 3
+    assert loop_stalls([{"t": 5.0}], 5, 10) is None  # a gateway without the counter
     assert loop_from_metrics({}) == {}  # a gateway without them
     series = [{"t": 5.0, "loop:http": 1.0, "loop:idle": 2.0},  # "store" not seen yet in the first sample
               {"t": 6.0, "loop:http": 1.4, "loop:store": 0.1, "loop:idle": 2.5, "loop:app": 0.0},
@@ -315,10 +319,11 @@ def test_the_report_says_why_the_ramp_stopped_and_what_limited_it():
                  "sent_per_s": 6600.5, "commits_per_s": 60.6, "commit_ms": 9.76}
     assert stop_reason(saturated, 100.0, 20_897) == ("stopped at 7,000 req/s: p99 128.5 ms > 100 ms; gateway CPU "
                                                      "90.6 % (its core saturated); commits of 9.8 ms")
-    idle_but_slow = dict(saturated, gateway_cpu_pct=45.0, sent_per_s=3000.0, errors=3, unanswered=12)
+    idle_but_slow = dict(saturated, gateway_cpu_pct=45.0, sent_per_s=3000.0, errors=3, unanswered=12, loop_stalls=1200)
     assert stop_reason(idle_but_slow, 100.0, 8000) == (
         "stopped at 7,000 req/s: p99 128.5 ms > 100 ms, 3 errors, 12 unanswered; gateway CPU 45 %; commits of "
-        "9.8 ms; delivery behind (3,000 msg/s sent); near the generator's own ceiling (8,000 req/s)")
+        "9.8 ms; 1,200 event-loop stalls over 10 ms; delivery behind (3,000 msg/s sent); near the generator's own "
+        "ceiling (8,000 req/s)")
     against_target = {"step": 3, "offered_rps": 9000, "p99_ms": None, "errors": 0, "unanswered": 9000}
     assert stop_reason(against_target, 100.0) == "stopped at 9,000 req/s: no answers, 9,000 unanswered"
     assert stop_reason(None, 100.0) is None  # every step held
