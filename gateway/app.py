@@ -52,12 +52,14 @@ APP = ("app", "admin")
 ADMIN = ("admin",)
 READERS = ("app", "admin", "supervisor")
 HOUSEKEEPING_S = 60.0
-DRAIN_POLL_S = 0.005  # how often a stopping gateway looks whether it owes answers still
+DRAIN_POLL_S = 0.02  # how often a stopping gateway looks whether it owes answers still (a scan of the connections)
 # The listener, the LMDB environment and the network link are built once, at start.
 RESTART_SECTIONS = ("server", "store", "network", "crypto")
 
 
-def _shutting_down() -> Response:
+async def _refuse_while_stopping() -> Response:
+    """An awaitable, not a Response: the HTTP server's reading task (the mux) answers plain Responses
+    itself and keeps the connection; an awaitable goes to the connection's task, which closes it."""
     return Response.error(503, "shutting_down", "the gateway is stopping; send this again (to another instance, "
                           "or to this one once it is back)", retry_after=1)
 
@@ -121,6 +123,7 @@ class Gateway:
         self.router = self._routes()
         self.http_control = ServerControl()
         self.draining = False  # stopping: new requests get 503 shutting_down (see _drain)
+        self._hurry = trio.Event()  # a second stop signal: the drain ends at once
         self._sender_ws: dict[str, str] = {}
         self.netsim_port: int | None = None
         self.http_port: int | None = None
@@ -180,8 +183,8 @@ class Gateway:
         say); an `async def` handler's coroutine is handed back unstarted. The HTTP server calls this
         from its one reading task, so nothing here may block."""
         if self.draining:
-            request.keep_alive = False  # answered, then the connection closes
-            return _shutting_down()
+            request.keep_alive = False
+            return _refuse_while_stopping()  # awaited by the connection's own task, which then closes
         route, params, known = self.router.match(request.method, request.path)
         if route is None:
             if known:
@@ -422,12 +425,13 @@ class Gateway:
                          "the gateway.", lambda: sorted(((label, o), n) for label, counts in
                                                         self.loop_stats.long_steps.items() for o, n in zip(over, counts)),
                          ("task", "over"))
-        reg.gauge("gateway_loop_longest_step_seconds", "The longest event-loop task step since start, by part.",
+        reg.gauge("gateway_loop_longest_step_seconds", "The longest event-loop task step since start, by part "
+                  "(only parts that had one over 2 ms).",
                   lambda: sorted(((label,), round(t, 6)) for label, t in self.loop_stats.longest_step.items()), ("task",))
         reg.counter_read("gateway_loop_long_batches_total", "Event-loop batches (every runnable task's step, "
                          "between two waits for I/O: what an answer to I/O may wait) longer than `over`.",
                          lambda: [((o,), n) for o, n in zip(over, self.loop_stats.long_batches)], ("over",))
-        reg.gauge("gateway_loop_longest_batch_seconds", "The longest event-loop batch since start.",
+        reg.gauge("gateway_loop_longest_batch_seconds", "The longest event-loop batch since start (0: none over 2 ms).",
                   lambda: [((), round(self.loop_stats.longest_batch, 6))])
 
     # -- run ----------------------------------------------------------------------------------
@@ -438,12 +442,12 @@ class Gateway:
         if rebuilt:
             log.info("restart: %d pending messages back in the scheduler", rebuilt)
         # The signal receiver is held until the shutdown is over: a second SIGINT or SIGTERM while
-        # it runs (Ctrl-C twice, a supervisor's repeat) is absorbed instead of interrupting it.
-        stop = trio.Event()
+        # it runs (Ctrl-C twice, a supervisor's repeat) cuts the drain short instead of interrupting it.
+        stop, self._hurry = trio.Event(), trio.Event()
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async with trio.open_nursery() as watch:
-                    watch.start_soon(self._watch_stop_signals, signals, stop)
+                    watch.start_soon(self._watch_stop_signals, signals, stop, self._hurry)
                     await self._run(stop, task_status)
                     watch.cancel_scope.cancel()
         finally:
@@ -493,12 +497,14 @@ class Gateway:
         return "127.0.0.1", self.netsim_port
 
     @staticmethod
-    async def _watch_stop_signals(signals, stop: trio.Event) -> None:
-        """SIGTERM and SIGINT stop the gateway; more of them while it stops change nothing."""
+    async def _watch_stop_signals(signals, stop: trio.Event, hurry: trio.Event) -> None:
+        """SIGTERM and SIGINT stop the gateway; another one while it stops ends its drain at once
+        (what is committed stays committed); more change nothing."""
         async for signum in signals:
             name = signal.Signals(signum).name
             if stop.is_set():
-                log.info("%s: already stopping", name)
+                log.info("%s: already stopping%s", name, "" if hurry.is_set() else "; the drain ends now")
+                hurry.set()
             else:
                 log.info("%s: stopping", name)
                 stop.set()
@@ -520,16 +526,21 @@ class Gateway:
         self.draining = True
         self.http_control.stop_accepting()
         self.webhooks.stop_starting()
-        deadline = trio.current_time() + self.config.server.drain_timeout_s
+        timeout = self.config.server.drain_timeout_s
+        if timeout <= 0:
+            return
         started = trio.current_time()
-        while trio.current_time() < deadline:
-            owed, deliveries = self.http_control.requests_in_progress(), self.webhooks.in_flight
-            if not owed and not deliveries:
-                log.info("drained in %.3f s", trio.current_time() - started)
-                return
-            await trio.sleep(DRAIN_POLL_S)
-        log.warning("drain timed out after %.1f s: %d connections still owed an answer, %d webhook deliveries "
-                    "under way ([server] drain_timeout_s)", self.config.server.drain_timeout_s,
+        with trio.move_on_after(timeout):
+            while not self._hurry.is_set():
+                owed, deliveries = self.http_control.requests_in_progress(), self.webhooks.in_flight
+                if not owed and not deliveries:
+                    log.info("drained in %.3f s", trio.current_time() - started)
+                    return
+                with trio.move_on_after(DRAIN_POLL_S):
+                    await self._hurry.wait()
+        log.warning("drain ended after %.1f s (%s): %d connections still owed an answer, %d webhook deliveries "
+                    "under way", trio.current_time() - started,
+                    "a second signal" if self._hurry.is_set() else "[server] drain_timeout_s",
                     self.http_control.requests_in_progress(), self.webhooks.in_flight)
 
     async def _reload_on_sighup(self) -> None:

@@ -155,6 +155,10 @@ def test_at_a_stop_the_delivery_under_way_finishes_and_stores_its_outcome_and_no
     client = d.client = SlowClient()
 
     async def main():
+        with trio.fail_after(5):  # a broken in_flight count fails here instead of hanging
+            await run()
+
+    async def run():
         async with trio.open_nursery() as nursery:
             await nursery.start(d.run)
             while not d.in_flight:

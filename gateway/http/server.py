@@ -64,6 +64,7 @@ _QUEUE_MAX = 256  # pending answers on one connection before its task stops read
 _IDLE = 0      # waiting for the first byte of the next request
 _READING = 1   # a request has started but is not complete
 _BUSY = 2      # running handlers / writing responses; never timed out by the reaper
+_CLOSING = 3   # answered everything and closing (a linger): owes nothing
 
 
 class Request:
@@ -625,6 +626,7 @@ class _Server:
                 if linger and not conn.backlog:
                     sock.send(_final_bytes(408))
             if linger:
+                conn.phase = _CLOSING
                 await _linger_close(sock)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
