@@ -208,9 +208,11 @@ class Gateway:
         return _finish(answer)
 
     def observe_response(self, request: Request, response: Response, seconds: float) -> None:
-        """The server's report of each answer written: API latency by route (matched routes only)."""
+        """The server's report of each answer written: API latency by route (matched routes only),
+        and every answer by route, status and error code."""
         if request.label:
             self.metrics.http.observe(seconds, (request.label,))
+        self.metrics.responses.inc((request.label or "unmatched", response.status, response.code))
 
     # -- helpers the API and delivery use ------------------------------------------------
 

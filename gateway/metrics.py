@@ -138,6 +138,11 @@ class GatewayMetrics:
         self.http = r.histogram(
             "gateway_http_request_duration_seconds", "API latency by route.", LATENCY_BOUNDS, ("route",)
         )
+        self.responses = r.counter(
+            "gateway_http_responses_total",
+            "API answers by route (\"unmatched\": no route), status and error code (\"\" for a success).",
+            ("route", "status", "code"),
+        )
         self.delivery = r.histogram(
             "gateway_accepted_to_delivered_seconds",
             "Time from acceptance to the delivered receipt.",

@@ -277,6 +277,13 @@ def test_metrics_expose_counters_queue_depth_and_histograms(gw):
     assert "# TYPE gateway_loop_busy_seconds_total counter" in text
     idle = next(ln for ln in text.splitlines() if ln.startswith("gateway_loop_idle_seconds_total "))
     assert float(idle.split()[1]) > 0
+    # every answer by route, status and error code
+    assert gw.request("POST", "/v1/messages", {"to": "nope", "text": {"body": "x"}})[0] == 422
+    _, text = gw.request("GET", "/metrics", auth=False)
+    answers = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1]) for ln in text.decode().splitlines()
+               if ln.startswith("gateway_http_responses_total{")}
+    assert answers['gateway_http_responses_total{route="/v1/messages",status="422",code="invalid_field"}'] >= 1
+    assert answers['gateway_http_responses_total{route="/v1/messages",status="202",code=""}'] >= 1
     # the pair journal's records as stored (a dispatch took from this pair's bucket)
     assert gw.metric("gateway_pair_log_records") >= 1
     assert gw.metric("gateway_webhook_dead_letters") == 0

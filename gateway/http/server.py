@@ -96,14 +96,15 @@ class Request:
 class Response:
     """A complete response; the server adds Content-Length and framing headers."""
 
-    __slots__ = ("status", "body", "content_type", "headers")
+    __slots__ = ("status", "body", "content_type", "headers", "code")
 
     def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
-                 headers: list[tuple[str, str]] | None = None) -> None:
+                 headers: list[tuple[str, str]] | None = None, code: str = "") -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers
+        self.code = code  # an error's stable code (for metrics); "" for a success
 
     @staticmethod
     def json(status: int, obj) -> Response:
@@ -114,7 +115,7 @@ class Response:
               retry_after: int | None = None) -> Response:
         body = orjson.dumps({"error": {"code": code, "message": message, "details": details or {}}})
         headers = None if retry_after is None else [("Retry-After", str(int(retry_after)))]
-        return Response(status, body, headers=headers)
+        return Response(status, body, headers=headers, code=code)
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {len(self.body)}B>"
