@@ -157,7 +157,8 @@ def run(big_terms: int = 100_000, baseline_s: float = 3.0, rate: float = 1_000.0
         "gateway_cpu": {"baseline": baseline_cpu, "during_put": gateway_cpu},
         "commits_per_s_baseline": baseline_commits,
         # what the gateway itself counted: loop batches and task steps (by part) over 5 ms
-        "inside_over_5ms": {"baseline": stalls_between(stalls0, stalls1), "during_put": stalls_between(stalls1, stalls2)},
+        "inside_over_5ms": {"baseline": stalls_between(stalls0, stalls1),
+                            "during_put": stalls_between(stalls1, stalls2)},
         "io_answer": answers,
         "statuses": {str(k): v for k, v in senders.counts.items()},
         "next_send_obeys_new_list": check == 422,

@@ -39,9 +39,9 @@ from gateway.network.link import NetworkLink, parse_url
 from gateway.policy.service import PolicyService
 from gateway.schedule.scheduler import Scheduler
 from gateway.store import key_ops, ops
-from gateway.store.pairlog import TABLES as PAIR_LOG_TABLES
 from gateway.store import records as R
 from gateway.store.env import Store, open_store
+from gateway.store.pairlog import TABLES as PAIR_LOG_TABLES
 from gateway.store.prealloc import Preallocator
 from gateway.store.writer import Writer, write_until_stored
 from gateway.webhooks.dispatcher import Endpoint, WebhookDispatcher, endpoint_id, read_secret
@@ -423,13 +423,13 @@ class Gateway:
                          lambda: [((), round(self.loop_stats.idle, 6))])
         # the stalls: who held the loop (steps by part) and how long I/O waited (batches)
         over = [f"{limit * 1000:g}ms" for limit in LONG_S]
+        stats = self.loop_stats
         reg.counter_read("gateway_loop_long_steps_total", "Event-loop task steps longer than `over`, by part of "
-                         "the gateway.", lambda: sorted(((label, o), n) for label, counts in
-                                                        self.loop_stats.long_steps.items() for o, n in zip(over, counts)),
-                         ("task", "over"))
+                         "the gateway.", lambda: sorted(((label, o), n) for label, counts in stats.long_steps.items()
+                                                        for o, n in zip(over, counts)), ("task", "over"))
         reg.gauge("gateway_loop_longest_step_seconds", "The longest event-loop task step since start, by part "
                   "(only parts that had one over 2 ms).",
-                  lambda: sorted(((label,), round(t, 6)) for label, t in self.loop_stats.longest_step.items()), ("task",))
+                  lambda: sorted(((label,), round(t, 6)) for label, t in stats.longest_step.items()), ("task",))
         reg.counter_read("gateway_loop_long_batches_total", "Event-loop batches (every runnable task's step, "
                          "between two waits for I/O: what an answer to I/O may wait) longer than `over`.",
                          lambda: [((o,), n) for o, n in zip(over, self.loop_stats.long_batches)], ("over",))

@@ -117,8 +117,8 @@ class WebhooksApi:
 
     async def replay(self, request: Request, principal, params) -> Response:
         """Send dead letters again: `{"endpoint"?, "event_ids"?, "limit"?}` (`limit`, 1,000 by default,
-        taken endpoint by endpoint, each one's oldest first). They go back to the outbox in one commit, audited,
-        and out at once; a delivery that fails again counts its age from now."""
+        taken endpoint by endpoint, each one's oldest first). They go back to the outbox in one
+        commit, audited, and out at once; a delivery that fails again counts its age from now."""
         workspace = target_workspace(self.gw, request, principal)
         try:
             req = msgspec.json.decode(request.body or b"{}", type=ReplayRequest)
@@ -130,11 +130,13 @@ class WebhooksApi:
         event_ids = [e.encode() for e in req.event_ids] if req.event_ids is not None else None
         # an event id names one event at each endpoint it went to
         limit = len(event_ids) * len(eps) if event_ids is not None else req.limit
+
         def audit(n: int):
             return gw.policy.audit_entry(principal, workspace, "webhook.replay", req.endpoint or "*",
                                          {"replayed": n}, now)
 
-        moved = await gw.policy.write(ops.replay_dead, ops.ReplayArg([ep.prefix for ep in eps], event_ids, limit, audit))
+        arg = ops.ReplayArg([ep.prefix for ep in eps], event_ids, limit, audit)
+        moved = await gw.policy.write(ops.replay_dead, arg)
         gw.webhooks.requeue(moved, now)
         store = gw.store
         with store.env.begin(db=store.dbs["webhook_dead"]) as txn:
