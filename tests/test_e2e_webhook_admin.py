@@ -38,6 +38,16 @@ def test_dead_letters_are_listed_without_bodies_and_sent_again_once_the_endpoint
         assert all(d["type"] == "message.status" and d["last_error"] == "http 400" and d["attempts"] == 1
                    and d["endpoint"] == endpoint["id"] for d in dead)
         assert "a text that no listing shows" not in str(reply) and "c-1" not in str(reply)
+        assert reply["next"] is None  # all on one page
+        status, page = gw.request("GET", "/admin/v1/webhooks/dead-letters?limit=1")
+        assert [d["event_id"] for d in page["dead_letters"]] == [dead[0]["event_id"]]
+        cursor = page["next"]
+        assert cursor == {"endpoint": endpoint["id"], "after": dead[0]["event_id"]}
+        status, page = gw.request("GET", f"/admin/v1/webhooks/dead-letters?limit=100&endpoint={cursor['endpoint']}"
+                                         f"&after={cursor['after']}")
+        assert [d["event_id"] for d in page["dead_letters"]] == [d["event_id"] for d in dead[1:]]
+        status, reply = gw.request("GET", f"/admin/v1/webhooks/dead-letters?after={cursor['after']}")
+        assert (status, reply["error"]["code"]) == (422, "invalid_field")  # an event id needs its endpoint
 
         with receiver.lock:
             receiver.fail_first = 0  # the endpoint is fixed

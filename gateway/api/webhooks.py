@@ -81,23 +81,36 @@ class WebhooksApi:
 
     async def dead_letters(self, request: Request, principal, params) -> Response:
         """Dead letters of the workspace's endpoints (`?endpoint=`, `?limit=`): endpoint by endpoint
-        (in id order), each one's oldest first."""
+        (in id order), each one's oldest first. A full page names where the next one starts:
+        `next` = `{"endpoint", "after"}`, given back as `?endpoint=...&after=<event id>`."""
         workspace = target_workspace(self.gw, request, principal)
-        eps = self._endpoints(workspace, self._wanted_endpoint(request))
+        wanted = self._wanted_endpoint(request)
+        after = query(request).get("after")
+        if after is not None and (wanted is None or not is_id(after)):
+            raise ApiError(422, "invalid_field", "after: an event id, with the endpoint it belongs to (?endpoint=)",
+                           {"path": "after"})
+        eps = self._endpoints(workspace, wanted)
         limit = limit_param(request)
         store = self.gw.store
-        out = []
+        out: list[dict] = []
+        next_page = None
         with store.env.begin(db=store.dbs["webhook_dead"], buffers=False) as txn:
             cur = txn.cursor()
             for ep in eps:
-                found = cur.set_range(ep.prefix)
-                while found and len(out) < limit:
+                start = ep.prefix + after.encode() + b"\0" if after is not None else ep.prefix  # past `after`
+                found = cur.set_range(start)
+                while found:
                     key, raw = cur.item()
                     if not key.startswith(ep.prefix):
                         break
+                    if len(out) >= limit:
+                        next_page = {"endpoint": out[-1]["endpoint"], "after": out[-1]["event_id"]}
+                        break
                     out.append(self._view(ep, key[len(ep.prefix):], R.dead_letter_decoder.decode(raw)))
                     found = cur.next()
-        return Response.json(200, {"workspace": workspace, "dead_letters": out})
+                if next_page is not None:
+                    break
+        return Response.json(200, {"workspace": workspace, "dead_letters": out, "next": next_page})
 
     def _view(self, ep, event_id: bytes, dead: R.DeadLetter) -> dict:
         kind = message_id = None
