@@ -321,9 +321,45 @@ def cmd_doctor(args) -> int:
     problem = diskcheck.volatile(diskcheck.scratch_dir(data_dir))
     if problem:
         print(f"              NOT DURABLE: {problem}")
+    if os.path.isdir(os.path.join(data_dir, "lmdb")):
+        for line in _doctor_keys(os.path.join(data_dir, "lmdb")):
+            print(line)
     if args.disk:
         ok = _doctor_disk(data_dir) and ok
     return 0 if ok else 1
+
+
+def _doctor_keys(lmdb_dir: str) -> list[str]:
+    """The API keys in the store (read-only, beside a running gateway): how many are in force by
+    role, how many revoked, and a warning when no admin key is left in force."""
+    import lmdb
+
+    from gateway.store import key_ops as K
+    from gateway.store import records as R
+
+    try:
+        env = lmdb.open(lmdb_dir, readonly=True, max_dbs=len(R.TABLES) + 4, max_readers=512)
+    except lmdb.Error as exc:
+        return [f"api keys      cannot read the store: {exc}"]
+    try:
+        try:
+            db = env.open_db(b"api_keys", create=False)
+        except lmdb.Error:
+            return ["api keys      none yet (the first `gateway run` makes an admin key)"]
+        with env.begin(buffers=False) as txn:
+            keys = K.all_keys(txn, db)
+    finally:
+        env.close()
+    in_force: dict[str, int] = {}
+    for _, record in keys:
+        if not record.revoked_ms:
+            in_force[record.role] = in_force.get(record.role, 0) + 1
+    roles = ", ".join(f"{role} {n}" for role, n in sorted(in_force.items()))
+    lines = [f"api keys      {sum(in_force.values())} in force ({roles or 'none'}), "
+             f"{len(keys) - sum(in_force.values())} revoked (`gateway keys list`)"]
+    if not in_force.get("admin"):
+        lines.append("              NO admin key in force: `gateway keys create --workspace default --role admin`")
+    return lines
 
 
 def _warn_if_volatile(data_dir: str) -> None:

@@ -54,6 +54,11 @@ def test_keys_list_and_revoke_on_the_host_while_the_gateway_runs(tmp_path):
         assert len(row) == 1 and "1970" not in row[0] and row[0].count("Z") == 2  # created and revoked
         status, log = gw.request("GET", "/admin/v1/audit")
         assert [e["actor"] for e in log["entries"] if e["target"] == key_id] == ["cli", "cli"]
+        out = gateway("doctor", "-c", str(gw.config_path))  # reads the running gateway's store
+        assert "api keys      1 in force (admin 1), 1 revoked" in out.stdout, out.stdout + out.stderr
+        admin_id = gw.key.split("_")[1]
+        assert gateway("keys", "revoke", admin_id, "-c", str(gw.config_path)).returncode == 0
+        assert "NO admin key in force" in gateway("doctor", "-c", str(gw.config_path)).stdout
         assert gateway("keys", "revoke", "0123456789abcdef", "-c", str(gw.config_path)).returncode == 1
     finally:
         gw.stop()
