@@ -294,11 +294,11 @@ def cmd_doctor(args) -> int:
     try:
         cfg = _load(args.config, data_dir=args.data_dir)
         print(f"config        {path}: ok")
-        data_dir = cfg.store.data_dir
+        data_dir, map_size_mb = cfg.store.data_dir, cfg.store.map_size_mb
     except C.ConfigError as exc:
         print(f"config        {path}: {'; '.join(exc.problems)}")
         ok = False
-        data_dir = args.data_dir or "./var"
+        data_dir, map_size_mb = args.data_dir or "./var", C.StoreConfig().map_size_mb
     from gateway.crypto.keydir import KeyDirError, load_sealer
 
     key_dir = _key_dir(args) or os.path.join(data_dir, "keys")
@@ -322,14 +322,14 @@ def cmd_doctor(args) -> int:
     if problem:
         print(f"              NOT DURABLE: {problem}")
     if os.path.isdir(os.path.join(data_dir, "lmdb")):
-        for line in _doctor_keys(os.path.join(data_dir, "lmdb")):
+        for line in _doctor_keys(os.path.join(data_dir, "lmdb"), map_size_mb):
             print(line)
     if args.disk:
         ok = _doctor_disk(data_dir) and ok
     return 0 if ok else 1
 
 
-def _doctor_keys(lmdb_dir: str) -> list[str]:
+def _doctor_keys(lmdb_dir: str, map_size_mb: int) -> list[str]:
     """The API keys in the store (read-only, beside a running gateway): how many are in force by
     role, how many revoked, and a warning when no admin key is left in force."""
     import lmdb
@@ -338,16 +338,28 @@ def _doctor_keys(lmdb_dir: str) -> list[str]:
     from gateway.store import records as R
 
     try:
-        env = lmdb.open(lmdb_dir, readonly=True, max_dbs=len(R.TABLES) + 4, max_readers=512)
+        # the gateway's map size: a read-only map sized to the data at open would meet the data
+        # the running gateway adds meanwhile (MDB_MAP_RESIZED)
+        env = lmdb.open(lmdb_dir, readonly=True, max_dbs=len(R.TABLES) + 4, max_readers=512,
+                        map_size=map_size_mb * 1024 * 1024)
     except lmdb.Error as exc:
         return [f"api keys      cannot read the store: {exc}"]
     try:
-        try:
-            db = env.open_db(b"api_keys", create=False)
-        except lmdb.Error:
-            return ["api keys      none yet (the first `gateway run` makes an admin key)"]
-        with env.begin(buffers=False) as txn:
-            keys = K.all_keys(txn, db)
+        for attempt in range(3):
+            try:
+                try:
+                    db = env.open_db(b"api_keys", create=False)
+                except lmdb.NotFoundError:
+                    return ["api keys      none yet (the first `gateway run` makes an admin key)"]
+                with env.begin(buffers=False) as txn:
+                    keys = K.all_keys(txn, db)
+                break
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)  # the gateway grew its map: take its size and read again
+        else:
+            return ["api keys      cannot read the store: it kept growing its map while read"]
+    except lmdb.Error as exc:
+        return [f"api keys      cannot read the store: {exc}"]
     finally:
         env.close()
     in_force: dict[str, int] = {}

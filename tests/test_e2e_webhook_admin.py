@@ -41,13 +41,13 @@ def test_dead_letters_are_listed_without_bodies_and_sent_again_once_the_endpoint
         assert reply["next"] is None  # all on one page
         status, page = gw.request("GET", "/admin/v1/webhooks/dead-letters?limit=1")
         assert [d["event_id"] for d in page["dead_letters"]] == [dead[0]["event_id"]]
-        cursor = page["next"]
-        assert cursor == {"endpoint": endpoint["id"], "after": dead[0]["event_id"]}
-        status, page = gw.request("GET", f"/admin/v1/webhooks/dead-letters?limit=100&endpoint={cursor['endpoint']}"
-                                         f"&after={cursor['after']}")
+        assert page["next"] == f"{endpoint['id']}.{dead[0]['event_id']}"
+        status, page = gw.request("GET", f"/admin/v1/webhooks/dead-letters?limit=100&after={page['next']}")
         assert [d["event_id"] for d in page["dead_letters"]] == [d["event_id"] for d in dead[1:]]
-        status, reply = gw.request("GET", f"/admin/v1/webhooks/dead-letters?after={cursor['after']}")
-        assert (status, reply["error"]["code"]) == (422, "invalid_field")  # an event id needs its endpoint
+        assert page["next"] is None
+        for bad in (dead[0]["event_id"], f"zz.{dead[0]['event_id']}", f"{endpoint['id']}.nope"):
+            status, reply = gw.request("GET", f"/admin/v1/webhooks/dead-letters?after={bad}")
+            assert (status, reply["error"]["code"]) == (422, "invalid_field")
 
         with receiver.lock:
             receiver.fail_first = 0  # the endpoint is fixed
@@ -93,6 +93,15 @@ def test_an_event_id_replays_the_event_at_every_endpoint_it_died_at(tmp_path):
         for receiver in (first, second):
             with receiver.lock:
                 receiver.fail_first = 0
+        paged, after = [], ""  # page by page, one a page, across both endpoints
+        while True:
+            page = gw.request("GET", f"/admin/v1/webhooks/dead-letters?limit=1{after}")[1]
+            paged += page["dead_letters"]
+            if page["next"] is None:
+                break
+            after = f"&after={page['next']}"
+        assert [(d["endpoint"], d["event_id"]) for d in paged] == [(d["endpoint"], d["event_id"]) for d in dead]
+        assert len({d["endpoint"] for d in paged}) == 2
         event_id = dead[0]["event_id"]
         assert [d["event_id"] for d in dead].count(event_id) == 2
         status, reply = gw.request("POST", "/admin/v1/webhooks/dead-letters/replay", {"event_ids": [event_id]})

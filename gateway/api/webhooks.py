@@ -80,15 +80,19 @@ class WebhooksApi:
         return Response.json(200, {"workspace": workspace, "endpoints": out})
 
     async def dead_letters(self, request: Request, principal, params) -> Response:
-        """Dead letters of the workspace's endpoints (`?endpoint=`, `?limit=`): endpoint by endpoint
-        (in id order), each one's oldest first. A full page names where the next one starts:
-        `next` = `{"endpoint", "after"}`, given back as `?endpoint=...&after=<event id>`."""
+        """Dead letters of the workspace's endpoints (`?endpoint=` one of them, `?limit=`): endpoint by
+        endpoint (in id order), each one's oldest first. A full page ends with `next`, the position
+        to go on from (`<endpoint id>.<event id>`), given back as `?after=`."""
         workspace = target_workspace(self.gw, request, principal)
         wanted = self._wanted_endpoint(request)
         after = query(request).get("after")
-        if after is not None and (wanted is None or not is_id(after)):
-            raise ApiError(422, "invalid_field", "after: an event id, with the endpoint it belongs to (?endpoint=)",
-                           {"path": "after"})
+        position = None
+        if after is not None:
+            ep_id, _, event_id = after.partition(".")
+            if not _ENDPOINT.match(ep_id) or not is_id(event_id) or (wanted is not None and ep_id != wanted):
+                raise ApiError(422, "invalid_field", "after: the `next` of the page before (<endpoint id>.<event id>)",
+                               {"path": "after"})
+            position = (ep_id.encode(), event_id.encode())
         eps = self._endpoints(workspace, wanted)
         limit = limit_param(request)
         store = self.gw.store
@@ -97,14 +101,19 @@ class WebhooksApi:
         with store.env.begin(db=store.dbs["webhook_dead"], buffers=False) as txn:
             cur = txn.cursor()
             for ep in eps:
-                start = ep.prefix + after.encode() + b"\0" if after is not None else ep.prefix  # past `after`
+                start = ep.prefix
+                if position is not None:
+                    if ep.id < position[0]:
+                        continue  # listed on the pages before
+                    if ep.id == position[0]:
+                        start = ep.prefix + position[1] + b"\0"  # just past the last one listed
                 found = cur.set_range(start)
                 while found:
                     key, raw = cur.item()
                     if not key.startswith(ep.prefix):
                         break
                     if len(out) >= limit:
-                        next_page = {"endpoint": out[-1]["endpoint"], "after": out[-1]["event_id"]}
+                        next_page = f"{out[-1]['endpoint']}.{out[-1]['event_id']}"
                         break
                     out.append(self._view(ep, key[len(ep.prefix):], R.dead_letter_decoder.decode(raw)))
                     found = cur.next()

@@ -489,7 +489,8 @@ class _Conn:
                     break
                 req = entry._req
                 entry._conn = entry._req = None
-                chunks.append(_encode_or_500(resp, req))
+                data, resp = _encode_or_500(resp, req)
+                chunks.append(data)
                 if on_response is not None:
                     on_response(req, resp, perf_counter() - req.started)
             queue.popleft()
@@ -853,11 +854,13 @@ def _connection_line(req: Request) -> bytes:
     return _KEEP if req._echo_keepalive else b""
 
 
-def _encode_or_500(resp: Response, req: Request) -> bytes:
+def _encode_or_500(resp: Response, req: Request) -> tuple[bytes, Response]:
+    """The bytes of `resp`, or of a 500 when it cannot be encoded; and the response they are."""
     try:
-        return _encode(resp, _connection_line(req), req.method == "HEAD")
+        return _encode(resp, _connection_line(req), req.method == "HEAD"), resp
     except Exception:
-        return _encode(_handler_failed(req), _connection_line(req), False)
+        failed = _handler_failed(req)
+        return _encode(failed, _connection_line(req), False), failed
 
 
 def _handler_failed(req: Request) -> Response:
