@@ -117,10 +117,8 @@ def cmd_keys_create(args) -> int:
     except msgspec.ValidationError as exc:
         print(f"--{C._msgspec_problem(exc)}", file=sys.stderr)
         return 2
-    try:
-        cfg = _load(args.config, data_dir=args.data_dir)
-    except C.ConfigError as exc:
-        print(f"{exc.source}: {'; '.join(exc.problems)}", file=sys.stderr)
+    cfg = _config(args)
+    if cfg is None:
         return 2
     import time
 
@@ -137,15 +135,23 @@ def cmd_keys_create(args) -> int:
     return 0
 
 
-def _open_store(args):
-    """The store of the config's (or --data-dir's) data directory, or None after saying why."""
+def _config(args):
+    """The config of -c (with --data-dir over it), or None after saying what is wrong with it."""
     from gateway import config as C
-    from gateway.store.env import open_store
 
     try:
-        cfg = _load(args.config, data_dir=args.data_dir)
+        return _load(args.config, data_dir=args.data_dir)
     except C.ConfigError as exc:
         print(f"{exc.source}: {'; '.join(exc.problems)}", file=sys.stderr)
+        return None
+
+
+def _open_store(args):
+    """The store of the config's (or --data-dir's) data directory, or None after saying why."""
+    from gateway.store.env import open_store
+
+    cfg = _config(args)
+    if cfg is None:
         return None
     if not os.path.isdir(os.path.join(cfg.store.data_dir, "lmdb")):
         print(f"{os.path.abspath(cfg.store.data_dir)}: no gateway store here (has the gateway run?)", file=sys.stderr)
@@ -215,15 +221,10 @@ def cmd_keys_revoke(args) -> int:
 
 
 def _key_dir(args) -> str | None:
-    from gateway import config as C
     from gateway.crypto.keydir import key_dir_for
 
-    try:
-        cfg = _load(args.config, data_dir=args.data_dir)
-    except C.ConfigError as exc:
-        print(f"{exc.source}: {'; '.join(exc.problems)}", file=sys.stderr)
-        return None
-    return key_dir_for(cfg.store.data_dir, cfg.store.key_dir)
+    cfg = _config(args)
+    return key_dir_for(cfg.store.data_dir, cfg.store.key_dir) if cfg is not None else None
 
 
 def cmd_keys_init(args) -> int:

@@ -16,7 +16,7 @@ from gateway.e2e import keys as K
 from gateway.network.frames import BundleReply, BundleRequest, FrameDecoder, Submit, encode_frames
 from gateway.network.link import handshake
 from loadtest.netsim.devices import seed_bytes
-from tests.harness import Gateway, Netsim, Proxy, WebhookReceiver
+from tests.harness import Gateway, Netsim, Proxy, WebhookReceiver, wait_for
 
 pytestmark = pytest.mark.e2e
 SENDER = "+15550000001"
@@ -24,16 +24,6 @@ SENDER = "+15550000001"
 
 def captured_submits(path) -> list[Submit]:
     return [f for f in FrameDecoder().feed(path.read_bytes()) if isinstance(f, Submit)]
-
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sends_are_ciphertext_that_netsim_decrypts_with_zero_failures(tmp_path):

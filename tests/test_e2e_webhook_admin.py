@@ -1,22 +1,10 @@
 """Webhook endpoints through a real gateway process: what each one has waiting, its dead letters
 (events an endpoint refused for good), and sending them again once the endpoint is fixed."""
-import time
-
 import pytest
 
-from tests.harness import Gateway, WebhookReceiver
+from tests.harness import Gateway, WebhookReceiver, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_dead_letters_are_listed_without_bodies_and_sent_again_once_the_endpoint_takes_them(tmp_path):
@@ -25,7 +13,7 @@ def test_dead_letters_are_listed_without_bodies_and_sent_again_once_the_endpoint
     try:
         msg_id = gw.send("+14155550100", "a text that no listing shows", client_ref="c-1")
         gw.wait_status(msg_id, {"delivered"})
-        wait(lambda: gw.metric("gateway_webhook_dead_letters") >= 2)  # sent, delivered
+        wait_for(lambda: gw.metric("gateway_webhook_dead_letters") >= 2)  # sent, delivered
         status, reply = gw.request("GET", "/admin/v1/webhooks")
         assert status == 200
         [endpoint] = reply["endpoints"]
@@ -54,16 +42,16 @@ def test_dead_letters_are_listed_without_bodies_and_sent_again_once_the_endpoint
         first = dead[0]["event_id"]
         status, reply = gw.request("POST", "/admin/v1/webhooks/dead-letters/replay", {"event_ids": [first]})
         assert (status, reply["replayed"], reply["dead_letters_left"]) == (200, 1, len(dead) - 1)
-        wait(lambda: [e for e in receiver.events() if e["id"] == first])
-        wait(lambda: gw.metric("gateway_webhook_outbox_depth") == 0)  # its 2xx is stored: not sent again
+        wait_for(lambda: [e for e in receiver.events() if e["id"] == first])
+        wait_for(lambda: gw.metric("gateway_webhook_outbox_depth") == 0)  # its 2xx is stored: not sent again
         gw.stop()  # after a restart the outbox scan starts over: what is replayed then comes through it
         gw.start()
         status, reply = gw.request("POST", "/admin/v1/webhooks/dead-letters/replay",
                                    {"endpoint": endpoint["id"]})
         assert (status, reply["replayed"], reply["dead_letters_left"]) == (200, len(dead) - 1, 0)
-        wait(lambda: {e["id"] for e in receiver.events()} >= {d["event_id"] for d in dead})
+        wait_for(lambda: {e["id"] for e in receiver.events()} >= {d["event_id"] for d in dead})
         assert sorted(e["data"]["status"] for e in receiver.events()) == ["delivered", "sent"]  # each once
-        wait(lambda: gw.metric("gateway_webhook_outbox_depth") == 0)
+        wait_for(lambda: gw.metric("gateway_webhook_outbox_depth") == 0)
         assert gw.metric("gateway_webhook_dead_letters") == 0
         status, log = gw.request("GET", "/admin/v1/audit")
         replays = [e for e in log["entries"] if e["action"] == "webhook.replay"]
@@ -88,7 +76,7 @@ def test_an_event_id_replays_the_event_at_every_endpoint_it_died_at(tmp_path):
     try:
         assert len(gw.request("GET", "/admin/v1/webhooks")[1]["endpoints"]) == 2
         gw.wait_status(gw.send("+14155550100"), {"delivered"})
-        dead = wait(lambda: (d := gw.request("GET", "/admin/v1/webhooks/dead-letters")[1]["dead_letters"])
+        dead = wait_for(lambda: (d := gw.request("GET", "/admin/v1/webhooks/dead-letters")[1]["dead_letters"])
                     and len(d) >= 4 and d)
         for receiver in (first, second):
             with receiver.lock:
@@ -107,7 +95,7 @@ def test_an_event_id_replays_the_event_at_every_endpoint_it_died_at(tmp_path):
         status, reply = gw.request("POST", "/admin/v1/webhooks/dead-letters/replay", {"event_ids": [event_id]})
         assert (status, reply["replayed"]) == (200, 2)
         for receiver in (first, second):
-            wait(lambda: [e for e in receiver.events() if e["id"] == event_id])
+            wait_for(lambda: [e for e in receiver.events() if e["id"] == event_id])
     finally:
         gw.stop()
         first.stop()

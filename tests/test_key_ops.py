@@ -1,24 +1,10 @@
 """API keys in the store: minting and revocation write their audit entries in the same transaction,
 a revoked key stays listed, and the API cannot revoke the last admin key in force."""
-import pytest
-
 from gateway.http.auth import mint_key
 from gateway.ids import IdGenerator
 from gateway.store import key_ops as K
 from gateway.store import policy_ops as P
-from gateway.store.env import open_store
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = open_store(str(tmp_path), map_size_mb=32)
-    yield s
-    s.close()
-
-
-def run(store, op, arg):
-    with store.env.begin(write=True) as txn:
-        return op(txn, store.dbs, arg)
+from tests.test_ops import run, store  # noqa: F401  (store: the fixture of a fresh LMDB store)
 
 
 def put(store, workspace, role, label=""):
