@@ -171,3 +171,19 @@ def test_refresh_takes_revocations_stored_by_another_process_and_keeps_unchanged
     with pytest.raises(AuthError) as info:
         auth.authenticate(f"Bearer {other_key}")
     assert info.value.code == "invalid_api_key"
+
+
+def test_a_changed_record_makes_the_memos_of_its_key_stale():
+    records: dict = {}
+    auth, key, _ = counting(records)
+    key_id = key.split("_")[1]
+    memo: dict = {}
+    first = auth.authenticate(f"Bearer {key}", memo)
+    records[key_id] = msgspec.structs.replace(records[key_id], secret_hash=b"\0" * 32)  # another secret
+    assert auth.refresh({key_id: records[key_id]}) == 1
+    with pytest.raises(AuthError) as info:
+        auth.authenticate(f"Bearer {key}", memo)  # the memo no longer vouches for the old header
+    assert info.value.code == "invalid_api_key"
+    records[key_id] = msgspec.structs.replace(records[key_id], role="agent")
+    auth.refresh({key_id: records[key_id]})
+    assert auth._cache[key_id] is not first and auth._cache[key_id].role == "agent"

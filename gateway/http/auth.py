@@ -7,7 +7,7 @@ hash. Keys never appear in logs or error messages.
 
 A revoked key is refused (401 `revoked_api_key`, told only to a caller that holds its secret) from
 the moment its revocation is stored through this process (`remember`), and within one `refresh`
-(the gateway's housekeeping, every second) when another process, the CLI, stored it.
+(a task of the gateway's, every second) when another process, the CLI, stored it.
 """
 from __future__ import annotations
 
@@ -63,14 +63,16 @@ class Authenticator:
         self._records: dict[str, R.ApiKeyRecord] = {}  # every key seen, revoked ones too
 
     def remember(self, key_id: str, record: R.ApiKeyRecord) -> None:
-        """Take a key's record as it now stands (minted, revoked, or read from the store)."""
+        """Take a key's record as it now stands (minted, revoked, or read from the store). A new
+        principal object (or none) makes every connection's memo of the key stale: checked again."""
+        before = self._records.get(key_id)
         self._records[key_id] = record
         if record.revoked_ms:
-            self._cache.pop(key_id, None)  # connections that verified it see a stale memo and check again
-        else:
-            current = self._cache.get(key_id)
-            if current is None or (current.workspace, current.role) != (record.workspace, record.role):
-                self._cache[key_id] = Principal(key_id, record.workspace, record.role)
+            self._cache.pop(key_id, None)
+        elif (key_id not in self._cache or before is None
+              or (before.secret_hash, before.workspace, before.role) != (record.secret_hash, record.workspace,
+                                                                          record.role)):
+            self._cache[key_id] = Principal(key_id, record.workspace, record.role)
 
     def forget(self, key_id: str) -> None:
         self._cache.pop(key_id, None)
