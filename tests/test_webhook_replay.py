@@ -74,13 +74,15 @@ def ready_keys(ep):
     return [k for k, _ in ep.ready]
 
 
-def test_an_event_the_scan_loaded_before_the_replay_was_seen_is_queued_once(env):
+def test_an_event_the_scan_loaded_before_the_replay_was_seen_is_queued_once_and_sent_once(env):
     gw, d, ep = env
     k = event(gw, gw.clock.now_ms())
     put_outbox(gw, k)  # the replay's commit put it back; a woken worker's scan got there first
     d._load(ep)
     assert d.requeue([k], gw.clock.now_ms()) == 1
     assert ready_keys(ep) == [k[0]]
+    trio.run(d._deliver, ep, 1, [ep.ready.popleft()])  # delivered (2xx)
+    assert ready_keys(ep) == [] and not ep.held and gw.store.get("webhook_outbox", k[0]) is None
 
 
 def test_an_event_replayed_ahead_of_the_scan_is_not_loaded_again(env):
@@ -101,6 +103,7 @@ def test_an_event_replayed_while_being_dead_lettered_goes_out_again_after(env):
     put_outbox(gw, k)
     d._load(ep)
     ep.ready.clear()  # a worker holds it: its delivery failed for good and is being dead-lettered
+    ep.dying.add(k[0])
     assert d.requeue([k], gw.clock.now_ms()) == 1
     assert ready_keys(ep) == []  # not twice at once
     d._forget(ep, [k[0]])  # the dead letter is stored: the replay's copy goes now

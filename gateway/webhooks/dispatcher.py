@@ -62,8 +62,9 @@ class Endpoint:
         # dead letters sent again (admin API): key -> when (unix ms); their age for webhooks.max_age_h
         # counts from then
         self.replayed: dict[bytes, int] = {}
-        # replayed while still held (dead-lettered in the commit that replayed them): queued again
-        # once that delivery lets go of them, with what the outbox holds now
+        self.dying: set[bytes] = set()  # held keys whose delivery is storing them as dead letters
+        # replayed while dying (dead-lettered in the commit that replayed them): queued again once
+        # that delivery lets go of them, with what the outbox holds now
         self.again: dict[bytes, bytes] = {}
 
     def stop(self) -> None:
@@ -141,10 +142,10 @@ class WebhookDispatcher:
                 continue
             n += 1
             ep.replayed[key] = now_ms
-            if key in ep.held:  # loaded already, or on its way to the dead letters: see _forget
+            if key in ep.dying:  # dead-lettered and replayed in one commit: queued once let go (_forget)
                 ep.again[key] = stored
-                continue
-            self._queue(ep, key, stored)
+            elif key not in ep.held:  # (held: the outbox scan loaded it after the replay's commit)
+                self._queue(ep, key, stored)
         return n
 
     def _queue(self, ep: Endpoint, key: bytes, stored: bytes) -> None:
@@ -281,6 +282,7 @@ class WebhookDispatcher:
             letters = [(k, ops.encode(R.DeadLetter(
                 ops.SEALED_EVENT + seal(v, k[len(ep.prefix):]) if k in ep.sealed else v,
                 attempt, reason, self.gw.clock.now_ms()))) for k, v in dead]
+            ep.dying.update(k for k, _ in dead)
             await write_until_stored(self.gw.writer, ops.move_to_dead, letters)
             self._forget(ep, [k for k, _ in dead])
         if keep:
@@ -293,6 +295,7 @@ class WebhookDispatcher:
         the outbox by the same commit that made it dead) is queued again."""
         ep.sealed.difference_update(keys)
         ep.held.difference_update(keys)
+        ep.dying.difference_update(keys)
         if ep.replayed:
             for key in keys:
                 ep.replayed.pop(key, None)
