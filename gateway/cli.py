@@ -346,7 +346,7 @@ def _doctor_keys(lmdb_dir: str, map_size_mb: int) -> list[str]:
     except lmdb.Error as exc:
         return [f"api keys      cannot read the store: {exc}"]
     try:
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 try:
                     db = env.open_db(b"api_keys", create=False)
