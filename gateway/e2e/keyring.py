@@ -87,13 +87,9 @@ class Keyring:
     def numbers(self) -> list[str]:
         return list(self._books)
 
-    def publish_all(self) -> list[Publish]:
-        """Every sender's bundle with a fresh one-time pool (after a connect: the network may have
-        restarted and forgotten them). See `publish_fresh`; KeyService goes one book at a time."""
-        return [self.publish_fresh(book) for book in self.take_all()]
-
     def take_all(self) -> list[K.SenderKeys]:
-        """Every book, each to be published afresh now (nothing is left waiting for `tick`)."""
+        """Every book, each to be published afresh now (after a connect: the network may have
+        restarted and forgotten them; KeyService.publish_all); nothing is left waiting for `tick`."""
         self._unpublished.clear()
         return list(self._books.values())
 
