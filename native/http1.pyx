@@ -56,10 +56,10 @@ def parse_request(bytes data not None, Py_ssize_t pos, Py_ssize_t max_header, Py
     or None when it is not a complete request of the common, strictly formed kind.
 
     headers maps lower-case names to values decoded as latin-1 (leading blanks dropped, as
-    httptools does); `max_header` and `max_body` decline what the httptools path would measure."""
+    httptools does, and trailing ones, as the server does after httptools); `max_header` and `max_body` decline what the httptools path would measure."""
     cdef const unsigned char* p = <const unsigned char*> PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t i = pos, start, end, vstart, k
+    cdef Py_ssize_t i = pos, start, end, vstart, vend, k
     cdef Py_ssize_t hbytes, length = 0
     cdef bint has_length = False
     cdef unsigned char c
@@ -125,19 +125,22 @@ def parse_request(bytes data not None, Py_ssize_t pos, Py_ssize_t max_header, Py
             i += 1
         if i + 1 >= n or p[i] != b"\r" or p[i + 1] != b"\n" or i == vstart:
             return None
+        vend = i  # the value without its trailing blanks (RFC 9110 5.5)
+        while p[vend - 1] == 0x20 or p[vend - 1] == 0x09:
+            vend -= 1
         if PyDict_Contains(headers, name) or name in _DECLINED:
             return None
         if name == "content-length":
-            if i - vstart > _MAX_LENGTH_DIGITS:
+            if vend != i or vend - vstart > _MAX_LENGTH_DIGITS:
                 return None
-            for k in range(vstart, i):
+            for k in range(vstart, vend):
                 c = p[k]
                 if c < 0x30 or c > 0x39:
                     return None
                 length = length * 10 + (c - 0x30)
             has_length = True
-        PyDict_SetItem(headers, name, PyUnicode_DecodeLatin1(<const char*> p + vstart, i - vstart, NULL))
-        hbytes += (i - vstart) + len(name) + 4
+        PyDict_SetItem(headers, name, PyUnicode_DecodeLatin1(<const char*> p + vstart, vend - vstart, NULL))
+        hbytes += (vend - vstart) + len(name) + 4
         i += 2
     if hbytes > max_header or (has_length and length > max_body) or n - i < length:
         return None

@@ -59,7 +59,7 @@ ACCEPTED = [
     b"GET /v1/messages/01ABC?x=1&y=%20z HTTP/1.1\r\nHost: a\r\n\r\n",
     b"GET /a%2Fb%C3%A9 HTTP/1.1\r\n\r\n",
     b"DELETE /x HTTP/1.1\r\nX-Odd-Name_1: \t  leading blanks dropped\r\n\r\n",
-    b"PUT /x HTTP/1.1\r\nX-Trailing: kept as httptools keeps them \t \r\n\r\n",
+    b"PUT /x HTTP/1.1\r\nX-Trailing: blanks dropped at the end too \t \r\n\r\n",
     b"PATCH /x HTTP/1.1\r\nCONTENT-LENGTH: 0\r\nX-Quote: \"a\\b\" (c) <d>\r\n\r\n",
     b"HEAD / HTTP/1.1\r\nContent-Length: 007\r\n\r\n1234567",
     b"OPTIONS /*x HTTP/1.1\r\nA:b\r\n\r\n",
@@ -71,6 +71,12 @@ def test_a_plain_request_is_read_exactly_as_httptools_reads_it(parse_request, da
     native = native_reads(parse_request, data)
     assert len(native) == 1
     assert native == httptools_reads(data)
+
+
+def test_a_value_has_no_blanks_at_either_end(parse_request):
+    data = b"PUT /x HTTP/1.1\r\nIdempotency-Key: \t k-1 \t \r\n\r\n"
+    assert parse_request(data, 0, 600, 1000)[2] == {"idempotency-key": "k-1"}
+    assert httptools_reads(data)[0][3] == {"idempotency-key": "k-1"}
 
 
 def test_pipelined_requests_are_read_one_after_another(parse_request):

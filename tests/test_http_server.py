@@ -139,10 +139,11 @@ async def test_request_fields_are_parsed(nursery):
         b"/v1/a%20b", b"/v1/a%20b?x=1&y=%20"))
     [(status, headers, body)] = await c.read()
     req = seen[0]
-    assert (req.method, req.path, req.query, req.body) == ("POST", "/v1/a b", "x=1&y=%20", b"hi")
+    # the path as sent: decoding is the route's, once per parameter ("%2F" is not a "/")
+    assert (req.method, req.path, req.query, req.body) == ("POST", "/v1/a%20b", "x=1&y=%20", b"hi")
     assert req.headers["x-tag"] == "one, two" and req.headers["host"] == "t"
     assert req.keep_alive and req.remote.startswith("127.0.0.1:") and req.started > 0
-    assert status == 204 and headers["content-length"] == "0"
+    assert status == 204 and "content-length" not in headers  # RFC 9110 8.6
 
 
 async def test_responses_carry_length_type_and_extra_headers(nursery):
@@ -189,6 +190,88 @@ async def test_chunked_request_body_is_reassembled(nursery):
                  b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
     [(status, _, body)] = await c.read()
     assert status == 200 and orjson.loads(body)["body"] == "hello world"
+
+
+async def test_trailer_fields_are_never_headers_and_are_bounded(nursery):
+    seen: list[Request] = []
+
+    async def capture(req: Request) -> Response:
+        seen.append(req)
+        return Response(200, b"ok")
+
+    c = await Raw.connect(await start(nursery, capture))
+    await c.send(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"2\r\nhi\r\n0\r\nAuthorization: Bearer stolen\r\nHost: other\r\n\r\n")
+    [(status, _, _)] = await c.read()
+    assert status == 200 and seen[0].body == b"hi"
+    assert "authorization" not in seen[0].headers and seen[0].headers["host"] == "t"
+    # a trailer section past the header limit is refused like a head past it
+    await c.send(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n"
+                 + b"X: a\r\n" * 400 + b"\r\n")
+    [(status, _, body)] = await c.read()
+    assert status == 431 and error_code(body) == "headers_too_large"
+    assert await c.closed_by_peer()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["plain", "httptools"])
+async def test_header_values_lose_their_trailing_blanks(nursery, native):
+    seen: list[Request] = []
+
+    async def capture(req: Request) -> Response:
+        seen.append(req)
+        return Response(200, b"ok")
+
+    c = await Raw.connect(await start(nursery, capture))
+    # an Expect header sends the request down the httptools path
+    extra = "" if native else "Expect: 100-continue\r\n"
+    await c.send(post("/p", b"x", f"Idempotency-Key: k-1 \t \r\n{extra}"))
+    await c.read()
+    assert seen[0].headers["idempotency-key"] == "k-1"
+
+
+async def test_an_upgrade_ask_is_ignored_without_a_body_and_refused_with_one(nursery):
+    seen: list[Request] = []
+
+    async def capture(req: Request) -> Response:
+        seen.append(req)
+        return Response.json(200, {"body": req.body.decode()})
+
+    c = await Raw.connect(await start(nursery, capture))
+    up = "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+    # answered as plain HTTP, and the request pipelined behind it is parsed and answered too
+    await c.send(get("/u", up) + post("/after", b"body"))
+    [(first, _, _), (second, _, body)] = await c.read(2)
+    assert (first, second) == (200, 200) and orjson.loads(body) == {"body": "body"}
+    assert [r.path for r in seen] == ["/u", "/after"]
+    # its body would be skipped by the parser: refused before any handler runs
+    await c.send(post("/lost", b"payload", up))
+    [(status, headers, body)] = await c.read()
+    assert status == 400 and error_code(body) == "bad_request" and headers["connection"] == "close"
+    assert await c.closed_by_peer()
+    assert [r.path for r in seen] == ["/u", "/after"]
+
+
+async def test_an_absolute_form_target_keeps_its_query(nursery):
+    c = await Raw.connect(await start(nursery))
+    await c.send(b"GET http://t?a=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 b"GET http://t/p/q?b=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+    [(_, _, one), (_, _, two)] = await c.read(2)
+    assert (orjson.loads(one)["path"], orjson.loads(one)["query"]) == ("/", "a=1")
+    assert (orjson.loads(two)["path"], orjson.loads(two)["query"]) == ("/p/q", "b=2")
+
+
+async def test_answers_no_handler_gave_are_reported_too(nursery):
+    reported: list[tuple[str, int, str]] = []
+    port = await start(nursery, on_response=lambda req, resp, s: reported.append((req.path, resp.status, resp.code)))
+    for raw in (b"\x00 not http\r\n\r\n", get("/", "X-Big: " + "a" * 2000 + "\r\n"),
+                b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
+                b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhalf"):
+        c = await Raw.connect(port)
+        await c.send(raw)
+        await c.read()
+        assert await c.closed_by_peer()
+    assert reported == [("", 400, "bad_request"), ("", 431, "headers_too_large"),
+                        ("", 413, "payload_too_large"), ("", 408, "request_timeout")]
 
 
 async def test_content_length_above_limit_gets_413_and_close(nursery):

@@ -108,7 +108,7 @@ class AdminApi:
         return Response.json(200, {"senders": [self.gw.sender_view(s.number) for s in self.gw.config.senders]})
 
     async def patch_sender(self, request: Request, principal, params) -> Response:
-        number = params[0]
+        number = unquote(params[0])
         if self.gw.sender_workspace(number) is None:
             raise ApiError(404, "sender_not_found", f"no sender {number} in the config")
         patch = _decode(request.body, SenderPatch)

@@ -25,7 +25,6 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from urllib.parse import unquote
 
 import httptools
 import msgspec
@@ -191,6 +190,9 @@ def _encode(resp: Response, connection: bytes, head_only: bool) -> bytes:
     line = _STATUS_LINES.get(resp.status) or _status_line(resp.status)
     ctype = _CONTENT_TYPES.get(resp.content_type) or _content_type_line(resp.content_type)
     body = resp.body
+    if not body and resp.status in (204, 304):  # no content, and no Content-Length (RFC 9110 8.6)
+        extra = _extra_headers(resp.headers) if resp.headers else b""
+        return b"%s%s%s\r\n" % (line, extra, connection)
     if not (resp.headers or connection or head_only):
         return b"%s%sContent-Length: %d\r\n\r\n%s" % (line, ctype, len(body), body)
     extra = _extra_headers(resp.headers) if resp.headers else b""
@@ -213,8 +215,6 @@ def _limit_error(status: int) -> Response:
     return Response.error(400, "bad_request", "malformed HTTP request")
 
 
-def _final_bytes(status: int) -> bytes:
-    return _encode(_limit_error(status), _CLOSE, False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,16 +242,17 @@ def _header_name(raw: bytes) -> str:
 
 
 def _split_target(url: bytes) -> tuple[str, str]:
-    """Request target → (percent-decoded path, raw query); short targets are memoised."""
+    """Request target → (path as sent, raw query); short targets are memoised."""
     target = url
     if url[:1] != b"/" and b"://" in url:
         rest = url.split(b"://", 1)[1]
-        slash = rest.find(b"/")
-        url = rest[slash:] if slash >= 0 else b"/"
+        cuts = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
+        url = rest[min(cuts):] if cuts else b""
+        if url[:1] != b"/":  # "http://host?q" has the path "/"
+            url = b"/" + url
     raw_path, sep, raw_query = url.partition(b"?")
+    # routed as sent: "%2F" is not a "/", and a route's handler decodes each parameter once
     path = raw_path.decode("utf-8", "replace")
-    if "%" in path:
-        path = unquote(path)
     result = (path, raw_query.decode("latin-1") if sep else "")
     if len(target) <= 256 and len(_TARGETS) < 4 * _CACHE_MAX:
         _TARGETS[target] = result
@@ -269,7 +270,7 @@ class _Conn:
                  "max_body", "max_header", "state", "started", "url", "headers", "body", "hraw",
                  "method", "keep_alive", "echo", "expect", "continued", "memo", "queue", "backlog",
                  "closed", "waiter", "waiting_input", "draining", "on_response", "spawn", "fd", "task",
-                 "handoff", "fail", "pending")
+                 "handoff", "fail", "pending", "trailer")
 
     def __init__(self, sock: socket.socket, remote: str, limits: ServerLimits,
                  on_response: Callable[[Request, Response, float], None] | None = None,
@@ -293,7 +294,7 @@ class _Conn:
         self.scope = trio.CancelScope()
         self.phase = _IDLE
         self.mark = self.now = self.started = perf_counter()
-        self.nread = self.hraw = 0
+        self.nread = self.hraw = self.trailer = 0
         self.max_body = limits.max_body_bytes
         self.max_header = limits.max_header_bytes
         self.state = _BETWEEN
@@ -374,7 +375,17 @@ class _Conn:
                     return
             if pos:
                 data = data[pos:]
-        self.parser.feed_data(data)
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                # a request without a body asked for another protocol (or was a CONNECT): it is
+                # answered as plain HTTP, and parsing goes on with a fresh parser where it stopped
+                data = data[exc.args[0]:]
+                self.parser = httptools.HttpRequestParser(self)
+                if not data:
+                    return
 
     # -- httptools callbacks (hot path: keep them lean) ------------------------------------------
     def on_message_begin(self) -> None:
@@ -389,22 +400,35 @@ class _Conn:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state == _BODY:  # a trailer field (after a chunked body): never a header, only counted
+            self.trailer += len(name) + len(value) + 4
+            if self.trailer > self.max_header:
+                raise _Reject(431)
+            return
         key = _HEADER_NAMES.get(name) or _header_name(name)
         headers = self.headers
+        text = value.decode("latin-1")
+        if text[-1:] in (" ", "\t"):  # a field value has no trailing whitespace (RFC 9110 5.5)
+            text = text.rstrip(" \t")
         if key in headers:
-            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
+            headers[key] = f"{headers[key]}, {text}"
         else:
-            headers[key] = value.decode("latin-1")
+            headers[key] = text
 
     def on_headers_complete(self) -> None:
         self.state = _BODY
         headers = self.headers
         if self.hraw + self.nread > self.max_header and self.header_bytes() > self.max_header:
             raise _Reject(431)
+        self.hraw = self.trailer = 0  # from here on: the bytes of reads in the body, of trailer fields
         length = headers.get("content-length")
         if length is not None and int(length) > self.max_body:
             raise _Reject(413)
         parser = self.parser
+        if parser.should_upgrade() and (length not in (None, "0") or "transfer-encoding" in headers):
+            # httptools would skip the body of a request that asks for another protocol; the gateway
+            # speaks no other, so it ignores the ask (RFC 9110 7.8) where no body is lost by that
+            raise _Reject(400)
         raw = parser.get_method()
         self.method = _METHODS.get(raw) or raw.decode("latin-1")
         self.keep_alive = parser.should_keep_alive()
@@ -437,6 +461,15 @@ class _Conn:
         self.ready.append(req)
 
     # -- rarely needed helpers ----------------------------------------------------------------
+    def final(self, status: int) -> bytes:
+        """The answer before a close that no handler gave (a malformed request, a limit, a timeout),
+        reported to `on_response` like any other, unrouted."""
+        resp = _limit_error(status)
+        if self.on_response is not None:
+            req = Request(self.method, "", "", {}, b"", False, self.remote, self.started, self.memo)
+            self.on_response(req, resp, perf_counter() - self.started)
+        return _encode(resp, _CLOSE, False)
+
     def header_bytes(self) -> int:
         """Size of the request line + header block, as parsed (exact up to whitespace)."""
         return 16 + len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers.items())
@@ -549,6 +582,10 @@ class _Conn:
         if self.state == _HEADERS:
             self.hraw += self.nread
             return 431 if self.hraw > self.max_header + _RECV_SIZE else 0
+        if self.state == _BODY:  # the body is bounded by on_body; its trailer section by this
+            self.hraw += self.nread
+            if self.hraw > self.max_body + self.max_header + _RECV_SIZE:
+                return 431
         if self.expect and not self.continued:
             self.continued = True
             out.append(_CONTINUE)
@@ -626,7 +663,7 @@ class _Server:
             if conn.scope.cancelled_caught:
                 linger = conn.phase == _READING
                 if linger and not conn.backlog:
-                    sock.send(_final_bytes(408))
+                    sock.send(conn.final(408))
             if linger:
                 conn.phase = _CLOSING
                 await _linger_close(sock)
@@ -701,10 +738,10 @@ class _Server:
             elif fail:
                 close = True
                 if fail > 0:
-                    tail.append(_final_bytes(fail))
+                    tail.append(conn.final(fail))
             elif conn.state != _BETWEEN and conn.after_read(tail) == 431:
                 close = True
-                tail.append(_final_bytes(431))
+                tail.append(conn.final(431))
             if tail:
                 if queue:
                     queue.extend(tail)
