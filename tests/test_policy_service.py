@@ -111,6 +111,30 @@ async def test_a_file_list_naming_workspaces_applies_only_to_them(tmp_path):
     await running(make_gateway(tmp_path, files=files), body)
 
 
+async def test_overlapping_reloads_each_end_and_the_last_files_win(tmp_path):
+    async def body(gw):
+        words = tmp_path / "words" / "spam.toml"
+        waits: list[str] = []
+
+        async def reload_and_settle(tag: str) -> None:
+            await gw.reload()
+            await gw.policy.settled()
+            waits.append(tag)
+
+        with trio.fail_after(30):
+            # a big list, so that the second reload comes while the first one's rebuild runs
+            words.write_text('action = "block"\nterms = [' + ", ".join(f'"w{i}x"' for i in range(20_000)) + ']\n')
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reload_and_settle, "big")
+                await trio.sleep(0.05)
+                words.write_text(SPAM_FILE)  # back to the files in force before the first reload
+                nursery.start_soon(reload_and_settle, "back")
+        assert sorted(waits) == ["back", "big"]
+        assert gw.policy.engine.verdict("default", "w7x") is None
+        assert gw.policy.engine.verdict("default", "free stuff").action == "flag"
+    await running(make_gateway(tmp_path, files={"spam.toml": SPAM_FILE}), body)
+
+
 @pytest.mark.parametrize("text,problem", [
     ('action = "shout"\nterms = ["x"]\n', "action"),
     ('action = "flag"\nterms = ["ok", "!!"]\n', "terms[1]"),

@@ -186,8 +186,12 @@ class PolicyService:
         self._keywords = OptOutKeywords.build(gw.config.policy.opt_out.languages, gw.config.policy.opt_out.keywords)
         self._opt_outs = gw.store.count("opt_outs")
         self._rebuild_wanted = trio.Event()
-        self._rebuilt = trio.Event()
         self._pending_files: FileLists | None = None
+        self._wanted_files: FileLists = {}  # the files the last configure asked for (built or not)
+        # rebuilds asked for by configure, and the last of them that is in place (or failed), so that
+        # every reload's wait ends, however many reloads overlap
+        self._asked = self._settled = 0
+        self._rebuilt = trio.Event()  # set (and replaced) each time a rebuild ends
         reg = gw.metrics.registry
         self.hits = reg.counter("gateway_policy_hits_total", "Sensitive-word hits by category and action.",
                                 ("category", "action"))
@@ -210,17 +214,17 @@ class PolicyService:
         files = load_word_files(words_dir(cfg, config_path))
         self._keywords = OptOutKeywords.build(cfg.policy.opt_out.languages, cfg.policy.opt_out.keywords)
         self._flag_targets = _flag_targets(cfg)
-        changed = files != self._files
+        changed = files != self._wanted_files  # (not the files in force: a rebuild may be under way)
         if build_now:
             try:
                 default, by_ws = self._build_all(files)
             except ValueError as exc:
                 raise C.ConfigError(words_dir(cfg, config_path) or "<policy>", [str(exc)]) from None
-            self._files = files
+            self._files = self._wanted_files = files
             self.releaser.release(self.engine.swap(default, by_ws))
         elif changed:
-            self._pending_files = files
-            self._rebuilt = trio.Event()
+            self._pending_files = self._wanted_files = files
+            self._asked += 1
             self._rebuild_wanted.set()
         return changed
 
@@ -237,7 +241,7 @@ class PolicyService:
             await self._rebuild_wanted.wait()
             self._rebuild_wanted = trio.Event()
             async with self._lock:
-                files = self._pending_files
+                files, asked = self._pending_files, self._asked
                 if files is not None:
                     self._pending_files = None
                     try:
@@ -248,11 +252,14 @@ class PolicyService:
                         self._files = files
                         self.releaser.release(self.engine.swap(default, by_ws))
                         log.info("sensitive-word lists rebuilt from the files (%d categories)", len(files))
-            self._rebuilt.set()
+            self._settled = max(self._settled, asked)
+            done, self._rebuilt = self._rebuilt, trio.Event()
+            done.set()
 
     async def settled(self) -> None:
-        """Wait until a rebuild asked for by `configure` is in place."""
-        if self._pending_files is not None or self._rebuild_wanted.is_set():
+        """Wait until the rebuilds asked for by `configure` so far are in place (or failed)."""
+        want = self._asked
+        while self._settled < want:
             await self._rebuilt.wait()
 
     def _lists(self, files: FileLists, workspace: str | None) -> dict[str, WordList]:
