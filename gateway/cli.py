@@ -120,6 +120,9 @@ def cmd_keys_create(args) -> int:
     cfg = _config(args)
     if cfg is None:
         return 2
+    if cfg.workspace(args.workspace) is None:
+        print(f"--workspace: no workspace {args.workspace!r} in {args.config}", file=sys.stderr)
+        return 2
     import time
 
     store = open_store(cfg.store.data_dir, cfg.store.map_size_mb)

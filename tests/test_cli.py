@@ -78,7 +78,8 @@ def test_keys_create_refuses_an_unknown_role(tmp_path):
 
 
 def test_keys_create_takes_the_workspace_names_and_labels_the_api_takes(tmp_path):
-    for flag, value in (("--workspace", ""), ("--workspace", "Bad Name"), ("--label", "x" * 201)):
+    for flag, value in (("--workspace", ""), ("--workspace", "Bad Name"), ("--workspace", "ghost"),
+                        ("--label", "x" * 201)):
         args = {"--workspace": "default", "--label": "ok", flag: value}
         out = gateway("keys", "create", "--role", "app", "--data-dir", str(tmp_path), *[x for kv in args.items() for x in kv])
         assert out.returncode == 2 and out.stderr.startswith(flag + ":"), out.stderr

@@ -152,6 +152,9 @@ def test_each_role_reaches_only_its_routes(gw):
     assert status == 403 and reply["error"]["code"] == "forbidden_role"
     status, _ = gw.request("POST", "/admin/v1/api-keys", {"workspace": "default", "role": "admin"}, key=app)
     assert status == 403
+    # a key for a workspace the config does not have would act where no one else can look
+    status, reply = gw.request("POST", "/admin/v1/api-keys", {"workspace": "ghost", "role": "admin"})
+    assert status == 404 and reply["error"]["code"] == "workspace_not_found"
     status, _ = gw.request("POST", "/v1/messages", {"to": "+14155550100", "text": {"body": "x"}}, key=app)
     assert status == 202
 

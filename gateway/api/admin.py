@@ -60,6 +60,9 @@ class AdminApi:
         if req.role not in ROLES:
             raise ApiError(422, "invalid_field", f"$.role: expected one of {', '.join(ROLES)}",
                            {"path": "$.role"})
+        if self.gw.config.workspace(req.workspace) is None:  # its key could reach nothing anyone sees
+            raise ApiError(404, "workspace_not_found", f"no workspace {req.workspace!r} in the config",
+                           {"workspace": req.workspace})
         now = self.gw.clock_ms()
         key_id, key, record = mint_key(req.workspace, req.role, now, req.label)
         audit = K.audit_entry(self.gw.policy.ids, now, principal.key_id, principal.role, "api_key.create",
