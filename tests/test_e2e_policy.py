@@ -122,6 +122,32 @@ def test_review_holds_across_a_restart_and_approval_delivers(env):
     assert env.request("POST", f"/admin/v1/reviews/{msg_id}/approve")[0] == 404  # decided once
 
 
+def test_held_messages_are_listed_page_by_page(env):
+    put_list(env, "investment", "review", ["guaranteed returns"])
+    items = [{"to": f"+1415555016{i}", "text": {"body": f"guaranteed returns {i}"}} for i in range(5)]
+    status, reply = env.request("POST", "/v1/messages/batch", {"messages": items})
+    assert status == 202 and reply["held"] == 5
+    mine = [r["id"] for r in reply["results"]]
+    listed, after, pages = [], None, 0
+    while True:
+        status, page = env.request("GET", "/admin/v1/reviews?limit=2" + (f"&after={after}" if after else ""))
+        assert status == 200 and len(page["reviews"]) <= 2
+        listed += [r["id"] for r in page["reviews"]]
+        pages += 1
+        after = page["next"]
+        if after is None:
+            break
+        assert after == listed[-1]
+    assert listed == sorted(listed) and len(set(listed)) == len(listed) and pages >= 3
+    assert [i for i in listed if i in mine] == sorted(mine)
+    for bad in ("x", mine[0] + "%0A", "../"):
+        status, reply = env.request("GET", f"/admin/v1/reviews?after={bad}")
+        assert status == 422 and reply["error"]["details"]["path"] == "after"
+    assert env.request("GET", "/admin/v1/reviews?limit=1001")[0] == 422
+    for msg_id in mine:
+        assert env.request("POST", f"/admin/v1/reviews/{msg_id}/reject")[0] == 200
+
+
 def test_rejection_fails_the_message_with_the_reason_and_a_status_webhook(env):
     put_list(env, "investment", "review", ["guaranteed returns"])
     msg_id = env.request("POST", "/v1/messages", {"to": "+14155550131",

@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from gateway.api.errors import ApiError, from_decode_error
-from gateway.api.policy import target_workspace
+from gateway.api.policy import limit_param, query, target_workspace
 from gateway.crypto.seal import SealError
 from gateway.decoding import DECODE_ERRORS
 from gateway.http.server import Request, Response
@@ -23,7 +23,7 @@ from gateway.store import records as R
 from gateway.store.ops import rfc3339
 
 _text_decoder = msgspec.msgpack.Decoder(R.TextPayload)
-LIST_LIMIT = 1000
+LIST_LIMIT = 1000  # held messages a page, at most (and by default)
 
 
 class Decision(Struct, forbid_unknown_fields=True):
@@ -53,15 +53,30 @@ class ReviewsApi:
         return view
 
     async def list(self, request: Request, principal, params) -> Response:
+        """The workspace's held messages, oldest first, `?limit=` (default and most 1,000) a page; a
+        full page ends with `next`, the id to go on after (`?after=`)."""
         workspace = target_workspace(self.gw, request, principal)
-        out = []
-        for key, raw in self.gw.store.scan("reviews"):
-            review = P.review_decoder.decode(raw)
-            if review.workspace == workspace:
-                out.append(self._view(key.decode(), review))
-                if len(out) >= LIST_LIMIT:
-                    break
-        return Response.json(200, {"workspace": workspace, "reviews": out})
+        limit = limit_param(request, LIST_LIMIT)
+        after = query(request).get("after")
+        if after is not None and not is_id(after):
+            raise ApiError(422, "invalid_field", "after: the `next` of the page before (a message id)",
+                           {"path": "after"})
+        out: list[dict] = []
+        next_page = None
+        store = self.gw.store
+        with store.env.begin(db=store.dbs["reviews"], buffers=False) as txn:
+            cur = txn.cursor()
+            found = cur.set_range(after.encode() + b"\0") if after is not None else cur.first()
+            while found:
+                key, raw = cur.item()
+                review = P.review_decoder.decode(raw)
+                if review.workspace == workspace:
+                    if len(out) >= limit:
+                        next_page = out[-1]["id"]
+                        break
+                    out.append(self._view(key.decode(), review))
+                found = cur.next()
+        return Response.json(200, {"workspace": workspace, "reviews": out, "next": next_page})
 
     def _held(self, principal, msg_id: str) -> P.ReviewRecord:
         raw = self.gw.store.get("reviews", msg_id.encode()) if is_id(msg_id) else None
