@@ -51,10 +51,18 @@ log = logging.getLogger("gateway")
 APP = ("app", "admin")
 ADMIN = ("admin",)
 READERS = ("app", "admin", "supervisor")
-HOUSEKEEPING_S = 60.0
+IDEMPOTENCY_STEP = 1_000  # idempotency records expired (or swept) by one store operation
 DRAIN_POLL_S = 0.02  # how often a stopping gateway looks whether it owes answers still (a scan of the connections)
-# The listener, the LMDB environment and the network link are built once, at start.
-RESTART_SECTIONS = ("server", "store", "network", "crypto")
+# The settings read only at start (the listener's limits, the LMDB environment and its writer, the
+# network link, the keyring): a reload records them, and the reply names those that wait for a restart.
+START_ONLY = {
+    "server": ("max_body_bytes", "max_header_bytes", "request_timeout_s", "keepalive_timeout_s"),
+    "store": ("map_size_mb", "group_commit_max_ops", "group_commit_window_ms", "group_commit_lazy_ms",
+              "preallocate_mb"),
+    "network": ("mode", "url", "reconnect_min_ms", "reconnect_max_ms", "sim"),
+    "crypto": ("signed_prekey_rotation_h", "signed_prekey_grace_h", "one_time_prekeys", "one_time_prekeys_low",
+               "session_cache"),
+}
 
 
 async def _refuse_while_stopping() -> Response:
@@ -88,6 +96,7 @@ def _key_dir_refused(source: str, exc: Exception) -> C.ConfigError:
 class Gateway:
     def __init__(self, config: C.Config, config_path: str | None = None, clock: Clock | None = None) -> None:
         self.config = config
+        self._started_config = config  # what the start-only settings are (see `restart_required`)
         self.config_path = config_path
         self.clock = clock or Clock()
         self.clock_ms = self.clock.now_ms
@@ -365,9 +374,12 @@ class Gateway:
         log.info("config reloaded from %s (%s)", self.config_path, ", ".join(changes) or "no changes")
         return changes
 
-    def restart_required(self, changes: list[str]) -> list[str]:
-        """Sections a reload recorded but that only take effect at the next start."""
-        return [name for name in changes if name in RESTART_SECTIONS]
+    def restart_required(self) -> list[str]:
+        """The settings ("section.name") of the config in force that differ from those the gateway
+        started with and that only take effect at the next start."""
+        now, began = self.config, self._started_config
+        return [f"{section}.{name}" for section, names in START_ONLY.items() for name in names
+                if getattr(getattr(now, section), name) != getattr(getattr(began, section), name)]
 
     # -- readiness and gauges --------------------------------------------------------------
 
@@ -554,20 +566,25 @@ class Gateway:
                     log.error("reload refused, old config kept: %s", "; ".join(exc.problems))
 
     async def _housekeeping(self) -> None:
-        """Bounded clean-ups: pair buckets that are full again and the pair journal's compaction
-        (every second, so each round is small), and expired idempotency answers (every HOUSEKEEPING_S)."""
-        since_idempotency = 0.0
+        """Bounded clean-ups, every second so each round is small: pair buckets that are full again,
+        the pair journal's compaction, and expired idempotency answers (by their expiry index; a
+        store of an earlier version, whose records have no index entries, is swept once first)."""
+        store = self.store
+        sweep_after = b"" if store.count("idempotency") > store.count("idempotency_at") else None
         while True:
             await trio.sleep(1.0)
             await self.delivery.rotate_keys()
             # a pair refilled to its burst is forgotten; its journal records go at the next compaction
             self.scheduler.forget_full_pairs(self.clock.steady())
             await self.delivery.compact_pair_log()
-            since_idempotency += 1.0
-            if since_idempotency >= HOUSEKEEPING_S:
-                since_idempotency = 0.0
-                cutoff = self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000)
-                await write_until_stored(self.writer, ops.expire_idempotency, (cutoff, 10_000))
+            cutoff = self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000)
+            if sweep_after is not None:
+                sweep_after = await write_until_stored(self.writer, ops.sweep_idempotency,
+                                                       (sweep_after, cutoff, IDEMPOTENCY_STEP))
+            # rounds of a bounded size, other work between them, until what expired is gone
+            while await write_until_stored(self.writer, ops.expire_idempotency,
+                                           (cutoff, IDEMPOTENCY_STEP)) == IDEMPOTENCY_STEP:
+                pass
 
     def close(self) -> None:
         self.store.close()

@@ -19,13 +19,13 @@ def run(store, op, arg):
         return op(txn, store.dbs, arg)
 
 
-def accept_one(store, msg_id="01M80G6YDF0AVP1GGNM3839WG0", workspace="default", idem=None):
+def accept_one(store, msg_id="01M80G6YDF0AVP1GGNM3839WG0", workspace="default", idem=None, at=1000, cutoff=0):
     rec = R.MessageRecord(workspace, "+15550000001", "+14155550100", 1, "ref-1", "accepted", [("accepted", 1000)])
     pending = R.PendingRecord("+15550000001", "+14155550100", 1, ops.encode(R.TextPayload("hi")))
     idem_key = R.idempotency_key(workspace, idem) if idem else None
-    idem_rec = ops.encode(R.IdempotencyRecord(b"fp", 202, b"{}", 1000)) if idem else None
+    idem_rec = ops.encode(R.IdempotencyRecord(b"fp", 202, b"{}", at)) if idem else None
     return run(store, ops.accept, ops.AcceptArg([ops.AcceptItem(msg_id, ops.encode(rec), ops.encode(pending))],
-                                                idem_key, idem_rec))
+                                                idem_key, idem_rec, at, cutoff))
 
 
 def status(store, updates, hooks=None):
@@ -119,7 +119,44 @@ def test_expired_idempotency_records_are_removed(store):
     accept_one(store, idem="old")
     assert run(store, ops.expire_idempotency, (999, 100)) == 0
     assert run(store, ops.expire_idempotency, (1001, 100)) == 1
-    assert store.count("idempotency") == 0
+    assert store.count("idempotency") == 0 and store.count("idempotency_at") == 0
+
+
+def test_expiry_goes_oldest_first_in_bounded_rounds_and_spares_a_key_used_again(store):
+    ids = IdGenerator()
+    for n in range(5):
+        accept_one(store, ids.new(), idem=f"k{n}", at=1000 + n)
+    # k0 expired and was used again: a new answer, made after the cutoff
+    assert accept_one(store, ids.new(), idem="k0", at=5000, cutoff=1003) is None
+    assert run(store, ops.expire_idempotency, (1004, 2)) == 2  # k0's old entry, then k1
+    assert store.get("idempotency", R.idempotency_key("default", "k0")) is not None
+    assert store.get("idempotency", R.idempotency_key("default", "k1")) is None
+    assert run(store, ops.expire_idempotency, (1004, 2)) == 2  # k2, k3
+    assert run(store, ops.expire_idempotency, (1004, 2)) == 0
+    assert sorted(k for k, _ in store.scan("idempotency")) == [R.idempotency_key("default", k) for k in ("k0", "k4")]
+
+
+def test_an_expired_answer_is_not_given_again_and_its_key_sends_anew(store):
+    accept_one(store, "01M80G6YDF0AVP1GGNM3839WG0", idem="late", at=1000)
+    earlier = accept_one(store, "01M80G6YDF0AVP1GGNM3839WG1", idem="late", at=2000, cutoff=1000)
+    assert earlier is not None and earlier.created_ms == 1000  # made at the cutoff: still in force
+    assert accept_one(store, "01M80G6YDF0AVP1GGNM3839WG2", idem="late", at=3000, cutoff=1001) is None
+    assert store.message("01M80G6YDF0AVP1GGNM3839WG2") is not None
+
+
+def test_a_sweep_indexes_records_of_earlier_versions_and_drops_expired_ones(store):
+    with store.env.begin(write=True) as txn:  # records as a version without the expiry index wrote them
+        for n in range(7):
+            txn.put(R.idempotency_key("default", f"k{n}"), ops.encode(R.IdempotencyRecord(b"fp", 202, b"{}", 1000 + n)),
+                    db=store.dbs["idempotency"])
+    after, rounds = b"", 0
+    while after is not None:
+        after = run(store, ops.sweep_idempotency, (after, 1003, 3))
+        rounds += 1
+    assert rounds == 3
+    assert store.count("idempotency") == 4 and store.count("idempotency_at") == 4
+    assert run(store, ops.expire_idempotency, (1005, 100)) == 2
+    assert sorted(k for k, _ in store.scan("idempotency")) == [R.idempotency_key("default", k) for k in ("k5", "k6")]
 
 
 

@@ -179,7 +179,7 @@ class AdminApi:
                            {"file": exc.source, "problems": exc.problems}) from None
         await self.gw.policy.settled()  # new word lists are built off the loop; answer once they apply
         return Response.json(200, {"status": "reloaded", "changes": changes,
-                                   "restart_required": self.gw.restart_required(changes)})
+                                   "restart_required": self.gw.restart_required()})
 
 
 class ProbesApi:

@@ -271,6 +271,7 @@ class MessagesApi:
         idem = request.headers.get("idempotency-key")
         idem_key = idem_record = None
         fingerprint = b""
+        now = cutoff = 0
         if idem is not None:
             if not 0 < len(idem) <= _IDEM_MAX or not (idem.isascii() and idem.isprintable()):
                 raise ApiError(400, "invalid_idempotency_key",
@@ -278,11 +279,12 @@ class MessagesApi:
             fingerprint = hashlib.sha256(request.method.encode() + b" " + request.path.encode()
                                          + b"\n" + request.body).digest()
             idem_key = R.idempotency_key(principal.workspace, idem)
+            now = self.gw.clock_ms()
+            cutoff = now - int(self.gw.config.store.idempotency_ttl_h * 3_600_000)
             # the answer can quote the text as sent (policy hits): sealed like every other text
-            idem_record = ops.encode(R.IdempotencyRecord(fingerprint, status, self.gw.sealer.seal(body, idem_key),
-                                                         self.gw.clock_ms()))
+            idem_record = ops.encode(R.IdempotencyRecord(fingerprint, status, self.gw.sealer.seal(body, idem_key), now))
         op, arg = self._accept_op(prepared, ops.AcceptArg(
-            [p.item for p in prepared if p.item is not None], idem_key, idem_record), blocked)
+            [p.item for p in prepared if p.item is not None], idem_key, idem_record, now, cutoff), blocked)
         try:
             earlier = await self.gw.writer.write(op, arg)
         except StorageFull:

@@ -38,15 +38,24 @@ class AcceptArg(NamedTuple):
     items: list[AcceptItem]
     idem_key: bytes | None
     idem_record: bytes | None
+    idem_at_ms: int = 0  # when the idempotency record was made: its entry in the expiry index
+    idem_cutoff_ms: int = 0  # a stored answer made before this has expired: the key is free again
+
+
+def idempotency_at(created_ms: int, key: bytes) -> bytes:
+    """The idempotency_at key of a record: made-at time (uint64 big-endian), then its key."""
+    return created_ms.to_bytes(8, "big") + key
 
 
 def accept(txn, dbs, arg: AcceptArg):
     """messages + pending (+ idempotency). Returns the stored IdempotencyRecord when the key was
-    already used (and then writes nothing), else None."""
+    already used and has not expired (and then writes nothing), else None."""
     if arg.idem_key is not None:
         existing = txn.get(arg.idem_key, db=dbs["idempotency"])
         if existing is not None:
-            return R.idempotency_decoder.decode(existing)
+            earlier = R.idempotency_decoder.decode(existing)
+            if earlier.created_ms >= arg.idem_cutoff_ms:
+                return earlier
     messages, pending = dbs["messages"], dbs["pending"]
     put = txn.put
     for item in arg.items:
@@ -55,6 +64,7 @@ def accept(txn, dbs, arg: AcceptArg):
         put(key, item.pending, db=pending)
     if arg.idem_key is not None:
         put(arg.idem_key, arg.idem_record, db=dbs["idempotency"])
+        put(idempotency_at(arg.idem_at_ms, arg.idem_key), b"", db=dbs["idempotency_at"])
     return None
 
 
@@ -291,19 +301,52 @@ def put_sender_override(txn, dbs, arg: tuple[str, R.SenderOverride | None]) -> N
 
 
 def expire_idempotency(txn, dbs, arg: tuple[int, int]) -> int:
-    """idempotency: delete up to `limit` records created before `cutoff_ms`; returns how many."""
+    """idempotency: the oldest `limit` entries of the expiry index made before `cutoff_ms` go, and
+    each one's record unless its key was used again since (a newer record); returns how many
+    entries went. Its cost follows what expires, not what is stored."""
     cutoff_ms, limit = arg
-    db = dbs["idempotency"]
-    cur = txn.cursor(db=db)
-    stale = []
-    for key, raw in cur:
-        if R.idempotency_decoder.decode(raw).created_ms < cutoff_ms:
-            stale.append(key)
-            if len(stale) >= limit:
+    db, at_db = dbs["idempotency"], dbs["idempotency_at"]
+    cutoff = cutoff_ms.to_bytes(8, "big")
+    gone = []
+    cur = txn.cursor(db=at_db)
+    if cur.first():
+        for entry in cur.iternext(values=False):
+            if entry[:8] >= cutoff or len(gone) >= limit:
                 break
-    for key in stale:
-        txn.delete(key, db=db)
-    return len(stale)
+            gone.append(entry)
+    for entry in gone:
+        txn.delete(entry, db=at_db)
+        key = entry[8:]
+        raw = txn.get(key, db=db)
+        if raw is not None and R.idempotency_decoder.decode(raw).created_ms < cutoff_ms:
+            txn.delete(key, db=db)
+    return len(gone)
+
+
+def sweep_idempotency(txn, dbs, arg: tuple[bytes, int, int]) -> bytes | None:
+    """idempotency: up to `limit` records after key `after` (b"": from the first): an expired one
+    (made before `cutoff_ms`) goes, every other gets its expiry index entry if it has none (records
+    of versions before the index). Returns the last key visited, or None at the end of the table."""
+    after, cutoff_ms, limit = arg
+    db, at_db = dbs["idempotency"], dbs["idempotency_at"]
+    cur = txn.cursor(db=db)
+    found = cur.set_range(after + b"\0") if after else cur.first()
+    seen = 0
+    stale, missing = [], []
+    last = None
+    while found and seen < limit:
+        key, raw = cur.item()
+        created_ms = R.idempotency_decoder.decode(raw).created_ms
+        (stale if created_ms < cutoff_ms else missing).append(idempotency_at(created_ms, key))
+        last = key
+        seen += 1
+        found = cur.next()
+    for entry in stale:
+        txn.delete(entry[8:], db=db)
+        txn.delete(entry, db=at_db)
+    for entry in missing:
+        txn.put(entry, b"", db=at_db, overwrite=False)
+    return last if found else None
 
 
 def delete_keys(txn, dbs, arg: tuple[str, list[bytes]]) -> None:

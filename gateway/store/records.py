@@ -13,6 +13,7 @@ TABLES = (
     "pending",  # id -> PendingRecord (accepted, waiting for the scheduler)
     "outbox",  # id -> OutboxRecord (committed frame payload, waiting for the network's ack)
     "idempotency",  # workspace \0 key -> IdempotencyRecord
+    "idempotency_at",  # made-at ms (uint64 big-endian) + workspace \0 key -> b"": the expiry index
     "api_keys",  # key id -> ApiKeyRecord (revoked ones stay, marked)
     "limiter",  # b"s\0" sender -> (tokens, last) (b"p\0" sender \0 recipient: pair rows of earlier versions)
     "pairlog_a",  # record number (uint64 big-endian) -> pair bucket state (store/pairlog.py), two tables
