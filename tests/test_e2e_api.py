@@ -106,6 +106,16 @@ def test_batch_answers_each_item(gw):
         gw.wait_status(msg_id, {"delivered", "read"})
 
 
+def test_a_batch_items_refusal_names_its_field_within_the_batch(gw):
+    items = [{"to": "+14155550100", "text": {"body": "ok"}},
+             {"to": "+14155550100", "text": {"body": "x" * 4097}},
+             {"from": "+15559999999", "to": "+14155550100", "text": {"body": "x"}}]
+    status, reply = gw.request("POST", "/v1/messages/batch", {"messages": items})
+    assert status == 202 and reply["accepted"] == 1
+    errors = [(r["error"]["code"], r["error"]["details"]["path"]) for r in reply["results"][1:]]
+    assert errors == [("body_too_long", "$.messages[1].text.body"), ("unknown_sender", "$.messages[2].from")]
+
+
 def test_batch_over_the_limit_is_refused(gw):
     items = [{"to": "+14155550100", "text": {"body": "x"}}] * 1001
     status, reply = gw.request("POST", "/v1/messages/batch", {"messages": items})

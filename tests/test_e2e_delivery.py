@@ -106,6 +106,10 @@ def test_patch_unknown_sender_or_tier(tmp_path):
         assert gw.request("PATCH", "/admin/v1/senders/+19999999999", {"tier": "restricted"})[0] == 404
         status, reply = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"tier": "gold"})
         assert status == 422 and reply["error"]["code"] == "unknown_tier"
+        status, reply = gw.request("PATCH", "/admin/v1/senders/+15550000001", {"reset": True, "tier": "restricted"})
+        assert status == 422 and reply["error"]["details"]["path"] == "$.reset"  # not a silent reset
+        # the number as a client may encode it in a path
+        assert gw.request("PATCH", "/admin/v1/senders/%2B15550000001", {"reset": True})[0] == 200
         for field in ("rate_per_minute", "burst"):  # past what the store's integers hold: refused, not a 500
             status, reply = gw.request("PATCH", "/admin/v1/senders/+15550000001", {field: 2**70})
             assert status == 422 and reply["error"]["details"]["path"] == f"$.{field}", reply

@@ -108,7 +108,9 @@ def test_replay_and_listing_refuse_what_names_no_endpoint_of_the_workspace(tmp_p
     try:
         replay = "/admin/v1/webhooks/dead-letters/replay"
         for body, code in (({"endpoint": "zz"}, "invalid_field"), ({"event_ids": ["nope"]}, "invalid_field"),
-                           ({"limit": 0}, "invalid_field"), ({"what": 1}, "invalid_field")):
+                           ({"limit": 0}, "invalid_field"), ({"what": 1}, "invalid_field"),
+                           ({"event_ids": ["01M98K0YXF20ZQ5RBK32QQ3SF2\n"]}, "invalid_field"),
+                           ({"endpoint": "0123456789abcdef\n"}, "invalid_field")):
             status, reply = gw.request("POST", replay, body)
             assert (status, reply["error"]["code"]) == (422, code), (body, reply)
         status, reply = gw.request("POST", replay, {"endpoint": "0123456789abcdef"})

@@ -116,6 +116,9 @@ class AdminApi:
             raise ApiError(404, "sender_not_found", f"no sender {number} in the config")
         patch = _decode(request.body, SenderPatch)
         override = None
+        if patch.reset and (patch.tier, patch.rate_per_minute, patch.burst) != (None, None, None):
+            raise ApiError(422, "invalid_field", "reset: give reset alone, or tier, rate_per_minute and/or burst",
+                           {"path": "$.reset"})
         if not patch.reset:
             override = self._override(number, patch)
         await self._write(ops.put_sender_override, (number, override))

@@ -148,11 +148,11 @@ class MessagesApi:
             sender = ws.default_sender if ws is not None else None
             if sender is None:
                 raise ApiError(422, "sender_required",
-                               "'from' is required: this workspace has no default sender")
+                               "'from' is required: this workspace has no default sender", {"path": "$.from"})
         owner = self.gw.sender_workspace(sender)
         if owner != workspace:
             raise ApiError(422, "unknown_sender", f"{sender} is not a sender of this workspace",
-                           {"from": sender})
+                           {"path": "$.from", "from": sender})
         if len(req.text.body) > cfg.server.max_body_chars:
             raise ApiError(422, "body_too_long",
                            f"text.body has {len(req.text.body)} characters; the limit is "
@@ -253,7 +253,9 @@ class MessagesApi:
             except ApiError as err:
                 if isinstance(err, Blocked):
                     blocked.append(err.record)
-                    err.details = {**err.details, "path": f"$.messages[{index}].text.body"}
+                path = err.details.get("path")
+                if path is not None and path.startswith("$"):  # the field within the batch
+                    err.details = {**err.details, "path": f"$.messages[{index}]{path[1:]}"}
                 results.append({"index": index, "error": _error_body(err)})
                 continue
             prepared.append(p)

@@ -30,11 +30,11 @@ REPLAY_MAX = 10_000  # dead letters sent again per request (a request stays a fe
 COUNT_MAX = 10_000  # dead letters counted per endpoint in the listing
 _ENDPOINT = re.compile(r"[0-9a-f]{16}\Z")
 
-EventId = Annotated[str, Meta(pattern=r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
+EventId = Annotated[str, Meta(pattern=r"^[0-7][0-9A-HJKMNP-TV-Z]{25}\Z")]  # \Z: "$" takes a trailing newline
 
 
 class ReplayRequest(Struct, forbid_unknown_fields=True):
-    endpoint: Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")] | None = None
+    endpoint: Annotated[str, Meta(pattern=r"^[0-9a-f]{16}\Z")] | None = None
     event_ids: Annotated[list[EventId], Meta(min_length=1, max_length=REPLAY_MAX)] | None = None
     limit: Annotated[int, Meta(ge=1, le=REPLAY_MAX)] = 1000
 

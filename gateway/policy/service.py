@@ -344,7 +344,7 @@ class PolicyService:
                 self.opt_out_refusals.inc()
                 hint = "; only urgent (transactional) messages still go" if urgent_allowed else ""
                 raise ApiError(422, "recipient_opted_out", f"{recipient} opted out of messages from {sender}{hint}",
-                               {"to": recipient, "from": sender})
+                               {"path": "$.to", "to": recipient, "from": sender})
         verdict = self.engine.verdict(workspace, text)
         if verdict is None:
             return None
