@@ -116,6 +116,12 @@ def test_a_batch_items_refusal_names_its_field_within_the_batch(gw):
     assert errors == [("body_too_long", "$.messages[1].text.body"), ("unknown_sender", "$.messages[2].from")]
 
 
+def test_a_send_to_one_of_the_gateways_own_numbers_is_refused(gw):
+    for to in ("+15550000001", "+15550000009"):  # its own sender, another workspace's
+        status, reply = gw.request("POST", "/v1/messages", {"to": to, "text": {"body": "loop"}})
+        assert status == 422 and reply["error"]["details"]["path"] == "$.to", reply
+
+
 def test_batch_over_the_limit_is_refused(gw):
     items = [{"to": "+14155550100", "text": {"body": "x"}}] * 1001
     status, reply = gw.request("POST", "/v1/messages/batch", {"messages": items})

@@ -153,6 +153,9 @@ class MessagesApi:
         if owner != workspace:
             raise ApiError(422, "unknown_sender", f"{sender} is not a sender of this workspace",
                            {"path": "$.from", "from": sender})
+        if self.gw.sender_workspace(req.to) is not None:  # the network would hand it back to us
+            raise ApiError(422, "invalid_field", f"$.to: {req.to} is a sender number of this gateway",
+                           {"path": "$.to"})
         if len(req.text.body) > cfg.server.max_body_chars:
             raise ApiError(422, "body_too_long",
                            f"text.body has {len(req.text.body)} characters; the limit is "
