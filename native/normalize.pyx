@@ -32,6 +32,8 @@ cdef enum:
     STACK = 512
 
 cdef int32_t _bmp_fold[65536]      # fold of each BMP code point: a code point, EMPTY, MULTI or UNKNOWN
+cdef Py_UCS4 _leet_of[128]         # the twin's LEET table over ASCII (identity elsewhere)
+cdef uint8_t _not_letter[128]      # the twin's NOT_LETTERS: what a number (not a word) may hold
 cdef uint8_t _mark[8192]       # BMP marks (what attaches to the unit before it in the join)
 cdef dict _multi = {}              # BMP code point -> its fold of two or more characters
 cdef object _fold_table = _py._FOLD  # the twin's bounded per-code-point table (astral code points)
@@ -64,6 +66,12 @@ cdef void _init() except *:
             _unspaced_min = lo
     for cp in range(128):
         _learn(cp)
+        _leet_of[cp] = cp
+        _not_letter[cp] = 0
+    for k, v in _py.LEET.items():
+        _leet_of[ord(k)] = ord(v)
+    for k in _py.NOT_LETTERS:
+        _not_letter[ord(k)] = 1
 
 
 _init()
@@ -254,6 +262,30 @@ cdef int _joined(Buf *src, Buf *out) except -1:
     return 0
 
 
+cdef void _leet(Buf *b) noexcept nogil:
+    """The twin's _leet in place: the LEET table in every token that holds a letter."""
+    cdef Py_UCS4 *p = b.p
+    cdef Py_ssize_t n = b.n, i = 0, j, k
+    cdef bint number, letter
+    while i < n:
+        if p[i] == 32:
+            i += 1
+            continue
+        j = i
+        number = letter = False
+        while j < n and p[j] != 32:
+            if p[j] < 128 and _not_letter[p[j]]:
+                number = True
+            else:
+                letter = True
+            j += 1
+        if number and letter:
+            for k in range(i, j):
+                if p[k] < 128:
+                    p[k] = _leet_of[p[k]]
+        i = j
+
+
 cdef Py_ssize_t _collapse_into(Py_UCS4 *p, Py_ssize_t n, Py_UCS4 *out) noexcept nogil:
     cdef Py_ssize_t i, k = 0
     for i in range(n):
@@ -276,6 +308,7 @@ cdef int _padded_joined(str text, Buf *folded, Buf *joined) except -1:
     folded.p[folded.n] = 32
     folded.n += 1
     _joined(folded, joined)
+    _leet(joined)
     return 0
 
 
@@ -291,7 +324,7 @@ def fold(str text):
 
 
 def skeleton_pair(str text):
-    """normalize_py.skeleton_pair: (joined, skeleton)"""
+    """normalize_py.skeleton_pair: (joined, skeleton), joined with the leetspeak of its words"""
     cdef Buf folded, joined
     cdef Py_ssize_t k
     _buf_init(&folded)

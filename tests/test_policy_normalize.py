@@ -55,18 +55,28 @@ def test_uppercase_look_alikes_are_case_folded_before_the_confusable_table():
     assert fold("FRЕЕ") == "free"  # Cyrillic Е
 
 
-def test_leetspeak_uses_one_documented_table():
-    assert fold("0 1 3 4 5 7 @ $") == "o i e a s t a s"
-    assert fold("fr33 w1n $ex @ss") == "free win sex ass"
+def test_the_fold_keeps_digits_and_the_leet_symbols():
+    assert fold("0 1 3 4 5 7 @ $ 2") == "0 1 3 4 5 7 @ $ 2"
+
+
+def test_leetspeak_uses_one_documented_table_in_words():
+    assert skeleton("fr33 w1n $ex @ss a0 b1 c3 d4 e5 f7") == " fre win sex as ao bi ce da es ft "
+    assert skeleton("f r 3 3") == " fre "  # joined first, then read as a word
+
+
+@pytest.mark.parametrize("text", ["Your code is 455 812", "Total: $455", "455$", "(717) 555-0100", "@ 7:30",
+                                  "٤٥٥ ريال", "४५५"])
+def test_numbers_are_not_read_as_leetspeak(text):
+    folded = skeleton(text)
+    assert "ass" not in folded and " as " not in folded and "tit" not in folded
 
 
 def test_other_digits_stay_digits():
-    assert fold("2 6 8 9") == "2 6 8 9"
+    assert skeleton("26 89 x2") == " 26 89 x2 "
 
 
-def test_arabic_indic_digits_become_ascii_then_leet():
-    assert fold("٢٠٢٦") == "2o26"
-    assert fold("۲۰۲۶") == "2o26"
+def test_arabic_indic_digits_become_ascii():
+    assert fold("٢٠٢٦") == fold("۲۰۲۶") == "2026"
 
 
 def test_arabic_harakat_and_tatweel_are_removed():

@@ -6,17 +6,21 @@ Two stages, each with a fast string-only form and an exact mapped form that agre
 
 * `fold` / `normalize` — per code point (after canonical composition of each base + marks cluster):
   NFKC, case folding, removal of default-ignorables (ZWSP/ZWJ/ZWNJ, word joiner, soft hyphen, BOM,
-  variation selectors, every other format character), removal of Latin/Greek/Cyrillic diacritics
-  (U+0300-036F; "ñ" and "й" stay letters of their own), Arabic harakat (U+064B-065F, U+0670) and
-  tatweel, the Devanagari nukta; Arabic letter variants (أ إ آ ٱ -> ا, ى ی -> ي, ة -> ه, ک -> ك);
-  confusable Latin/Greek/Cyrillic/Armenian letters -> the ASCII letter they imitate; every decimal
-  digit -> ASCII, then the one leetspeak table 0->o 1->i 3->e 4->a 5->s 7->t @->a $->s; and every
-  character that is not a letter, mark or digit (spaces, punctuation, symbols, emoji) -> one space.
+  variation selectors, every other format character), removal of combining diacritics (U+0300-036F
+  and the other blocks of combining marks for Latin, Greek, Cyrillic and symbols; "ñ" and "й" stay
+  letters of their own), Arabic harakat, Quranic annotation marks and tatweel, the Devanagari nukta;
+  Arabic letter variants (أ إ آ ٱ -> ا, ى ی -> ي, ة -> ه, ک -> ك); confusable Latin/Greek/Cyrillic/
+  Armenian letters -> the ASCII letter they imitate; every decimal digit -> ASCII; "$" and "@" stay;
+  and every other character that is not a letter, mark or digit (spaces, punctuation, symbols, emoji)
+  -> one space.
 * `skeleton` / `skeleton_map` — on the folded text padded with a space at each end: runs of three or
   more single-letter tokens are joined ("f r e e", "f.r.e.e" -> "free"), spaces between two
-  characters of scripts written without spaces (CJK, kana, Thai, Lao, Khmer, Myanmar) are dropped,
-  then every run of one repeated character is collapsed to one, its length kept in `counts`
-  ("freeeee" -> "fre" with counts 1,1,5) so the scanner can demand at least a term's own lengths.
+  characters of scripts written without spaces (CJK, kana, Thai, Lao, Khmer, Myanmar) are dropped;
+  then, in every token (a run of non-spaces) that holds a letter, the one leetspeak table
+  0->o 1->i 3->e 4->a 5->s 7->t @->a $->s ("fr33", "a$$", "f r 3 3"), while a token of digits and
+  those symbols alone stays as it is ("455 812", "$455": numbers are not words); then every run of
+  one repeated character is collapsed to one, its length kept in `counts` ("freeeee" -> "fre" with
+  counts 1,1,5) so the scanner can demand at least a term's own lengths.
 
 This is the pure-Python twin; gateway/policy/normalize.py chooses between it and the compiled
 gateway._native.normalize, which does `fold`, `collapse`, `skeleton_pair`, `skeleton` and `run_counts`
@@ -31,12 +35,24 @@ from typing import NamedTuple
 from gateway.policy.confusables_data import CONFUSABLES
 
 LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
+LEET_SYMBOLS = frozenset("$@")  # kept by the fold, read as letters only in a token that has a letter
+NOT_LETTERS = "0123456789$@"  # what a token may hold and still be a number, not a word
 ARABIC_VARIANTS = {"\u0649": "\u064a", "\u06cc": "\u064a", "\u0629": "\u0647", "\u06a9": "\u0643", "\u0671": "\u0627"}
 KEEP_COMPOSED = frozenset("\u00f1\u0439")  # ñ, й: letters of their own, not accented n / и
 
+def _marks_in(first: int, last: int) -> list[str]:
+    return [chr(c) for c in range(first, last + 1) if unicodedata.category(chr(c))[0] == "M"]
+
+
 _DROP = frozenset(
     [chr(c) for c in range(0x0300, 0x0370)]  # combining diacritical marks
+    + _marks_in(0x0483, 0x0489)  # Cyrillic titlo and the like; enclosing marks ("f҉r҉e҉e҉")
+    + _marks_in(0x1AB0, 0x1AFF)  # combining diacritical marks extended
+    + _marks_in(0x1DC0, 0x1DFF)  # combining diacritical marks supplement
+    + _marks_in(0x20D0, 0x20FF)  # combining marks for symbols ("f⃝r⃝e⃝e⃝")
+    + _marks_in(0xFE20, 0xFE2F)  # combining half marks
     + [chr(c) for c in range(0x064B, 0x0660)]  # Arabic harakat, shadda, sukun, hamza above/below, ...
+    + _marks_in(0x0610, 0x061A) + _marks_in(0x06D6, 0x06ED) + _marks_in(0x08D3, 0x08FF)  # Arabic signs, Quranic marks
     + ["\u0670", "\u0640", "\u093c"]  # Arabic superscript alef, tatweel; Devanagari nukta
     + ["\u034f", "\u115f", "\u1160", "\u3164", "\uffa0", "\u17b4", "\u17b5"]  # default-ignorables not Cf
     + [chr(c) for c in range(0x180B, 0x1810)]  # Mongolian variation selectors
@@ -58,14 +74,13 @@ def _fold_one(ch: str) -> str:
     """The fold of one decomposed code point (see the module docstring)."""
     if ch in _DROP:
         return ""
-    if ch in LEET:
-        return LEET[ch]
+    if ch in LEET_SYMBOLS:
+        return ch
     category = unicodedata.category(ch)
     if category == "Cf":
         return ""
     if category == "Nd":
-        digit = str(unicodedata.decimal(ch))
-        return LEET.get(digit, digit)
+        return str(unicodedata.decimal(ch))
     if ch in CONFUSABLES:
         return CONFUSABLES[ch]
     if ch in ARABIC_VARIANTS:
@@ -178,6 +193,23 @@ _RUNS = re.compile(r"(.)\1+", re.S)
 _RUN = re.compile(r"(.)\1*", re.S)
 
 
+_LEET_TABLE = str.maketrans(LEET)
+_LEET_TOKEN = re.compile("[^ ]*[" + re.escape(NOT_LETTERS) + "][^ ]*")
+_HAS_LEET = re.compile("[" + re.escape(NOT_LETTERS) + "]")
+_HAS_LEET_BYTES = re.compile(b"[" + re.escape(NOT_LETTERS.encode()) + b"]")
+
+
+def _leet_token(match: re.Match) -> str:
+    token = match.group()
+    return token.translate(_LEET_TABLE) if token.strip(NOT_LETTERS) else token
+
+
+def leet_words(joined: str) -> str:
+    """The leetspeak table applied in every token (run of non-spaces) of folded text that holds a
+    letter; same length, so maps stay."""
+    return _LEET_TOKEN.sub(_leet_token, joined) if _HAS_LEET.search(joined) else joined
+
+
 def _drop_spaces(match: re.Match) -> str:
     keep = match.start(1) - match.start(0)
     whole = match.group(0)
@@ -186,7 +218,7 @@ def _drop_spaces(match: re.Match) -> str:
 
 def _joined_general(padded: str) -> str:
     joined = _JOIN.sub(_drop_spaces, padded)
-    return _GAP.sub("", joined) if _UNSPACED_RE.search(joined) else joined
+    return leet_words(_GAP.sub("", joined) if _UNSPACED_RE.search(joined) else joined)
 
 
 _SWAR: dict[int, tuple[int, int]] = {}
@@ -215,7 +247,11 @@ def _ascii_pair(padded: bytes) -> tuple[str, str]:
     if b" x " in padded.translate(_TO_X):
         joined = _JOIN_ASCII.sub(_drop_spaces, padded.decode("ascii"))
         if len(joined) != len(padded):
+            joined = leet_words(joined)
             return joined, _ascii_collapse(joined)
+    if _HAS_LEET_BYTES.search(padded) is not None:
+        joined = leet_words(padded.decode("ascii"))
+        return joined, _ascii_collapse(joined)
     n = len(padded)
     low7, high = _swar_consts(n)
     return padded.decode("ascii"), _collapse_int(int.from_bytes(padded, "big"), n, low7, high)
@@ -301,6 +337,7 @@ def skeleton_map(text: str) -> Skeleton:
     s, starts, ends = _drop_matched_spaces(_JOIN, padded, starts, ends)
     if not s.isascii():
         s, starts, ends = _drop_matched_spaces(_GAP, s, starts, ends)
+    s = leet_words(s)
     out: list[str] = []
     o_starts: list[int] = []
     o_ends: list[int] = []

@@ -13,6 +13,7 @@ from typing import Annotated, NamedTuple
 from msgspec import Meta, Struct
 
 from gateway.policy.normalize import fold
+from gateway.policy.normalize_py import leet_words
 
 Keyword = Annotated[str, Meta(min_length=1, max_length=64)]
 
@@ -72,8 +73,8 @@ class KeywordMatch(NamedTuple):
 
 
 def keyword_key(text: str) -> str:
-    """The form keywords and texts are compared in."""
-    return " ".join(fold(text).split())
+    """The form keywords and texts are compared in (leetspeak read in words: "ST0P" is "stop")."""
+    return " ".join(leet_words(fold(text)).split())
 
 
 class OptOutKeywords:

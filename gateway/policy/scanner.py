@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 import ahocorasick
 import msgspec
 
-from gateway.policy.normalize import (IMPLEMENTATION, fold_char, is_unspaced, run_counts, run_lengths, skeleton_map,
-                                      skeleton_pair)
+from gateway.policy.normalize import (IMPLEMENTATION, collapse, fold_char, is_unspaced, run_counts, run_lengths,
+                                      skeleton_map, skeleton_pair)
 
 SHARD_KEYS = 2048  # keys per automaton (see the module docstring)
 KEY_BUCKETS = 64  # dicts the build data is spread over (see `Scanner.build`)
@@ -71,11 +71,19 @@ class _Key(msgspec.Struct, frozen=True, array_like=True, gc=False):
     # one, any of which confirms the key; None if some entry has no run (the key alone is a hit)
 
 
-def _core(text: str) -> tuple[str, tuple[int, ...] | None]:
+def _core(text: str) -> tuple[str, str, tuple[int, ...] | None]:
+    """(joined, skeleton, run lengths or None when every run is one long) of a term, unpadded."""
     joined, skeleton = skeleton_pair(text)
     if len(joined) == len(skeleton):
-        return skeleton[1:-1], None
-    return skeleton[1:-1], tuple(run_lengths(joined)[1:-1])
+        return joined[1:-1], skeleton[1:-1], None
+    return joined[1:-1], skeleton[1:-1], tuple(run_lengths(joined)[1:-1])
+
+
+def _core_of(joined: str) -> tuple[str, tuple[int, ...] | None]:
+    """(skeleton, run lengths) of text already joined and leet-read (`_core`'s first part)."""
+    lengths = run_lengths(joined)
+    skeleton = collapse(joined)
+    return skeleton, (None if all(n == 1 for n in lengths) else tuple(lengths))
 
 
 def _runs(lead: int, needs: Iterable[tuple[int, ...]]) -> tuple[tuple[int, ...], ...]:
@@ -105,11 +113,14 @@ def _runs_pattern(found: str, lead: int, runs: tuple[tuple[int, ...], ...]) -> r
         least = dict(zip(pairs[::2], pairs[1::2]))
         alternatives.append("".join(_at_least(re.escape(c), least.get(lead + i, 1)) for i, c in enumerate(core)))
     body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
-    return re.compile(f" {body}(?= )" if lead else body)
+    # a substring key starts where a run starts: tried inside a long run, each start would walk the
+    # rest of it (quadratic in a text of one repeated letter)
+    return re.compile(f" {body}(?= )" if lead else f"(?<!{re.escape(core[0])}){body}")
 
 
 def _at_least(atom: str, n: int) -> str:
-    return atom * n + atom + "*"
+    # possessive: a run is taken whole (the next atom is another character), never given back
+    return atom * n + atom + "*+"
 
 
 class _Released:
@@ -151,15 +162,15 @@ class Scanner:
         for category, items in terms.items():
             for term in items:
                 whole = term.whole_word if term.whole_word is not None else not is_unspaced(term.text)
-                core, need = _core(term.text)
-                if not core.strip(" "):
+                joined, core, need = _core(term.text)
+                if not core.strip(" $@"):
                     raise ValueError(f"term {term.text!r} in {category!r} has no letter or digit")
                 count += 1
                 if pause is not None and count % PAUSE_EVERY == 0:
                     pause()
                 variants = [(core, need)]
-                if whole and " " in core:  # "free money" also as "freemoney"
-                    variants.append(_core(core.replace(" ", "")))
+                if whole and " " in core:  # "free money" also as "freemoney", with its own run lengths
+                    variants.append(_core_of(joined.replace(" ", "")))
                 for v_core, v_need in variants:
                     key = f" {v_core} " if whole else v_core
                     slot = buckets[hash(key) % KEY_BUCKETS].setdefault(key, (int(whole), len(v_core), {}))
