@@ -158,6 +158,18 @@ def test_term_given_with_evasions_matches_the_plain_word():
     assert len(scanner.scan("free")) == 1
 
 
+def test_capitals_that_imitate_latin_capitals_fold_only_as_capitals():
+    scanner = Scanner.build({"x": [Term("bot"), Term("het"), Term("kot"), Term("mama")]})
+    assert scanner.scan("нет, вот так: кот и мама") == []  # small Cyrillic letters look like no Latin ones
+    assert {h.term for h in scanner.scan("НЕТ ВОТ КОТ МАМА")} == {"bot", "het", "kot", "mama"}
+
+
+def test_a_term_with_such_letters_matches_in_capitals_and_small_letters_alike():
+    for given in ("идиот", "ИДИОТ", "Идиот"):
+        scanner = Scanner.build({"x": [Term(given)]})
+        assert [len(scanner.scan(t)) for t in ("идиот", "ИДИОТ", "Идиот")] == [1, 1, 1], given
+
+
 def test_term_without_letters_or_digits_is_refused():
     with pytest.raises(ValueError):
         Scanner.build({"spam": [Term("!!!")]})

@@ -10,7 +10,8 @@ Two stages, each with a fast string-only form and an exact mapped form that agre
   and the other blocks of combining marks for Latin, Greek, Cyrillic and symbols; "ñ" and "й" stay
   letters of their own), Arabic harakat, Quranic annotation marks and tatweel, the Devanagari nukta;
   Arabic letter variants (أ إ آ ٱ -> ا, ى ی -> ي, ة -> ه, ک -> ك); confusable Latin/Greek/Cyrillic/
-  Armenian letters -> the ASCII letter they imitate; every decimal digit -> ASCII; "$" and "@" stay;
+  Armenian letters -> the ASCII letter they imitate (a capital that imitates a letter its small form
+  does not, such as Cyrillic Т or Greek Ε, before case folding); every decimal digit -> ASCII; "$" and "@" stay;
   and every other character that is not a letter, mark or digit (spaces, punctuation, symbols, emoji)
   -> one space.
 * `skeleton` / `skeleton_map` — on the folded text padded with a space at each end: runs of three or
@@ -32,7 +33,7 @@ import re
 import unicodedata
 from typing import NamedTuple
 
-from gateway.policy.confusables_data import CONFUSABLES
+from gateway.policy.confusables_data import CONFUSABLES, UPPER_CONFUSABLES
 
 LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 LEET_SYMBOLS = frozenset("$@")  # kept by the fold, read as letters only in a token that has a letter
@@ -92,8 +93,11 @@ def fold_char(ch: str) -> str:
     """The fold of one code point, standing alone: possibly empty, possibly several characters."""
     if ch in _DROP or unicodedata.category(ch) == "Cf":
         return ""
+    compat = unicodedata.normalize("NFKC", ch)
+    if compat in UPPER_CONFUSABLES:  # a capital imitating a letter its small form does not (Т, Ε)
+        return UPPER_CONFUSABLES[compat]
     out = []
-    for c in unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", ch).casefold()):
+    for c in unicodedata.normalize("NFKC", compat.casefold()):
         if c in KEEP_COMPOSED:
             out.append(c)
         else:
@@ -159,6 +163,16 @@ def normalize(text: str) -> tuple[str, list[int]]:
     """The folded text and, for every folded character, the index in `text` it came from."""
     folded, starts, _ = _fold_map(text)
     return folded, starts
+
+
+# letters whose capital and small forms fold apart (UPPER_CONFUSABLES): a term holding one is also
+# matched as written in capitals and in small letters (Scanner.build)
+_CASE_SPLIT_RE = re.compile("[" + "".join(sorted({c for u in UPPER_CONFUSABLES for c in (u, u.casefold())})) + "]")
+
+
+def folds_by_case(text: str) -> bool:
+    """Whether `text` holds a letter whose capital and small forms fold differently."""
+    return _CASE_SPLIT_RE.search(text) is not None
 
 
 def is_unspaced(text: str) -> bool:

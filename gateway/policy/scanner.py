@@ -33,8 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 import ahocorasick
 import msgspec
 
-from gateway.policy.normalize import (IMPLEMENTATION, collapse, fold_char, is_unspaced, run_counts, run_lengths,
-                                      skeleton_map, skeleton_pair)
+from gateway.policy.normalize import (IMPLEMENTATION, collapse, fold_char, folds_by_case, is_unspaced, run_counts,
+                                      run_lengths, skeleton_map, skeleton_pair)
 
 SHARD_KEYS = 2048  # keys per automaton (see the module docstring)
 KEY_BUCKETS = 64  # dicts the build data is spread over (see `Scanner.build`)
@@ -171,6 +171,12 @@ class Scanner:
                 variants = [(core, need)]
                 if whole and " " in core:  # "free money" also as "freemoney", with its own run lengths
                     variants.append(_core_of(joined.replace(" ", "")))
+                if folds_by_case(term.text):  # "ИДИОТ" folds to "идиot", "идиот" to "идиoт": both
+                    for cased in {term.text.upper(), term.text.lower()} - {term.text}:
+                        c_joined, c_core, c_need = _core(cased)
+                        variants.append((c_core, c_need))
+                        if whole and " " in c_core:
+                            variants.append(_core_of(c_joined.replace(" ", "")))
                 for v_core, v_need in variants:
                     key = f" {v_core} " if whole else v_core
                     slot = buckets[hash(key) % KEY_BUCKETS].setdefault(key, (int(whole), len(v_core), {}))
