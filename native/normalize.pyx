@@ -11,7 +11,6 @@ from libc.stdint cimport int32_t, uint8_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memset
 
-import unicodedata
 
 from gateway.policy import normalize_py as _py
 
@@ -38,7 +37,7 @@ cdef uint8_t _mark[8192]       # BMP marks (what attaches to the unit before it 
 cdef dict _multi = {}              # BMP code point -> its fold of two or more characters
 cdef object _fold_table = _py._FOLD  # the twin's bounded per-code-point table (astral code points)
 cdef object _fold_clusters = _py._fold_map
-cdef object _is_normalized = unicodedata.is_normalized
+cdef object _needs_clusters = _py.needs_clusters
 cdef unsigned int _unspaced_lo[32]
 cdef unsigned int _unspaced_hi[32]
 cdef int _unspaced_n = 0
@@ -169,7 +168,7 @@ cdef int _fold_into(Buf *b, str text) except -1:
     cdef void *data = PyUnicode_DATA(text)
     cdef Py_UCS4 c
     cdef int32_t v
-    if PyUnicode_MAX_CHAR_VALUE(text) >= 128 and not _is_normalized("NFC", text):
+    if PyUnicode_MAX_CHAR_VALUE(text) >= 128 and _needs_clusters(text):
         return _append_str(b, _fold_clusters(text)[0])
     _buf_reserve(b, n)
     for i in range(n):
@@ -262,6 +261,32 @@ cdef int _joined(Buf *src, Buf *out) except -1:
     return 0
 
 
+cdef int _boundaries(Buf *b, Buf *tmp) except -1:
+    """The twin's _BOUNDARY in place: a space where a character of an unspaced script meets another
+    non-space character (tmp: scratch space)."""
+    cdef Py_UCS4 *p = b.p
+    cdef Py_ssize_t n = b.n, i, more = 0
+    for i in range(1, n):
+        if p[i] != 32 and p[i - 1] != 32 and _is_unspaced(p[i]) != _is_unspaced(p[i - 1]):
+            more += 1
+    if not more:
+        return 0
+    tmp.n = 0
+    _buf_reserve(tmp, n + more)
+    for i in range(n):
+        if i and p[i] != 32 and p[i - 1] != 32 and _is_unspaced(p[i]) != _is_unspaced(p[i - 1]):
+            tmp.p[tmp.n] = 32
+            tmp.n += 1
+        tmp.p[tmp.n] = p[i]
+        tmp.n += 1
+    b.n = 0
+    _buf_reserve(b, tmp.n)
+    for i in range(tmp.n):
+        b.p[i] = tmp.p[i]
+    b.n = tmp.n
+    return 0
+
+
 cdef void _leet(Buf *b) noexcept nogil:
     """The twin's _leet in place: the LEET table in every token that holds a letter."""
     cdef Py_UCS4 *p = b.p
@@ -308,7 +333,9 @@ cdef int _padded_joined(str text, Buf *folded, Buf *joined) except -1:
     folded.p[folded.n] = 32
     folded.n += 1
     _joined(folded, joined)
+    _boundaries(joined, folded)  # (folded is spent: scratch space)
     _leet(joined)
+    _buf_reserve(folded, joined.n)  # skeleton_pair collapses joined into folded's memory
     return 0
 
 

@@ -182,3 +182,11 @@ def test_fast_skeleton_equals_the_mapped_skeleton_on_random_text():
         assert skeleton(text) == sk.text, repr(text)
         assert len(sk.starts) == len(sk.ends) == len(sk.counts) == len(sk.text)
         assert all(0 <= a <= b <= len(text) for a, b in zip(sk.starts, sk.ends))
+
+
+def test_a_word_against_an_unspaced_script_is_bounded_by_spaces_mapped_to_empty_spans():
+    sk = skeleton_map("这是free的3个")
+    assert sk.text == " 这是 fre 的 3 个 " == skeleton("这是free的3个")
+    i = sk.text.index("fre")
+    assert (sk.starts[i - 1], sk.ends[i - 1]) == (2, 2)  # the space put before "free"
+    assert (sk.starts[i], sk.ends[i + 2]) == (2, 6)

@@ -170,6 +170,12 @@ def test_a_term_with_such_letters_matches_in_capitals_and_small_letters_alike():
         assert [len(scanner.scan(t)) for t in ("идиот", "ИДИОТ", "Идиот")] == [1, 1, 1], given
 
 
+def test_half_width_kana_with_sound_marks_match_their_full_width_forms():
+    scanner = Scanner.build({"x": [Term("バカ")]})
+    assert [(h.start, h.end) for h in scanner.scan("お前はﾊﾞｶだ")] == [(3, 6)]
+    assert scanner.scan("ﾊﾟｶ") == []  # the semi-voiced mark makes another kana
+
+
 def test_term_without_letters_or_digits_is_refused():
     with pytest.raises(ValueError):
         Scanner.build({"spam": [Term("!!!")]})

@@ -16,7 +16,8 @@ Two stages, each with a fast string-only form and an exact mapped form that agre
   -> one space.
 * `skeleton` / `skeleton_map` — on the folded text padded with a space at each end: runs of three or
   more single-letter tokens are joined ("f r e e", "f.r.e.e" -> "free"), spaces between two
-  characters of scripts written without spaces (CJK, kana, Thai, Lao, Khmer, Myanmar) are dropped;
+  characters of scripts written without spaces (CJK, kana, Thai, Lao, Khmer, Myanmar) are dropped,
+  and one is put where such a character meets any other ("这是free的" -> "这是 free 的");
   then, in every token (a run of non-spaces) that holds a letter, the one leetspeak table
   0->o 1->i 3->e 4->a 5->s 7->t @->a $->s ("fr33", "a$$", "f r 3 3"), while a token of digits and
   those symbols alone stays as it is ("455 812", "$455": numbers are not words); then every run of
@@ -121,17 +122,28 @@ _FOLD = _FoldTable()
 _ASCII = bytes(ord(fold_char(chr(b))) for b in range(128)) + bytes(range(128, 256))
 
 
+# half-width katakana voiced and semi-voiced sound marks: letters (Lm) to Unicode, but they compose
+# with the kana before them under NFKC ("ﾊﾞ" is "バ"), so a cluster holding one is folded whole
+SOUND_MARKS = "\uff9e\uff9f"
+
+
 def _attaches(ch: str) -> bool:
-    """Whether `ch` belongs to the cluster of the character before it: a combining mark, or a mark
-    that folds away (variation selectors and the like)."""
-    return unicodedata.combining(ch) > 0 or (unicodedata.category(ch)[0] == "M" and _FOLD[ord(ch)] == "")
+    """Whether `ch` belongs to the cluster of the character before it: a combining mark, a mark that
+    folds away (variation selectors and the like), or a half-width sound mark."""
+    return (unicodedata.combining(ch) > 0 or ch in SOUND_MARKS
+            or (unicodedata.category(ch)[0] == "M" and _FOLD[ord(ch)] == ""))
+
+
+def needs_clusters(text: str) -> bool:
+    """Whether `text` (not ASCII) must be folded cluster by cluster rather than code point by code point."""
+    return not unicodedata.is_normalized("NFC", text) or "\uff9e" in text or "\uff9f" in text
 
 
 def fold(text: str) -> str:
     """`normalize(text)[0]`, without building the index map (the scanner's hot path)."""
     if text.isascii():
         return text.encode("ascii").translate(_ASCII).decode("ascii")
-    if not unicodedata.is_normalized("NFC", text):
+    if needs_clusters(text):
         return _fold_map(text)[0]
     return text.translate(_FOLD)
 
@@ -149,7 +161,8 @@ def _fold_map(text: str) -> tuple[str, list[int], list[int]]:
         j = i + 1
         while j < n and _attaches(text[j]):
             j += 1
-        cluster = text[i:j] if j == i + 1 else unicodedata.normalize("NFC", text[i:j])
+        cluster = text[i:j] if j == i + 1 else unicodedata.normalize(
+            "NFKC" if any(m in SOUND_MARKS for m in text[i + 1:j]) else "NFC", text[i:j])
         piece = cluster.translate(_FOLD)
         if piece:
             pieces.append(piece)
@@ -203,6 +216,8 @@ _MARKS = "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in MARK_RAN
 _JOIN = re.compile(f" ([^ ][{_MARKS}]*(?: +[^ ][{_MARKS}]*(?= )){{2,}})")
 _JOIN_ASCII = re.compile(r" ([^ ](?: +[^ ](?= )){2,})")
 _GAP = re.compile(f"(?<=[{UNSPACED}])( +)(?=[{UNSPACED}])")  # the blocks hold their own marks
+# where a script written without spaces meets another character: a word boundary ("这是free的")
+_BOUNDARY = re.compile(f"(?<=[{UNSPACED}])(?=[^ {UNSPACED}])|(?<=[^ {UNSPACED}])(?=[{UNSPACED}])")
 _RUNS = re.compile(r"(.)\1+", re.S)
 _RUN = re.compile(r"(.)\1*", re.S)
 
@@ -232,7 +247,9 @@ def _drop_spaces(match: re.Match) -> str:
 
 def _joined_general(padded: str) -> str:
     joined = _JOIN.sub(_drop_spaces, padded)
-    return leet_words(_GAP.sub("", joined) if _UNSPACED_RE.search(joined) else joined)
+    if _UNSPACED_RE.search(joined):
+        joined = _BOUNDARY.sub(" ", _GAP.sub("", joined))
+    return leet_words(joined)
 
 
 _SWAR: dict[int, tuple[int, int]] = {}
@@ -351,6 +368,7 @@ def skeleton_map(text: str) -> Skeleton:
     s, starts, ends = _drop_matched_spaces(_JOIN, padded, starts, ends)
     if not s.isascii():
         s, starts, ends = _drop_matched_spaces(_GAP, s, starts, ends)
+        s, starts, ends = _insert_spaces(_BOUNDARY, s, starts, ends)
     s = leet_words(s)
     out: list[str] = []
     o_starts: list[int] = []
@@ -371,3 +389,21 @@ def _drop_matched_spaces(pattern: re.Pattern, s: str, starts: list[int], ends: l
         return s, starts, ends
     keep = [i for i in range(len(s)) if i not in drop]
     return "".join([s[i] for i in keep]), [starts[i] for i in keep], [ends[i] for i in keep]
+
+
+def _insert_spaces(pattern: re.Pattern, s: str, starts: list[int], ends: list[int]):
+    """A space at every (empty) match of `pattern`, mapped to the empty span where the next character starts."""
+    at = [m.start() for m in pattern.finditer(s)]
+    if not at:
+        return s, starts, ends
+    out, o_starts, o_ends, last = [], [], [], 0
+    for i in at:
+        out.append(s[last:i])
+        o_starts += starts[last:i]
+        o_ends += ends[last:i]
+        out.append(" ")
+        o_starts.append(starts[i])
+        o_ends.append(starts[i])
+        last = i
+    out.append(s[last:])
+    return "".join(out), o_starts + starts[last:], o_ends + ends[last:]
