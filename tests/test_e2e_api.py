@@ -242,6 +242,17 @@ def test_unknown_route_404_and_wrong_method_405(gw):
     assert gw.request("GET", "/v1/nothing")[0] == 404
     status, reply = gw.request("DELETE", "/v1/messages")
     assert status == 405 and gw.last_headers["Allow"] == "POST"
+    status, _ = gw.request("DELETE", "/healthz", auth=False)
+    assert status == 405 and gw.last_headers["Allow"] == "GET, HEAD"
+
+
+def test_head_answers_as_get_does_without_the_body(gw):
+    status, body = gw.request("HEAD", "/readyz", auth=False)
+    assert status in (200, 503) and body == b"" and int(gw.last_headers["Content-Length"]) > 0
+    msg_id = gw.send("+14155550100")
+    status, body = gw.request("HEAD", f"/v1/messages/{msg_id}")
+    assert status == 200 and body == b""
+    assert gw.request("HEAD", f"/v1/messages/{msg_id}", auth=False)[0] == 401  # the GET route's roles
 
 
 def test_body_over_the_limit_is_413(gw):

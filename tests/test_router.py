@@ -28,7 +28,16 @@ def test_known_path_with_wrong_method_is_405_material():
     r = router()
     route, _, known = r.match("DELETE", "/v1/messages/abc")
     assert route is None and known
-    assert r.allowed_methods("/v1/messages/abc") == ["GET"]
+    assert r.allowed_methods("/v1/messages/abc") == ["GET", "HEAD"]
+    assert r.allowed_methods("/v1/messages") == ["POST"]
+
+
+def test_head_takes_the_get_route_and_nothing_else():
+    r = router()
+    route, params, known = r.match("HEAD", "/v1/messages/abc")
+    assert route.name == "/v1/messages/{id}" and params == ["abc"] and known
+    route, _, known = r.match("HEAD", "/v1/messages")
+    assert route is None and known
 
 
 def test_unknown_path_is_404_material():

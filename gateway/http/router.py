@@ -34,10 +34,11 @@ class Router:
         self._patterns.append((parts, {method: route}))
 
     def match(self, method: str, path: str) -> tuple[Route | None, list[str], bool]:
-        """(route, params, path_known). path_known with no route means 405."""
+        """(route, params, path_known). path_known with no route means 405. HEAD takes the GET route
+        (the server sends its answer without the body, RFC 9110 9.3.2)."""
         methods = self._static.get(path)
         if methods is not None:
-            return methods.get(method), [], True
+            return _for(methods, method), [], True
         parts = path.strip("/").split("/")
         for pattern, methods in self._patterns:
             if len(pattern) != len(parts):
@@ -51,15 +52,24 @@ class Router:
                 elif want != got:
                     break
             else:
-                return methods.get(method), params, True
+                return _for(methods, method), params, True
         return None, [], False
 
     def allowed_methods(self, path: str) -> list[str]:
         methods = self._static.get(path)
-        if methods is not None:
-            return sorted(methods)
-        parts = path.strip("/").split("/")
-        for pattern, methods in self._patterns:
-            if len(pattern) == len(parts) and all(w[0] == "{" or w == g for w, g in zip(pattern, parts)):
-                return sorted(methods)
-        return []
+        if methods is None:
+            parts = path.strip("/").split("/")
+            for pattern, candidate in self._patterns:
+                if len(pattern) == len(parts) and all(w[0] == "{" or w == g for w, g in zip(pattern, parts)):
+                    methods = candidate
+                    break
+            else:
+                return []
+        return sorted({*methods, "HEAD"} if "GET" in methods else methods)
+
+
+def _for(methods: dict[str, Route], method: str) -> Route | None:
+    route = methods.get(method)
+    if route is None and method == "HEAD":
+        return methods.get("GET")
+    return route
