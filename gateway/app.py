@@ -57,8 +57,11 @@ DRAIN_POLL_S = 0.02  # how often a stopping gateway looks whether it owes answer
 # network link, the keyring): a reload records them, and the reply names those that wait for a restart.
 START_ONLY = {
     "server": ("max_body_bytes", "max_header_bytes", "request_timeout_s", "keepalive_timeout_s"),
-    "store": ("map_size_mb", "group_commit_max_ops", "group_commit_window_ms", "group_commit_lazy_ms",
+    # key_dir: the data keys follow a reload, the senders' key book stays where it was opened
+    "store": ("key_dir", "map_size_mb", "group_commit_max_ops", "group_commit_window_ms", "group_commit_lazy_ms",
               "preallocate_mb"),
+    "scheduler": ("starvation_guard",),
+    "webhooks": ("concurrency_per_endpoint",),  # (an endpoint added by a reload gets the new count)
     "network": ("mode", "url", "reconnect_min_ms", "reconnect_max_ms", "sim"),
     "crypto": ("signed_prekey_rotation_h", "signed_prekey_grace_h", "one_time_prekeys", "one_time_prekeys_low",
                "session_cache"),

@@ -142,10 +142,11 @@ def test_reload_swaps_a_good_config_and_refuses_a_bad_one(tmp_path):
         # what applies at once is not reported as waiting for a restart; what does wait is named
         live = good.replace("[store]\n", "[store]\nidempotency_ttl_h = 2.0\ngroup_commit_max_ops = 77\n")
         live = live.replace("[server]\n", "[server]\nmax_batch_messages = 5\n")
+        live = live.replace("[scheduler]\n", "[scheduler]\nstarvation_guard = 3\n")
         gw.config_path.write_text(live)
         status, reply = gw.request("POST", "/admin/v1/config/reload")
-        assert status == 200 and {"server", "store"} <= set(reply["changes"])
-        assert reply["restart_required"] == ["store.group_commit_max_ops"]
+        assert status == 200 and {"server", "store", "scheduler"} <= set(reply["changes"])
+        assert reply["restart_required"] == ["store.group_commit_max_ops", "scheduler.starvation_guard"]
         batch = {"messages": [{"to": "+14155550100", "text": {"body": "x"}}] * 6}
         assert gw.request("POST", "/v1/messages/batch", batch)[1]["error"]["code"] == "batch_too_large"
     finally:

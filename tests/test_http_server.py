@@ -229,6 +229,16 @@ async def test_header_values_lose_their_trailing_blanks(nursery, native):
     assert seen[0].headers["idempotency-key"] == "k-1"
 
 
+async def test_a_chunked_body_in_small_chunks_is_bounded_by_its_data_not_its_framing(nursery):
+    limits = ServerLimits(max_body_bytes=200_000, max_header_bytes=1024)
+    c = await Raw.connect(await start(nursery, limits=limits))
+    body = b"x" * 100_000  # in 2-byte chunks: 3.5x that on the wire, framing included
+    chunks = b"".join(b"2\r\n" + body[i:i + 2] + b"\r\n" for i in range(0, len(body), 2))
+    await c.send(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    [(status, _, reply)] = await c.read()
+    assert status == 200 and len(orjson.loads(reply)["body"]) == len(body)
+
+
 async def test_an_upgrade_ask_is_ignored_without_a_body_and_refused_with_one(nursery):
     seen: list[Request] = []
 

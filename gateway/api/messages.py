@@ -10,6 +10,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 import msgspec
 import orjson
@@ -327,7 +328,7 @@ class MessagesApi:
         return P.accept_with_policy, P.PolicyAcceptArg(accept, held, records, flags, self.gw.event_ids)
 
     def get(self, request: Request, principal, params) -> Response:
-        msg_id = params[0]
+        msg_id = unquote(params[0])
         record = self.gw.store.message(msg_id) if is_id(msg_id) else None
         if record is None:
             raw = self.gw.store.get("inbound", msg_id.encode()) if is_id(msg_id) else None

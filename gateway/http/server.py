@@ -420,7 +420,7 @@ class _Conn:
         headers = self.headers
         if self.hraw + self.nread > self.max_header and self.header_bytes() > self.max_header:
             raise _Reject(431)
-        self.hraw = self.trailer = 0  # from here on: the bytes of reads in the body, of trailer fields
+        self.hraw = self.trailer = 0  # from here on: the bytes read since body data last came, of trailer fields
         length = headers.get("content-length")
         if length is not None and int(length) > self.max_body:
             raise _Reject(413)
@@ -438,6 +438,7 @@ class _Conn:
             self.echo = self.expect = False
 
     def on_body(self, chunk: bytes) -> None:
+        self.hraw = 0  # body data came: what `after_read` bounds is the bytes since (framing, trailers)
         body = self.body
         if len(body) + len(chunk) > self.max_body:
             raise _Reject(413)
@@ -582,9 +583,9 @@ class _Conn:
         if self.state == _HEADERS:
             self.hraw += self.nread
             return 431 if self.hraw > self.max_header + _RECV_SIZE else 0
-        if self.state == _BODY:  # the body is bounded by on_body; its trailer section by this
-            self.hraw += self.nread
-            if self.hraw > self.max_body + self.max_header + _RECV_SIZE:
+        if self.state == _BODY:  # the body is bounded by on_body; reads with no body data (a trailer
+            self.hraw += self.nread  # section, chunk framing alone) by this
+            if self.hraw > self.max_header + _RECV_SIZE:
                 return 431
         if self.expect and not self.continued:
             self.continued = True
