@@ -3,7 +3,7 @@
 given offset of a read, parsed in one C pass instead of httptools' callbacks into Python.
 
 It owns only recognising that strict subset; anything outside it (HTTP/1.0, chunked or Expect or
-Connection/Upgrade headers, repeated headers, limits reached, an incomplete request, any unusual
+Connection/Upgrade headers, repeated headers, no Host, limits reached, an incomplete request, any unusual
 byte) is declined with None, and the caller feeds the bytes to httptools, its pure twin (the
 server's httptools path), so every behaviour and error stays theirs. Whatever it accepts it must
 return exactly as that path would.
@@ -61,7 +61,7 @@ def parse_request(bytes data not None, Py_ssize_t pos, Py_ssize_t max_header, Py
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t i = pos, start, end, vstart, vend, k
     cdef Py_ssize_t hbytes, length = 0
-    cdef bint has_length = False
+    cdef bint has_length = False, has_host = False
     cdef unsigned char c
     cdef PyObject* cached
     if pos < 0 or pos >= n:
@@ -130,7 +130,9 @@ def parse_request(bytes data not None, Py_ssize_t pos, Py_ssize_t max_header, Py
             vend -= 1
         if PyDict_Contains(headers, name) or name in _DECLINED:
             return None
-        if name == "content-length":
+        if name == "host":
+            has_host = True
+        elif name == "content-length":
             if vend != i or vend - vstart > _MAX_LENGTH_DIGITS:
                 return None
             for k in range(vstart, vend):
@@ -142,8 +144,8 @@ def parse_request(bytes data not None, Py_ssize_t pos, Py_ssize_t max_header, Py
         PyDict_SetItem(headers, name, PyUnicode_DecodeLatin1(<const char*> p + vstart, vend - vstart, NULL))
         hbytes += (vend - vstart) + len(name) + 4
         i += 2
-    if hbytes > max_header or (has_length and length > max_body) or n - i < length:
-        return None
+    if not has_host or hbytes > max_header or (has_length and length > max_body) or n - i < length:
+        return None  # (a request without Host is the httptools path's to refuse)
     if length:
         body = PyBytes_FromStringAndSize(<const char*> p + i, length)
     else:

@@ -57,12 +57,12 @@ ACCEPTED = [
     b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer gw_0123_abc\r\n"
     b"Content-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"to\":\"+1415\"}",
     b"GET /v1/messages/01ABC?x=1&y=%20z HTTP/1.1\r\nHost: a\r\n\r\n",
-    b"GET /a%2Fb%C3%A9 HTTP/1.1\r\n\r\n",
-    b"DELETE /x HTTP/1.1\r\nX-Odd-Name_1: \t  leading blanks dropped\r\n\r\n",
-    b"PUT /x HTTP/1.1\r\nX-Trailing: blanks dropped at the end too \t \r\n\r\n",
-    b"PATCH /x HTTP/1.1\r\nCONTENT-LENGTH: 0\r\nX-Quote: \"a\\b\" (c) <d>\r\n\r\n",
-    b"HEAD / HTTP/1.1\r\nContent-Length: 007\r\n\r\n1234567",
-    b"OPTIONS /*x HTTP/1.1\r\nA:b\r\n\r\n",
+    b"GET /a%2Fb%C3%A9 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"DELETE /x HTTP/1.1\r\nHost: a\r\nX-Odd-Name_1: \t  leading blanks dropped\r\n\r\n",
+    b"PUT /x HTTP/1.1\r\nHost: a\r\nX-Trailing: blanks dropped at the end too \t \r\n\r\n",
+    b"PATCH /x HTTP/1.1\r\nHost: a\r\nCONTENT-LENGTH: 0\r\nX-Quote: \"a\\b\" (c) <d>\r\n\r\n",
+    b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n1234567",
+    b"OPTIONS /*x HTTP/1.1\r\nHost: a\r\nA:b\r\n\r\n",
 ]
 
 
@@ -74,9 +74,9 @@ def test_a_plain_request_is_read_exactly_as_httptools_reads_it(parse_request, da
 
 
 def test_a_value_has_no_blanks_at_either_end(parse_request):
-    data = b"PUT /x HTTP/1.1\r\nIdempotency-Key: \t k-1 \t \r\n\r\n"
-    assert parse_request(data, 0, 600, 1000)[2] == {"idempotency-key": "k-1"}
-    assert httptools_reads(data)[0][3] == {"idempotency-key": "k-1"}
+    data = b"PUT /x HTTP/1.1\r\nHost: a\r\nIdempotency-Key: \t k-1 \t \r\n\r\n"
+    assert parse_request(data, 0, 600, 1000)[2] == {"host": "a", "idempotency-key": "k-1"}
+    assert httptools_reads(data)[0][3] == {"host": "a", "idempotency-key": "k-1"}
 
 
 def test_pipelined_requests_are_read_one_after_another(parse_request):
@@ -86,35 +86,37 @@ def test_pipelined_requests_are_read_one_after_another(parse_request):
 
 def test_the_accept_request_is_read_natively_with_its_end_offset(parse_request):
     body = b'{"to":"+14150000001","text":{"body":"Your code is 123456"},"priority":"urgent"}'
-    data = (b"POST /v1/messages HTTP/1.1\r\nAuthorization: Bearer k\r\nContent-Length: %d\r\n\r\n%s"
+    data = (b"POST /v1/messages HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer k\r\nContent-Length: %d\r\n\r\n%s"
             % (len(body), body))
     method, target, headers, got_body, end = parse_request(data + b"GET /", 0, 16384, 1 << 20)
     assert (method, target, got_body, end) == ("POST", b"/v1/messages", body, len(data))
-    assert headers == {"authorization": "Bearer k", "content-length": str(len(body))}
+    assert headers == {"host": "a", "authorization": "Bearer k", "content-length": str(len(body))}
 
 
 DECLINED = {
     "http/1.0": b"GET / HTTP/1.0\r\n\r\n",
-    "chunked": b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    "expect": b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\na",
-    "connection": b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-    "upgrade": b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-    "repeated header": b"GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
-    "empty value": b"GET / HTTP/1.1\r\nX-A:\r\n\r\n",
+    "no host": b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
+    "two hosts": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "expect": b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\na",
+    "connection": b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    "upgrade": b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+    "repeated header": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
+    "empty value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n\r\n",
     "head incomplete": b"GET / HTTP/1.1\r\nHost: a\r\n",
-    "body incomplete": b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc",
-    "body over the limit": b"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n" + b"a" * 1001,
-    "header block over the limit": b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 600 + b"\r\n\r\n",
-    "length not digits": b"POST / HTTP/1.1\r\nContent-Length: 1 \r\n\r\na",
-    "length too long": b"POST / HTTP/1.1\r\nContent-Length: 0000000000000000001\r\n\r\na",
-    "absolute-form target": b"GET http://a/b HTTP/1.1\r\n\r\n",
-    "fragment": b"GET /a#b HTTP/1.1\r\n\r\n",
+    "body incomplete": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabc",
+    "body over the limit": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n" + b"a" * 1001,
+    "header block over the limit": b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 600 + b"\r\n\r\n",
+    "length not digits": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 \r\n\r\na",
+    "length too long": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0000000000000000001\r\n\r\na",
+    "absolute-form target": b"GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n",
+    "fragment": b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
     "bare LF": b"GET / HTTP/1.1\nHost: a\n\n",
-    "obs-text": b"GET / HTTP/1.1\r\nX-A: caf\xe9\r\n\r\n",
-    "lower-case method": b"get / HTTP/1.1\r\n\r\n",
-    "unknown method": b"PURGE / HTTP/1.1\r\n\r\n",
-    "space before colon": b"GET / HTTP/1.1\r\nX-A : 1\r\n\r\n",
-    "folded header": b"GET / HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n",
+    "obs-text": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: caf\xe9\r\n\r\n",
+    "lower-case method": b"get / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "unknown method": b"PURGE / HTTP/1.1\r\nHost: a\r\n\r\n",
+    "space before colon": b"GET / HTTP/1.1\r\nHost: a\r\nX-A : 1\r\n\r\n",
+    "folded header": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n\r\n",
     "garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
 }
 

@@ -261,6 +261,23 @@ async def test_an_upgrade_ask_is_ignored_without_a_body_and_refused_with_one(nur
     assert [r.path for r in seen] == ["/u", "/after"]
 
 
+@pytest.mark.parametrize("head", [b"GET / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"],
+                         ids=["none", "two"])
+async def test_an_http11_request_needs_exactly_one_host(nursery, head):
+    c = await Raw.connect(await start(nursery))
+    await c.send(head)
+    [(status, _, body)] = await c.read()
+    assert status == 400 and error_code(body) == "bad_request"
+    assert await c.closed_by_peer()
+
+
+async def test_an_http10_request_may_leave_host_out(nursery):
+    c = await Raw.connect(await start(nursery))
+    await c.send(b"GET /old HTTP/1.0\r\n\r\n")
+    [(status, _, _)] = await c.read()
+    assert status == 200
+
+
 async def test_an_absolute_form_target_keeps_its_query(nursery):
     c = await Raw.connect(await start(nursery))
     await c.send(b"GET http://t?a=1 HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -313,7 +330,7 @@ async def test_oversized_headers_get_431(nursery):
 
 async def test_header_block_trickling_past_limit_gets_431(nursery):
     c = await Raw.connect(await start(nursery, limits=ServerLimits(max_header_bytes=1024)))
-    await c.send(b"GET / HTTP/1.1\r\nX-Big: ")
+    await c.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ")
     with trio.fail_after(5):
         while not c.responses:
             await c.send(b"a" * 8192)

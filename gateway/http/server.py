@@ -411,6 +411,8 @@ class _Conn:
         if text[-1:] in (" ", "\t"):  # a field value has no trailing whitespace (RFC 9110 5.5)
             text = text.rstrip(" \t")
         if key in headers:
+            if key == "host":  # one Host, never a list (RFC 9112 3.2)
+                raise _Reject(400)
             headers[key] = f"{headers[key]}, {text}"
         else:
             headers[key] = text
@@ -425,6 +427,8 @@ class _Conn:
         if length is not None and int(length) > self.max_body:
             raise _Reject(413)
         parser = self.parser
+        if "host" not in headers and parser.get_http_version() == "1.1":  # RFC 9112 3.2
+            raise _Reject(400)
         if parser.should_upgrade() and (length not in (None, "0") or "transfer-encoding" in headers):
             # httptools would skip the body of a request that asks for another protocol; the gateway
             # speaks no other, so it ignores the ask (RFC 9110 7.8) where no body is lost by that
