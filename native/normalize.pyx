@@ -332,6 +332,8 @@ cdef int _padded_joined(str text, Buf *folded, Buf *joined) except -1:
     _buf_reserve(folded, 1)
     folded.p[folded.n] = 32
     folded.n += 1
+    _boundaries(folded, joined)  # (joined as scratch space) first, so "f r e e的" joins too
+    joined.n = 0
     _joined(folded, joined)
     _boundaries(joined, folded)  # (folded is spent: scratch space)
     _leet(joined)

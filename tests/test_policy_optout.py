@@ -30,6 +30,13 @@ def test_keywords_match_through_case_width_punctuation_and_evasions(text):
     assert KEYWORDS.match(text).kind == "stop"
 
 
+def test_a_configured_cyrillic_keyword_matches_in_capitals():
+    keywords = OptOutKeywords.build(["en", "ru"], {"ru": LanguageKeywords(stop=["стоп"], start=["старт"],
+                                                                          stop_reply="x", start_reply="y")})
+    assert [(m.kind, m.language) for m in map(keywords.match, ("СТОП", "Стоп", "старт", "СТАРТ"))] == \
+        [("stop", "ru"), ("stop", "ru"), ("start", "ru"), ("start", "ru")]
+
+
 @pytest.mark.parametrize("text", ["please don't stop the deals", "stopping by later", "", "start the engine now",
                                   "stop " * 100])
 def test_other_texts_are_not_keywords(text):

@@ -161,19 +161,34 @@ def test_term_given_with_evasions_matches_the_plain_word():
 def test_capitals_that_imitate_latin_capitals_fold_only_as_capitals():
     scanner = Scanner.build({"x": [Term("bot"), Term("het"), Term("kot"), Term("mama")]})
     assert scanner.scan("нет, вот так: кот и мама") == []  # small Cyrillic letters look like no Latin ones
+    assert scanner.scan("Нет, Вот так") == []  # nor a capital in a word of small ones
     assert {h.term for h in scanner.scan("НЕТ ВОТ КОТ МАМА")} == {"bot", "het", "kot", "mama"}
 
 
-def test_a_term_with_such_letters_matches_in_capitals_and_small_letters_alike():
-    for given in ("идиот", "ИДИОТ", "Идиот"):
+def test_a_term_with_such_letters_matches_in_any_case():
+    for given in ("мудак", "МУДАК", "Мудак", "тварь"):
         scanner = Scanner.build({"x": [Term(given)]})
-        assert [len(scanner.scan(t)) for t in ("идиот", "ИДИОТ", "Идиот")] == [1, 1, 1], given
+        texts = ("мудак", "МУДАК", "Мудак!", "мУДАк") if given != "тварь" else ("Тварь", "ТВАРЬ", "тварь")
+        assert [len(scanner.scan(t)) for t in texts] == [1] * len(texts), given
+    greek = Scanner.build({"x": [Term("βλάκας")]})
+    assert [len(greek.scan(t)) for t in ("Βλάκας", "ΒΛΑΚΑΣ", "βλάκας")] == [1, 1, 1]
+
+
+def test_a_multi_word_term_with_a_number_matches_written_as_one_word():
+    scanner = Scanner.build({"x": [Term("win 100"), Term("earn 500")]})
+    assert [h.term for h in scanner.scan("win100 now, earn500 daily")] == ["win 100", "earn 500"]
 
 
 def test_half_width_kana_with_sound_marks_match_their_full_width_forms():
-    scanner = Scanner.build({"x": [Term("バカ")]})
-    assert [(h.start, h.end) for h in scanner.scan("お前はﾊﾞｶだ")] == [(3, 6)]
-    assert scanner.scan("ﾊﾟｶ") == []  # the semi-voiced mark makes another kana
+    for term in ("バカ", "ﾊﾞｶ"):  # (a half-width term is of an unspaced script too: a substring)
+        scanner = Scanner.build({"x": [Term(term)]})
+        assert [(h.start, h.end) for h in scanner.scan("お前はﾊﾞｶだ")] == [(3, 6)], term
+        assert [(h.start, h.end) for h in scanner.scan("お前はバカだ")] == [(3, 5)], term
+        assert scanner.scan("ﾊﾟｶ") == []  # the semi-voiced mark makes another kana
+
+
+def test_spaced_letters_against_an_unspaced_script_are_joined():
+    assert [(h.start, h.end) for h in Scanner.build({"x": [Term("free")]}).scan("f r e e的礼物")] == [(0, 7)]
 
 
 def test_term_without_letters_or_digits_is_refused():

@@ -68,4 +68,4 @@ def test_both_confirmations_demand_each_terms_own_run_lengths():
 
 def test_the_scan_in_use_is_the_cheaper_one_for_the_normalize_twin():
     expected = Scanner._scan_by_counts if normalize.IMPLEMENTATION == "native" else Scanner._scan_by_patterns
-    assert Scanner.scan is expected
+    assert Scanner._scan_one is expected

@@ -12,12 +12,13 @@ from types import ModuleType
 from gateway._native import choose
 from gateway.policy import normalize_py
 from gateway.policy.normalize_py import (ARABIC_VARIANTS, KEEP_COMPOSED, LEET, MARK_RANGES, UNSPACED,
-                                         UNSPACED_RANGES, Skeleton, fold_char, folds_by_case, is_unspaced,
+                                         UNSPACED_RANGES, Skeleton, capitals_as_latin, fold_char, is_unspaced,
                                          normalize, run_lengths, skeleton_map)
 
 __all__ = [
     "ARABIC_VARIANTS", "IMPLEMENTATION", "KEEP_COMPOSED", "LEET", "MARK_RANGES", "NATIVE_AVAILABLE", "UNSPACED",
-    "UNSPACED_RANGES", "Skeleton", "collapse", "fold", "fold_char", "folds_by_case", "is_unspaced", "load", "normalize",
+    "UNSPACED_RANGES", "Skeleton", "capitals_as_latin", "collapse", "fold", "fold_char", "is_unspaced", "load",
+    "normalize",
     "run_counts", "run_lengths", "skeleton", "skeleton_map", "skeleton_pair",
 ]
 

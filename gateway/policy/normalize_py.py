@@ -10,14 +10,16 @@ Two stages, each with a fast string-only form and an exact mapped form that agre
   and the other blocks of combining marks for Latin, Greek, Cyrillic and symbols; "ñ" and "й" stay
   letters of their own), Arabic harakat, Quranic annotation marks and tatweel, the Devanagari nukta;
   Arabic letter variants (أ إ آ ٱ -> ا, ى ی -> ي, ة -> ه, ک -> ك); confusable Latin/Greek/Cyrillic/
-  Armenian letters -> the ASCII letter they imitate (a capital that imitates a letter its small form
-  does not, such as Cyrillic Т or Greek Ε, before case folding); every decimal digit -> ASCII; "$" and "@" stay;
+  Armenian letters -> the ASCII letter they imitate (capitals that imitate a Latin capital their
+  small form does not, such as Cyrillic Т or Greek Ε, are left to a second reading of the text:
+  `capitals_as_latin`); every decimal digit -> ASCII; "$" and "@" stay;
   and every other character that is not a letter, mark or digit (spaces, punctuation, symbols, emoji)
   -> one space.
 * `skeleton` / `skeleton_map` — on the folded text padded with a space at each end: runs of three or
   more single-letter tokens are joined ("f r e e", "f.r.e.e" -> "free"), spaces between two
   characters of scripts written without spaces (CJK, kana, Thai, Lao, Khmer, Myanmar) are dropped,
-  and one is put where such a character meets any other ("这是free的" -> "这是 free 的");
+  and one is put where such a character meets any other, before the joining and after it
+  ("这是free的" -> "这是 free 的", "f r e e的" -> "free 的");
   then, in every token (a run of non-spaces) that holds a letter, the one leetspeak table
   0->o 1->i 3->e 4->a 5->s 7->t @->a $->s ("fr33", "a$$", "f r 3 3"), while a token of digits and
   those symbols alone stays as it is ("455 812", "$455": numbers are not words); then every run of
@@ -66,7 +68,7 @@ _DROP = frozenset(
 UNSPACED_RANGES = (
     (0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF), (0x3005, 0x3007),
     (0x3021, 0x3029), (0x3038, 0x303C), (0x3040, 0x30FF), (0x31F0, 0x31FF), (0x3400, 0x4DBF),
-    (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3134F),
+    (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF65, 0xFF9F), (0x20000, 0x3134F),
 )
 UNSPACED = "".join(f"{chr(a)}-{chr(b)}" for a, b in UNSPACED_RANGES)
 _UNSPACED_RE = re.compile(f"[{UNSPACED}]")
@@ -94,11 +96,8 @@ def fold_char(ch: str) -> str:
     """The fold of one code point, standing alone: possibly empty, possibly several characters."""
     if ch in _DROP or unicodedata.category(ch) == "Cf":
         return ""
-    compat = unicodedata.normalize("NFKC", ch)
-    if compat in UPPER_CONFUSABLES:  # a capital imitating a letter its small form does not (Т, Ε)
-        return UPPER_CONFUSABLES[compat]
     out = []
-    for c in unicodedata.normalize("NFKC", compat.casefold()):
+    for c in unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", ch).casefold()):
         if c in KEEP_COMPOSED:
             out.append(c)
         else:
@@ -178,14 +177,44 @@ def normalize(text: str) -> tuple[str, list[int]]:
     return folded, starts
 
 
-# letters whose capital and small forms fold apart (UPPER_CONFUSABLES): a term holding one is also
-# matched as written in capitals and in small letters (Scanner.build)
-_CASE_SPLIT_RE = re.compile("[" + "".join(sorted({c for u in UPPER_CONFUSABLES for c in (u, u.casefold())})) + "]")
+_CAPITALS_AS_LATIN = str.maketrans(UPPER_CONFUSABLES)
+_CAPITALS = "".join(sorted(UPPER_CONFUSABLES))
+_CAPITAL_RE = re.compile(f"[{_CAPITALS}]")
+# what a word may be made of and still read as Latin once those capitals are: ASCII letters, leet,
+# look-alikes of either case, and the invisible characters and accents the fold drops
+_LATIN_LIKE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789$@\u00ad\ufeff"
+                        + "".join(map(chr, [*range(0x200B, 0x2010), *range(0x2060, 0x2065), *range(0x0300, 0x0370)]))
+                        + "".join({*CONFUSABLES, *(c.upper() for c in CONFUSABLES), *UPPER_CONFUSABLES}))
 
 
-def folds_by_case(text: str) -> bool:
-    """Whether `text` holds a letter whose capital and small forms fold differently."""
-    return _CASE_SPLIT_RE.search(text) is not None
+def _reads_as_latin(text: str) -> bool:
+    """Whether a word of `text` holding one of those capitals is made only of Latin-like characters."""
+    n, done = len(text), 0
+    for m in _CAPITAL_RE.finditer(text):
+        i = m.start()
+        if i < done:  # in a word already looked at
+            continue
+        a = i
+        while a and text[a - 1] in _LATIN_LIKE:
+            a -= 1
+        b = i + 1
+        while b < n and text[b] in _LATIN_LIKE:
+            b += 1
+        done = b
+        if not (a and text[a - 1].isalnum()) and not (b < n and text[b].isalnum()):
+            return True
+    return False
+
+
+def capitals_as_latin(text: str) -> str | None:
+    """`text` with every capital of another script that imitates a Latin capital its small form
+    does not (Cyrillic Т, Greek Ε: UPPER_CONFUSABLES) replaced by that Latin letter, code point for
+    code point (so spans stay); None when no word of the text would read as Latin that way ("IDIOТ",
+    "ВООВ" do; "Ваш", with its ш, does not). The scanner scans this reading too: the fold itself
+    keeps those capitals as letters of their script, so "Мудак" and "СТОП" stay Russian."""
+    if text.isascii() or _CAPITAL_RE.search(text) is None or not _reads_as_latin(text):
+        return None
+    return text.translate(_CAPITALS_AS_LATIN)
 
 
 def is_unspaced(text: str) -> bool:
@@ -246,8 +275,11 @@ def _drop_spaces(match: re.Match) -> str:
 
 
 def _joined_general(padded: str) -> str:
+    unspaced = _UNSPACED_RE.search(padded) is not None
+    if unspaced:  # first, so that spaced letters against such a script join too ("f r e e的")
+        padded = _BOUNDARY.sub(" ", padded)
     joined = _JOIN.sub(_drop_spaces, padded)
-    if _UNSPACED_RE.search(joined):
+    if unspaced:
         joined = _BOUNDARY.sub(" ", _GAP.sub("", joined))
     return leet_words(joined)
 
@@ -365,8 +397,11 @@ def skeleton_map(text: str) -> Skeleton:
     padded = f" {folded} "
     starts = [0, *starts, len(text)]
     ends = [0, *ends, len(text)]
+    unspaced = _UNSPACED_RE.search(padded) is not None
+    if unspaced:
+        padded, starts, ends = _insert_spaces(_BOUNDARY, padded, starts, ends)
     s, starts, ends = _drop_matched_spaces(_JOIN, padded, starts, ends)
-    if not s.isascii():
+    if unspaced:
         s, starts, ends = _drop_matched_spaces(_GAP, s, starts, ends)
         s, starts, ends = _insert_spaces(_BOUNDARY, s, starts, ends)
     s = leet_words(s)

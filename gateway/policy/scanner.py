@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterable, Mapping
 import ahocorasick
 import msgspec
 
-from gateway.policy.normalize import (IMPLEMENTATION, collapse, fold_char, folds_by_case, is_unspaced, run_counts,
-                                      run_lengths, skeleton_map, skeleton_pair)
+from gateway.policy.normalize import (IMPLEMENTATION, capitals_as_latin, collapse, fold_char, is_unspaced,
+                                      run_counts, run_lengths, skeleton_map, skeleton_pair)
+from gateway.policy.normalize_py import leet_words
 
 SHARD_KEYS = 2048  # keys per automaton (see the module docstring)
 KEY_BUCKETS = 64  # dicts the build data is spread over (see `Scanner.build`)
@@ -80,7 +81,9 @@ def _core(text: str) -> tuple[str, str, tuple[int, ...] | None]:
 
 
 def _core_of(joined: str) -> tuple[str, tuple[int, ...] | None]:
-    """(skeleton, run lengths) of text already joined and leet-read (`_core`'s first part)."""
+    """(skeleton, run lengths) of folded text with its words joined ("win 100" as "win100", which
+    a text's skeleton reads as one word: "winioo")."""
+    joined = leet_words(joined)
     lengths = run_lengths(joined)
     skeleton = collapse(joined)
     return skeleton, (None if all(n == 1 for n in lengths) else tuple(lengths))
@@ -171,12 +174,6 @@ class Scanner:
                 variants = [(core, need)]
                 if whole and " " in core:  # "free money" also as "freemoney", with its own run lengths
                     variants.append(_core_of(joined.replace(" ", "")))
-                if folds_by_case(term.text):  # "ИДИОТ" folds to "идиot", "идиот" to "идиoт": both
-                    for cased in {term.text.upper(), term.text.lower()} - {term.text}:
-                        c_joined, c_core, c_need = _core(cased)
-                        variants.append((c_core, c_need))
-                        if whole and " " in c_core:
-                            variants.append(_core_of(c_joined.replace(" ", "")))
                 for v_core, v_need in variants:
                     key = f" {v_core} " if whole else v_core
                     slot = buckets[hash(key) % KEY_BUCKETS].setdefault(key, (int(whole), len(v_core), {}))
@@ -263,7 +260,20 @@ class Scanner:
         return []
 
     # the cheaper confirmation for the normalize implementation in use; both give the same hits
-    scan = _scan_by_counts if IMPLEMENTATION == "native" else _scan_by_patterns
+    _scan_one = _scan_by_counts if IMPLEMENTATION == "native" else _scan_by_patterns
+
+    def scan(self, text: str) -> list[Hit]:
+        """Every hit in `text`, ordered by span; spans index `text` itself. A text holding capitals
+        of another script that imitate Latin ones ("IDIOТ" with a Cyrillic Т) is also read with those
+        as the Latin letters, and its hits are the hits of either reading."""
+        hits = self._scan_one(text)
+        latin = capitals_as_latin(text)
+        if latin is None:
+            return hits
+        more = self._scan_one(latin)
+        if not more:
+            return hits
+        return sorted({*hits, *more}, key=lambda h: (h.start, h.end, h.category, h.term))
 
     def _exact_hits(self, text: str) -> list[Hit]:
         sk = skeleton_map(text)
