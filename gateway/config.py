@@ -189,17 +189,26 @@ def _locate_in_tiers(raw: dict, problem: str) -> str:
 
 
 def _url_problem(url: str) -> str:
-    """Why the webhook client could not connect to `url` (its host or port unusable), or ""."""
+    """Why the webhook client could not connect to `url` (its host or port unusable), or "". The URL
+    is quoted by its scheme and authority only: its path or query may hold a token."""
+    shown = repr(_origin(url))
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"{exc} in {url!r}"
+        return f"{exc} in {shown}"
     if not parts.hostname:
-        return f"no host in {url!r}"
+        return f"no host in {shown}"
     if port == 0:
-        return f"port 0 in {url!r}"
+        return f"port 0 in {shown}"
     return ""
+
+
+def _origin(url: str) -> str:
+    """scheme://authority of a URL, without its path, query or fragment (nor any user:password@)."""
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme}://{authority.rsplit('@', 1)[-1]}"
 
 
 def _semantic_problems(cfg: Config) -> list[str]:
@@ -220,12 +229,16 @@ def _semantic_problems(cfg: Config) -> list[str]:
     for i, ws in enumerate(cfg.workspaces):
         if names.index(ws.name) != i:
             problems.append(f"workspaces[{i}].name: duplicate workspace {ws.name!r}")
+        urls = [hook.url for hook in ws.webhooks]
         for j, hook in enumerate(ws.webhooks):
             if not (hook.secret_file or hook.secret_env):
                 problems.append(f"workspaces[{i}].webhooks[{j}]: needs secret_file or secret_env")
             problem = _url_problem(hook.url)
             if problem:
                 problems.append(f"workspaces[{i}].webhooks[{j}].url: {problem}")
+            elif urls.index(hook.url) != j:  # one endpoint per URL: list every event it takes in one entry
+                problems.append(f"workspaces[{i}].webhooks[{j}].url: the same URL as webhooks[{urls.index(hook.url)}]"
+                                "; give one entry all the events it takes")
     numbers: dict[str, int] = {}
     for i, s in enumerate(cfg.senders):
         if s.number in numbers:

@@ -86,9 +86,17 @@ def test_server_listen_must_be_host_and_a_port_up_to_65535(listen):
                                       ("http://127.0.0.1:x/h", "Port could not be cast"), ("http://:80/h", "no host"),
                                       ("http://127.0.0.1:0/h", "port 0")])
 def test_a_webhook_url_the_client_could_not_connect_to_is_refused(url, said):
-    text = GOOD + f'[[workspaces.webhooks]]\nurl = "{url}"\nsecret_env = "HOOK_SECRET"\n'
+    text = GOOD + f'[[workspaces.webhooks]]\nurl = "{url}?token=SECRET1"\nsecret_env = "HOOK_SECRET"\n'
     problem, = problems(text)
     assert problem.startswith("workspaces[0].webhooks[0].url: ") and said in problem
+    assert "SECRET1" not in problem and "/h" not in problem  # a path or query may hold a token
+
+
+def test_one_url_is_one_endpoint_of_a_workspace():
+    hook = '[[workspaces.webhooks]]\nurl = "http://127.0.0.1:9/h?t=1"\nsecret_env = "HOOK_SECRET"\nevents = ["{}"]\n'
+    text = GOOD + hook.format("message.status") + hook.format("message.received")
+    problem, = problems(text)
+    assert problem.startswith("workspaces[0].webhooks[1].url: the same URL as webhooks[0]")
 
 
 @pytest.mark.parametrize("url", ["tcp://127.0.0.1:99999", "tcp://127.0.0.1:0"])

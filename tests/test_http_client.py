@@ -138,7 +138,7 @@ async def test_upgrade_answer_raises_protocol_error(nursery, client):
         await client.request("POST", f"http://127.0.0.1:{port}/hooks", body=b"{}")
 
 
-async def test_oversized_response_body_raises_protocol_error(nursery, client):
+async def test_an_oversized_body_is_cut_and_the_answer_is_its_status(nursery, client):
     async def flood(stream: trio.SocketStream) -> None:
         await read_head(stream)
         await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n")
@@ -147,7 +147,21 @@ async def test_oversized_response_body_raises_protocol_error(nursery, client):
                 await stream.send_all(b"x" * 65536)
 
     port = await start_raw(nursery, flood)
-    with pytest.raises(ProtocolError):
+    with trio.fail_after(5):
+        resp = await client.request("GET", f"http://127.0.0.1:{port}/")
+    assert resp.status == 200 and resp.truncated and len(resp.body) <= 1 << 20
+
+
+async def test_an_endless_header_section_raises_protocol_error(nursery, client):
+    async def flood(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\n")
+        with trio.move_on_after(5):
+            while True:
+                await stream.send_all(b"X-R: a\r\n" * 8192)
+
+    port = await start_raw(nursery, flood)
+    with trio.fail_after(5), pytest.raises(ProtocolError):
         await client.request("GET", f"http://127.0.0.1:{port}/")
 
 

@@ -106,6 +106,15 @@ def test_failed_receipt_ends_the_message_and_clears_the_outbox(store):
     assert status(store, [(msg, "delivered", 3000, "", False)]) == []
 
 
+def test_a_status_is_never_timed_before_the_one_it_follows(store):
+    accept_one(store)
+    msg = "01M80G6YDF0AVP1GGNM3839WG0"
+    status(store, [(msg, "sent", 2000, "", True)])
+    [change] = status(store, [(msg, "delivered", 1500, "", False)])  # the network's clock, a little behind
+    assert change.at_ms == 2000
+    assert store.message(msg).events == [("accepted", 1000), ("sent", 2000), ("delivered", 2000)]
+
+
 def test_status_change_queues_a_webhook_event_per_endpoint(store):
     accept_one(store)
     msg = "01M80G6YDF0AVP1GGNM3839WG0"

@@ -18,6 +18,7 @@ import trio
 _IDLE_MAX_S = 30.0          # pooled connections idle longer than this are discarded, not reused
 _RECV_SIZE = 65536
 MAX_RESPONSE_BYTES = 1 << 20  # webhook answers are read, never trusted to be small
+MAX_HEADER_BYTES = 64 * 1024  # nor are their header sections
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
@@ -41,6 +42,7 @@ class ClientResponse(msgspec.Struct):
     status: int
     headers: dict[str, str]
     body: bytes
+    truncated: bool = False  # the body went past MAX_RESPONSE_BYTES: `body` is its start
 
 
 class _StaleConnection(Exception):
@@ -55,19 +57,23 @@ class _ResponseReader:
         self.head_only = head_only
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
-        self.size = 0
+        self.size = self.head_size = 0
         self.status = 0
         self.headers_done = False
         self.done = False
         self.keep_alive = False
+        self.truncated = False
 
     def on_message_begin(self) -> None:
         self.headers = {}
         self.body = []
-        self.size = 0
+        self.size = self.head_size = 0
         self.headers_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEADER_BYTES:  # raised through httptools as HttpParserCallbackError
+            raise ValueError(f"response header section over {MAX_HEADER_BYTES} bytes")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         old = self.headers.get(key)
@@ -80,9 +86,13 @@ class _ResponseReader:
             self.finish()
 
     def on_body(self, chunk: bytes) -> None:
+        if self.truncated:
+            return
         self.size += len(chunk)
-        if self.size > MAX_RESPONSE_BYTES:  # raised through httptools as HttpParserCallbackError
-            raise ValueError(f"response body over {MAX_RESPONSE_BYTES} bytes")
+        if self.size > MAX_RESPONSE_BYTES:  # the answer is its status: the rest is not read, and the
+            self.truncated = self.done = True  # connection not used again
+            self.keep_alive = False
+            return
         self.body.append(chunk)
 
     def on_message_complete(self) -> None:
@@ -108,7 +118,7 @@ class _ResponseReader:
         return self.done
 
     def response(self) -> ClientResponse:
-        return ClientResponse(self.status, self.headers, b"".join(self.body))
+        return ClientResponse(self.status, self.headers, b"".join(self.body), self.truncated)
 
 
 class _Connection:
@@ -154,7 +164,7 @@ def _encode_request(method: str, target: str, host_header: str, headers: Sequenc
 class HttpClient:
     """Keep-alive HTTP/1.1 client; one instance is shared by many concurrent tasks."""
 
-    def __init__(self, *, max_connections_per_host: int = 8, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, *, max_connections_per_host: int = 64, connect_timeout_s: float = 5.0) -> None:
         self._max = max_connections_per_host
         self._connect_timeout_s = connect_timeout_s
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}

@@ -250,6 +250,9 @@ def _apply_status(txn, hooks_db, messages, outbox, arg: StatusArg) -> list[Statu
             continue
         rec.status = status
         timeline = rec.events
+        if timeline and at_ms < timeline[-1][1]:
+            # receipts carry the network's clock, "sent" ours: a status never precedes the one before it
+            at_ms = timeline[-1][1]
         timeline.append((status, at_ms))
         if reason:
             rec.reason = reason
