@@ -16,8 +16,9 @@ unchanged, so an uppercase-only look-alike such as Cyrillic В is not folded), b
 scripts above, is not plain ASCII, does not reduce to ASCII by dropping diacritics (the normalizer
 does that already), and has exactly one lowercase ASCII letter among its look-alikes. A capital goes
 to UPPER_CONFUSABLES when case folding changes it, it has exactly one capital ASCII letter among its
-look-alikes, and CONFUSABLES does not already give its folded form that very letter. The fold looks
-a capital up before it folds case, so "IDIOТ" is "idiot" while lowercase Russian text keeps its т.
+look-alikes, and CONFUSABLES does not already give its folded form that very letter. The fold leaves
+those capitals to their script; the scanner reads a text a second time with them as Latin letters
+(normalize_py.capitals_as_latin), so "IDIOТ" is "idiot" while "Мудак" and "нет" stay Russian.
 """
 from __future__ import annotations
 
