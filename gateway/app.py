@@ -580,7 +580,7 @@ class Gateway:
             # a pair refilled to its burst is forgotten; its journal records go at the next compaction
             self.scheduler.forget_full_pairs(self.clock.steady())
             await self.delivery.compact_pair_log()
-            cutoff = self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000)
+            cutoff = max(0, self.clock_ms() - int(self.config.store.idempotency_ttl_h * 3_600_000))
             if sweep_after is not None:
                 sweep_after = await write_until_stored(self.writer, ops.sweep_idempotency,
                                                        (sweep_after, cutoff, IDEMPOTENCY_STEP))

@@ -33,6 +33,11 @@ def cmd_run(args) -> int:
     from gateway.app import Gateway, ensure_admin_key
     from gateway.crypto.keydir import init_keys, key_dir_for
 
+    import signal
+
+    # a SIGHUP before the gateway listens for it (a start that rebuilds a big queue takes seconds)
+    # would end the process; the config is read at start anyway
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -45,13 +50,22 @@ def cmd_run(args) -> int:
     except ValueError as exc:
         print(f"--listen: {exc}", file=sys.stderr)
         return 2
+    try:  # said now, before anything is opened: not as a traceback once the store is loaded
+        from gateway.http.server import _listen_socket
+
+        _listen_socket(*C.split_host_port(cfg.server.listen)).close()
+    except OSError as exc:
+        print(f"server.listen: cannot listen on {cfg.server.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     key_dir = key_dir_for(cfg.store.data_dir, cfg.store.key_dir)
     for what, make in (("store.data_dir", lambda: os.makedirs(cfg.store.data_dir, mode=0o700, exist_ok=True)),
                        ("store.key_dir", lambda: init_keys(key_dir))):
         try:
             made_keys = make()
         except OSError as exc:
-            print(f"{what}: cannot create {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+            print(f"{what}: cannot create {exc.filename or cfg.store.data_dir}: {exc.strerror}", file=sys.stderr)
+            return 2
+        if what == "store.data_dir" and not _hold_data_dir(cfg.store.data_dir):
             return 2
     if made_keys:
         print(f"first start: data key for sealing at rest created in {os.path.abspath(key_dir)}", flush=True)
@@ -80,6 +94,39 @@ def cmd_run(args) -> int:
         gw.close()
     print("gateway stopped", file=sys.stderr)
     return 0
+
+
+_DATA_DIR_LOCK = None  # the open lock file of the data directory this process runs on
+
+
+def _hold_data_dir(data_dir: str) -> bool:
+    """Take the data directory for this process alone (an exclusive lock on <data>/gateway.lock, let
+    go when the process ends, however it ends); False after saying why when another gateway holds it:
+    two gateways on one store would each keep their own ratchet state and publish their own keys."""
+    import fcntl
+
+    global _DATA_DIR_LOCK
+    path = os.path.join(data_dir, "gateway.lock")
+    try:
+        f = open(path, "a+", opener=lambda p, flags: os.open(p, flags, 0o600))
+    except OSError as exc:
+        print(f"store.data_dir: cannot open {path}: {exc.strerror}", file=sys.stderr)
+        return False
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        print(f"store.data_dir: another gateway (pid {holder}) runs on {os.path.abspath(data_dir)}",
+              file=sys.stderr)
+        return False
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _DATA_DIR_LOCK = f
+    return True
 
 
 def cmd_check_config(args) -> int:

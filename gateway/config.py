@@ -35,8 +35,8 @@ Burst = Annotated[int, Meta(ge=1, le=1_000_000_000)]
 
 class ServerConfig(Struct, frozen=True, forbid_unknown_fields=True):
     listen: str = "127.0.0.1:8080"
-    max_body_bytes: PositiveInt = 1_048_576
-    max_header_bytes: Annotated[int, Meta(ge=1024)] = 16_384
+    max_body_bytes: Annotated[int, Meta(ge=1, le=1 << 30)] = 1_048_576
+    max_header_bytes: Annotated[int, Meta(ge=1024, le=1 << 20)] = 16_384
     request_timeout_s: PositiveFloat = 10.0
     keepalive_timeout_s: PositiveFloat = 75.0
     max_batch_messages: Annotated[int, Meta(ge=1, le=10_000)] = 1000
@@ -55,7 +55,7 @@ class StoreConfig(Struct, frozen=True, forbid_unknown_fields=True):
     preallocate_mb: Annotated[float, Meta(ge=0, le=1024)] = 2.0
     # the pair limits' journal takes turns between two tables at this many records (store/pairlog.py)
     pair_log_compact_entries: PositiveInt = 20_000
-    idempotency_ttl_h: PositiveFloat = 24.0
+    idempotency_ttl_h: Annotated[float, Meta(gt=0, le=87_600)] = 24.0  # up to ten years
     storage_full_retry_after_s: PositiveInt = 30
 
 

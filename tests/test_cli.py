@@ -72,6 +72,21 @@ def test_keys_list_and_revoke_say_what_is_wrong_without_a_traceback(tmp_path):
         assert out.returncode == 2 and "not an API key id" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_run_refuses_a_data_dir_another_gateway_runs_on_and_a_taken_port(tmp_path):
+    gw = Gateway(tmp_path).start()
+    try:
+        out = gateway("run", "-c", str(gw.config_path), "--listen", "127.0.0.1:0")
+        assert out.returncode == 2 and "another gateway (pid " in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+        out = gateway("run", "-c", str(gw.config_path), "--data-dir", str(tmp_path / "other"))  # gw's port
+        assert out.returncode == 2 and out.stderr.startswith("server.listen: cannot listen on"), out.stderr
+        assert not (tmp_path / "other").exists()  # refused before anything was made
+    finally:
+        gw.stop()
+    out = gateway("run", "--listen", "no.such.host.invalid:0", "--data-dir", str(tmp_path / "x"))
+    assert out.returncode == 2 and out.stderr.startswith("server.listen: cannot listen on"), out.stderr
+
+
 def test_keys_create_refuses_an_unknown_role(tmp_path):
     out = gateway("keys", "create", "--workspace", "default", "--role", "root", "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "--role" in out.stderr

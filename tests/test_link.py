@@ -156,6 +156,20 @@ async def test_send_raises_link_down_when_not_connected():
         await link.send([submit("m1")])
 
 
+async def test_a_network_it_cannot_reach_is_logged_once_per_reason(nursery, caplog):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    rec = Recorder()
+    link = NetworkLink("127.0.0.1", port, on_connected=rec.on_connected, on_frames=rec.on_frames,
+                       backoff_min_s=0.01, backoff_max_s=0.02)
+    with caplog.at_level("WARNING", logger="gateway.network"):
+        nursery.start_soon(link.run)
+        await trio.sleep(0.3)  # several tries
+    said = [r.getMessage() for r in caplog.records if r.name == "gateway.network"]
+    assert len(said) == 1 and f"127.0.0.1:{port}: cannot connect" in said[0], said
+
+
 async def test_link_reconnects_after_the_server_drops_it_and_runs_on_connected_again(nursery):
     server, port = await start_server(nursery)
     rec = Recorder()

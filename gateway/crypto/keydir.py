@@ -34,12 +34,22 @@ def _key_files(path: str) -> dict[int, str]:
 
 
 def _write_key(path: str, key_id: int) -> None:
+    """Written whole or not at all: into a temporary file first, linked under its name once synced
+    (a full disk used to leave an empty data-N.key that refused every later start)."""
     target = os.path.join(path, f"data-{key_id}.key")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_bytes(KEY_BYTES))
-        f.flush()
-        os.fsync(f.fileno())
+    scratch = os.path.join(path, f".data-{key_id}.key.{os.getpid()}.tmp")
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(scratch, target)  # never over an existing key (FileExistsError)
+    finally:
+        try:
+            os.unlink(scratch)
+        except FileNotFoundError:
+            pass
     dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -6,6 +6,7 @@ beyond the hello handshake (the callbacks own all message state).
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from typing import Awaitable, Callable
@@ -13,6 +14,8 @@ from typing import Awaitable, Callable
 import trio
 
 from gateway.network.frames import FrameDecoder, FrameError, Hello, HelloOk, Submit, encode_frames
+
+log = logging.getLogger("gateway.network")
 
 __all__ = ["LinkDown", "NetworkLink", "parse_url"]
 
@@ -139,19 +142,30 @@ class NetworkLink:
         """Connect and reconnect forever; returns only by cancellation."""
         task_status.started()
         backoff = self._backoff_min
+        said = None  # the last failure logged: said once until it changes or a connection holds
         while True:
             try:
                 with trio.fail_after(self._connect_timeout):
                     stream = await trio.open_tcp_stream(self.host, self.port)
-            except (OSError, trio.TooSlowError):
+            except (OSError, trio.TooSlowError) as exc:
+                why = "timed out" if isinstance(exc, trio.TooSlowError) else (exc.strerror or str(exc))
+                if why != said:
+                    log.warning("network %s:%d: cannot connect (%s); retrying with backoff", self.host, self.port, why)
+                    said = why
                 await trio.sleep(self._backoff_sleep_s(backoff))
                 backoff = min(backoff * 2, self._backoff_max)
                 continue
             connects_before = self.connects
             try:
                 await self._session(stream)
-            except _SESSION_ENDED:
-                pass
+            except _SESSION_ENDED as exc:
+                if self.connects == connects_before:
+                    why = f"handshake failed: {type(exc).__name__}"
+                    if why != said:
+                        log.warning("network %s:%d: %s; retrying with backoff", self.host, self.port, why)
+                        said = why
+                else:
+                    said = None
             finally:
                 if self._stream is stream:
                     self._mark_down()
