@@ -12,6 +12,7 @@ import os
 import signal
 from collections.abc import Awaitable
 from functools import partial
+from time import perf_counter
 
 import trio
 
@@ -51,6 +52,7 @@ log = logging.getLogger("gateway")
 APP = ("app", "admin")
 ADMIN = ("admin",)
 READERS = ("app", "admin", "supervisor")
+COMMIT_FAILED_HOLD_S = 10.0  # how long readiness reports a failed commit (not a full map: that has its own)
 IDEMPOTENCY_STEP = 1_000  # idempotency records expired (or swept) by one store operation
 DRAIN_POLL_S = 0.02  # how often a stopping gateway looks whether it owes answers still (a scan of the connections)
 # The settings read only at start (the listener's limits, the LMDB environment and its writer, the
@@ -395,6 +397,11 @@ class Gateway:
         used, size = self.store.usage()
         if used > 0.95 * size:
             problems.append("storage map is more than 95% full")
+        failing = self.writer.failing
+        if failing is not None and perf_counter() - self.writer.failed_at < COMMIT_FAILED_HOLD_S:
+            # a full disk, say: small commits may still go through while every send is refused
+            problems.append(f"a store commit failed in the last {COMMIT_FAILED_HOLD_S:.0f} s "
+                            f"({type(failing).__name__}: {failing})"[:200])
         return problems
 
     def _register_gauges(self) -> None:

@@ -160,7 +160,8 @@ class Gateway:
         self.proc: subprocess.Popen | None = None
         self.key = ""
 
-    def start(self, timeout: float = 20.0) -> "Gateway":
+    def start(self, timeout: float = 20.0, ready: bool = True) -> "Gateway":
+        """Start the process and wait until /readyz answers 200 (with ready=False: /healthz)."""
         for _ in range(3):
             self.log = open(self.tmp / f"gateway-{time.time_ns()}.log", "w")
             self.proc = subprocess.Popen(
@@ -179,7 +180,7 @@ class Gateway:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"gateway exited: {self.read_log()}"
             try:
-                status, _ = self.request("GET", "/readyz", auth=False)
+                status, _ = self.request("GET", "/readyz" if ready else "/healthz", auth=False)
                 if status == 200:
                     break
             except OSError:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.harness import Gateway
+from tests.harness import Gateway, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -40,9 +40,11 @@ def test_a_full_disk_refuses_sends_loses_nothing_restarts_and_recovers(tmp_path,
         assert status == 503 and reply["error"]["code"] == "storage_unavailable", reply
         assert int(gw.last_headers["Retry-After"]) > 0
         assert accepted, "the disk should hold at least a few messages"
+        status, ready = gw.request("GET", "/readyz", auth=False)
+        assert status == 503 and any("store commit failed" in p for p in ready["problems"]), ready
 
         gw.stop()
-        gw.start()  # on the full disk: the key files cannot be written, the gateway starts all the same
+        gw.start(ready=False)  # on the full disk: the key files cannot be written, the gateway starts all the same
         for msg_id in accepted:
             assert gw.request("GET", f"/v1/messages/{msg_id}")[0] == 200
         assert gw.request("GET", "/healthz", auth=False)[0] == 200
@@ -50,6 +52,9 @@ def test_a_full_disk_refuses_sends_loses_nothing_restarts_and_recovers(tmp_path,
         os.unlink(filler)
         status, reply = gw.request("POST", "/v1/messages", {"to": "+14155550199", "text": {"body": "room again"}})
         assert status == 202, reply
+        wait_for(lambda: not any("store commit failed" in p
+                                 for p in gw.request("GET", "/readyz", auth=False)[1].get("problems", [])),
+                 timeout=20, what="readiness to forget the failed commits once space is back")
         gw.wait_status(reply["id"], {"delivered", "read"}, timeout=30)
         assert "Traceback" not in gw.read_log()
     finally:

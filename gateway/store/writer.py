@@ -153,6 +153,8 @@ class Writer:
         self._replies: _Replies | None = None
         self._answered: deque[_Batch] = deque()  # committed batches whose callbacks have not run yet
         self.commits = 0
+        self.failing: BaseException | None = None  # the last batch that failed, and when (perf_counter)
+        self.failed_at = 0.0
         self.ops_committed = 0
 
     async def write(self, op: Op, arg: Any = None, *, lazy: bool = False) -> Any:
@@ -413,6 +415,7 @@ class Writer:
         return next_txn
 
     def _fail(self, batch: _Batch, error: BaseException) -> None:
+        self.failing, self.failed_at = error, perf_counter()  # (readiness reports it for a while)
         batch.error = error
         batch.done.set()
         if batch.callbacks:
