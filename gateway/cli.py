@@ -136,7 +136,7 @@ def cmd_check_config(args) -> int:
 
     try:
         cfg = C.load_config(args.path)
-        word_lists = load_word_files(words_dir(cfg, args.path))
+        word_lists = load_word_files(words_dir(cfg, args.path), [ws.name for ws in cfg.workspaces])
     except C.ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}", file=sys.stderr)

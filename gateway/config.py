@@ -225,6 +225,10 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append(f"network.url: {exc}")
     if cfg.crypto.one_time_prekeys_low >= cfg.crypto.one_time_prekeys:
         problems.append("crypto.one_time_prekeys_low: must be below crypto.one_time_prekeys")
+    if not cfg.workspaces:  # an empty or cut-off file, say: it would send nothing and refuse every send
+        problems.append("workspaces: at least one [[workspaces]] is needed")
+    if not cfg.senders:
+        problems.append("senders: at least one [[senders]] number is needed")
     names = [ws.name for ws in cfg.workspaces]
     for i, ws in enumerate(cfg.workspaces):
         if names.index(ws.name) != i:

@@ -87,6 +87,13 @@ def test_run_refuses_a_data_dir_another_gateway_runs_on_and_a_taken_port(tmp_pat
     assert out.returncode == 2 and out.stderr.startswith("server.listen: cannot listen on"), out.stderr
 
 
+def test_check_config_refuses_an_empty_file(tmp_path):
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    out = gateway("check-config", str(empty))
+    assert out.returncode == 1 and "workspaces: at least one" in out.stderr and "senders: at least one" in out.stderr
+
+
 def test_keys_create_refuses_an_unknown_role(tmp_path):
     out = gateway("keys", "create", "--workspace", "default", "--role", "root", "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "--role" in out.stderr
@@ -109,7 +116,8 @@ def test_run_refuses_a_port_past_65535_and_an_uncreatable_data_dir_with_a_messag
     assert out.returncode == 2 and out.stderr.startswith("store.data_dir: cannot create"), out.stderr
     assert "Traceback" not in out.stderr
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[store]\nkey_dir = "{tmp_path / "file" / "keys"}"\n')
+    config.write_text(f'[store]\nkey_dir = "{tmp_path / "file" / "keys"}"\n\n[[workspaces]]\nname = "default"\n\n'
+                      '[[senders]]\nnumber = "+15550000001"\nrate_per_minute = 60\n')
     out = gateway("run", "-c", str(config), "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "var"))
     assert out.returncode == 2 and out.stderr.startswith("store.key_dir: cannot create"), out.stderr
 

@@ -142,6 +142,7 @@ async def test_overlapping_reloads_each_end_and_the_last_files_win(tmp_path):
     ('action = "flag"\nterms = ["a"]\nspeed = 3\n', "speed"),
     ("action = [", "TOML syntax"),
     ("action = " + "[" * 5000, "nested too deeply"),
+    ('action = "block"\nworkspaces = ["defualt"]\nterms = ["x1"]\n', "workspaces[0]: no workspace 'defualt'"),
 ])
 def test_a_bad_word_file_is_refused_with_its_path(tmp_path, text, problem):
     with pytest.raises(ConfigError) as err:

@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import tomllib
+from collections.abc import Collection
 from typing import Annotated
 
 import msgspec
@@ -61,8 +62,10 @@ def words_dir(cfg: C.Config, config_path: str | None) -> str | None:
     return configured if os.path.isabs(configured) else os.path.join(base, configured)
 
 
-def load_word_files(directory: str | None) -> FileLists:
-    """Every `<category>.toml` in `directory`, validated; ConfigError names the file and the path."""
+def load_word_files(directory: str | None, workspaces: Collection[str] | None = None) -> FileLists:
+    """Every `<category>.toml` in `directory`, validated (its `workspaces` among `workspaces`, when
+    given: a misspelt name would apply the list nowhere, silently); ConfigError names the file and
+    the path."""
     if directory is None:
         return {}
     try:
@@ -92,6 +95,9 @@ def load_word_files(directory: str | None) -> FileLists:
             text = term if isinstance(term, str) else term.text
             if not any(ch.isalnum() for ch in text):
                 raise C.ConfigError(path, [f"terms[{i}]: {text!r} has no letter or digit"])
+        for i, name_ in enumerate(spec.workspaces or ()):
+            if workspaces is not None and name_ not in workspaces:
+                raise C.ConfigError(path, [f"workspaces[{i}]: no workspace {name_!r} in the config"])
         wl = WordList(spec.action, spec.terms, spec.whole_word)
         out[category] = (wl, tuple(spec.workspaces) if spec.workspaces is not None else None)
     return out
@@ -211,7 +217,7 @@ class PolicyService:
         """Read the word files of `cfg` (ConfigError if one is bad: nothing changes) and take its opt-out
         keywords and webhook targets. At start the rules are built here; on reload `run` rebuilds them
         off the event loop. Returns whether the word files changed."""
-        files = load_word_files(words_dir(cfg, config_path))
+        files = load_word_files(words_dir(cfg, config_path), [ws.name for ws in cfg.workspaces])
         self._keywords = OptOutKeywords.build(cfg.policy.opt_out.languages, cfg.policy.opt_out.keywords)
         self._flag_targets = _flag_targets(cfg)
         changed = files != self._wanted_files  # (not the files in force: a rebuild may be under way)
