@@ -147,6 +147,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_keys_create(args) -> int:
+    import lmdb
     import msgspec
 
     from gateway import config as C
@@ -172,7 +173,15 @@ def cmd_keys_create(args) -> int:
         return 2
     import time
 
-    store = open_store(cfg.store.data_dir, cfg.store.map_size_mb)
+    if not os.path.isdir(cfg.store.data_dir):  # a misspelt --data-dir would get a store of its own
+        print(f"{os.path.abspath(cfg.store.data_dir)}: no such data directory (check --data-dir; "
+              "`gateway run` makes it)", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(cfg.store.data_dir, cfg.store.map_size_mb)
+    except (OSError, lmdb.Error) as exc:
+        print(f"store: cannot open the store in {os.path.abspath(cfg.store.data_dir)}: {exc}", file=sys.stderr)
+        return 2
     try:
         now = time.time_ns() // 1_000_000
         key_id, key, record = mint_key(args.workspace, args.role, now, args.label)

@@ -87,6 +87,11 @@ def test_run_refuses_a_data_dir_another_gateway_runs_on_and_a_taken_port(tmp_pat
     assert out.returncode == 2 and out.stderr.startswith("server.listen: cannot listen on"), out.stderr
 
 
+def test_keys_create_refuses_a_data_dir_that_does_not_exist(tmp_path):
+    out = gateway("keys", "create", "--workspace", "default", "--role", "app", "--data-dir", str(tmp_path / "typo"))
+    assert out.returncode == 2 and "no such data directory" in out.stderr and not (tmp_path / "typo").exists()
+
+
 def test_check_config_refuses_an_empty_file(tmp_path):
     empty = tmp_path / "empty.toml"
     empty.write_text("")
