@@ -173,10 +173,10 @@ def cmd_keys_create(args) -> int:
         return 2
     import time
 
-    if not os.path.isdir(cfg.store.data_dir):  # a misspelt --data-dir would get a store of its own
-        print(f"{os.path.abspath(cfg.store.data_dir)}: no such data directory (check --data-dir; "
-              "`gateway run` makes it)", file=sys.stderr)
-        return 2
+    if not os.path.isdir(os.path.join(cfg.store.data_dir, "lmdb")):  # provisioning before a first start,
+        # or a misspelt --data-dir: said, so that a key the running gateway never sees is not a mystery
+        print(f"note: no gateway store in {os.path.abspath(cfg.store.data_dir)} yet: the key goes into a new one "
+              "(check --data-dir if a gateway already runs elsewhere)", file=sys.stderr)
     try:
         store = open_store(cfg.store.data_dir, cfg.store.map_size_mb)
     except (OSError, lmdb.Error) as exc:
