@@ -138,29 +138,26 @@ async def test_upgrade_answer_raises_protocol_error(nursery, client):
         await client.request("POST", f"http://127.0.0.1:{port}/hooks", body=b"{}")
 
 
-async def test_an_oversized_body_is_cut_and_the_answer_is_its_status(nursery, client):
+def flooding(head: bytes, piece: bytes):
+    """A server that answers with `head`, then `piece` again and again (for up to 5 s)."""
     async def flood(stream: trio.SocketStream) -> None:
         await read_head(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n")
+        await stream.send_all(head)
         with trio.move_on_after(5):
             while True:
-                await stream.send_all(b"x" * 65536)
+                await stream.send_all(piece)
+    return flood
 
-    port = await start_raw(nursery, flood)
+
+async def test_an_oversized_body_is_cut_and_the_answer_is_its_status(nursery, client):
+    port = await start_raw(nursery, flooding(b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n", b"x" * 65536))
     with trio.fail_after(5):
         resp = await client.request("GET", f"http://127.0.0.1:{port}/")
     assert resp.status == 200 and resp.truncated and len(resp.body) <= 1 << 20
 
 
 async def test_an_endless_header_section_raises_protocol_error(nursery, client):
-    async def flood(stream: trio.SocketStream) -> None:
-        await read_head(stream)
-        await stream.send_all(b"HTTP/1.1 200 OK\r\n")
-        with trio.move_on_after(5):
-            while True:
-                await stream.send_all(b"X-R: a\r\n" * 8192)
-
-    port = await start_raw(nursery, flood)
+    port = await start_raw(nursery, flooding(b"HTTP/1.1 200 OK\r\n", b"X-R: a\r\n" * 8192))
     with trio.fail_after(5), pytest.raises(ProtocolError):
         await client.request("GET", f"http://127.0.0.1:{port}/")
 

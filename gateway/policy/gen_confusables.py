@@ -41,38 +41,33 @@ def _strips_to_ascii(ch: str) -> bool:
     return base.isascii()
 
 
-def select(table: dict[str, list[dict[str, str]]]) -> dict[str, str]:
-    """The source -> ASCII letter mapping chosen from confusables.json's table."""
-    chosen: dict[str, str] = {}
+def _imitated(table: dict[str, list[dict[str, str]]], folded: bool, first: str, last: str) -> dict[str, str]:
+    """Each single letter of SCRIPTS, in folded form or not (`folded`), that confusables.json gives
+    exactly one look-alike between `first` and `last` for, and is not ASCII once its marks go."""
+    found: dict[str, str] = {}
     for src, entries in table.items():
-        if len(src) != 1 or src.isascii() or _folded(src) != src:
+        if len(src) != 1 or src.isascii() or (_folded(src) == src) != folded:
             continue
         if not unicodedata.category(src).startswith("L"):
             continue
         if unicodedata.name(src, "").split(" ")[0] not in SCRIPTS or _strips_to_ascii(src):
             continue
-        letters = {e["c"] for e in entries if len(e["c"]) == 1 and "a" <= e["c"] <= "z"}
+        letters = {e["c"] for e in entries if len(e["c"]) == 1 and first <= e["c"] <= last}
         if len(letters) == 1:
-            chosen[src] = letters.pop()
-    return dict(sorted(chosen.items()))
+            found[src] = letters.pop()
+    return found
+
+
+def select(table: dict[str, list[dict[str, str]]]) -> dict[str, str]:
+    """The source -> ASCII letter mapping chosen from confusables.json's table."""
+    return dict(sorted(_imitated(table, True, "a", "z").items()))
 
 
 def select_upper(table: dict[str, list[dict[str, str]]], lower: dict[str, str]) -> dict[str, str]:
     """The capital -> ASCII letter mapping (see the module docstring), given `select`'s mapping."""
-    chosen: dict[str, str] = {}
-    for src, entries in table.items():
-        if len(src) != 1 or src.isascii() or _folded(src) == src:
-            continue
-        if not unicodedata.category(src).startswith("L"):
-            continue
-        if unicodedata.name(src, "").split(" ")[0] not in SCRIPTS or _strips_to_ascii(src):
-            continue
-        letters = {e["c"] for e in entries if len(e["c"]) == 1 and "A" <= e["c"] <= "Z"}
-        if len(letters) == 1:
-            letter = letters.pop().lower()
-            if lower.get(_folded(src)) != letter:
-                chosen[src] = letter
-    return dict(sorted(chosen.items()))
+    capitals = _imitated(table, False, "A", "Z")
+    return dict(sorted((src, letter.lower()) for src, letter in capitals.items()
+                       if lower.get(_folded(src)) != letter.lower()))
 
 
 def render(mapping: dict[str, str], upper: dict[str, str]) -> str:
