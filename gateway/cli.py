@@ -121,10 +121,13 @@ def _hold_data_dir(data_dir: str) -> bool:
         print(f"store.data_dir: another gateway (pid {holder}) runs on {os.path.abspath(data_dir)}",
               file=sys.stderr)
         return False
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+    try:  # the pid is for the message above; the lock is what counts (a full disk may refuse the write)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+    except OSError:
+        pass
     _DATA_DIR_LOCK = f
     return True
 
