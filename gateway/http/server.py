@@ -318,7 +318,7 @@ class _Conn:
         self.nread = len(data)
         try:
             self.feed(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+        except httptools.HttpParserError as exc:  # (an Upgrade ask is handled in `feed`)
             return _parse_failure(exc)
         return 0
 
@@ -742,8 +742,7 @@ class _Server:
                 pass
             elif fail:
                 close = True
-                if fail > 0:
-                    tail.append(conn.final(fail))
+                tail.append(conn.final(fail))
             elif conn.state != _BETWEEN and conn.after_read(tail) == 431:
                 close = True
                 tail.append(conn.final(431))
@@ -883,9 +882,7 @@ class _Mux:
 
 
 def _parse_failure(exc: Exception) -> int:
-    """Parser exception → status to answer with before closing (-1: close without an answer)."""
-    if isinstance(exc, httptools.HttpParserUpgrade):
-        return -1
+    """Parser exception → status to answer with before closing."""
     cause = exc.__context__
     return cause.status if isinstance(cause, _Reject) else 400
 
